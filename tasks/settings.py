@@ -1,0 +1,256 @@
+"""One typed settings object: `driftloop.yaml`, overridden by `DRIFTLOOP_*` environment variables.
+
+    settings = load_settings(Path("driftloop.yaml"))   # loaded once, then passed down
+
+Nested keys are overridden with a double underscore: `DRIFTLOOP_TRAINING__EPOCHS=3`,
+`DRIFTLOOP_HOME=/tmp/dl`. Bad configuration fails here, at load time, with a message that names
+the key and says what is allowed; nothing deeper in the code reads the environment.
+"""
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tasks import data
+
+CONFIG_FILE = "driftloop.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message names the key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Features(_Strict):
+    """Feature columns by kind; inferred from the Parquet schema when left out."""
+
+    numeric: list[str] = []
+    categorical: list[str] = []
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class DatasetConfig(_Strict):
+    """The user's data contract."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # also the model's registry name
+    source: str  # a Parquet file, a directory of Parquet files, or a URI (file://, s3://, gs://)
+    target: str
+    task: Literal["classification", "regression"] = "classification"
+    features: Features | None = None  # None: inferred from the schema
+    id: str | None = None
+    timestamp: str | None = None
+    slices: list[str] = []  # columns whose values are evaluated separately
+
+
+class SplitConfig(_Strict):
+    """Deterministic train/validation/holdout split; the rest goes to train."""
+
+    validation: float = Field(0.15, gt=0, lt=0.5)
+    holdout: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = 42
+
+
+class ValidationConfig(_Strict):
+    """How strict the Great Expectations gate is."""
+
+    min_rows: int = Field(100, ge=1)  # fewer rows than this is not a data set to train on
+    range_margin: float = Field(0.1, ge=0)  # numeric ranges widen by this share of the reference span
+    null_tolerance: float = Field(0.05, ge=0, le=1)  # allowed null share above the reference's
+    unseen_category_share: float = Field(0.01, ge=0, le=1)  # rows with values outside the domain
+    leakage_threshold: float = Field(0.98, gt=0, le=1)  # |corr| or accuracy at which a feature leaks
+    expectations: list[dict[str, Any]] = []  # extra GX expectations: {type: ..., kwargs: {...}}
+
+
+class TrainingConfig(_Strict):
+    """The model and how Ray Train runs it."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    hidden_layers: list[int] = [128, 64]
+    dropout: float = Field(0.1, ge=0, lt=1)
+    embedding_dim: int = Field(8, ge=1)  # per categorical feature (capped by its cardinality)
+    early_stopping_patience: int = Field(4, ge=1)  # epochs without improvement before stopping
+    num_workers: int = Field(2, ge=1)  # DDP workers (Ray Train)
+    use_gpu: bool | Literal["auto"] = "auto"  # auto: GPUs when CUDA is there
+    cpus_per_worker: float = Field(1, gt=0)
+    max_failures: int = Field(1, ge=0)  # worker-group restarts allowed before the run fails
+    checkpoints_to_keep: int = Field(2, ge=1)  # best k by the validation metric
+    seed: int = 42
+
+
+class StackConfig(_Strict):
+    """Ports of the local stack (`driftloop up`); everything binds to 127.0.0.1."""
+
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    ray_port: int = Field(6380, ge=1, le=65535)
+    dashboard_port: int = Field(8265, ge=1, le=65535)
+
+
+class Settings(BaseSettings):
+    """Everything driftloop needs to run, from one file plus environment overrides."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLOOP_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    home: Path = Path(".driftloop")  # DRIFTLOOP_HOME: registry, predictions, reports, Ray, Prefect
+    dataset: DatasetConfig
+    split: SplitConfig = SplitConfig()
+    validation: ValidationConfig = ValidationConfig()
+    training: TrainingConfig = TrainingConfig()
+    stack: StackConfig = StackConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (passed in as init values), not the other way round.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _columns_are_distinct(self) -> "Settings":
+        ds = self.dataset
+        roles = {"id": ds.id, "timestamp": ds.timestamp}
+        for role, column in roles.items():
+            if column == ds.target:
+                raise ValueError(f"dataset.{role} is the target column {column!r}")
+        if ds.features and ds.target in ds.features.all:
+            raise ValueError(f"dataset.features lists the target column {ds.target!r}")
+        return self
+
+    @property
+    def features(self) -> Features:
+        """The resolved feature columns (filled in by `load_settings`)."""
+        assert self.dataset.features is not None, "use load_settings() to resolve the features"
+        return self.dataset.features
+
+
+def load_settings(path: Path | None = None, *, check_source: bool = True) -> Settings:
+    """Read, validate and resolve the configuration.
+
+    Relative `source` paths are resolved against the config file's folder. With `check_source`,
+    the data's schema is read to infer features and check every column the config names.
+    """
+    path = path or Path(CONFIG_FILE)
+    raw = _read_yaml(path)
+    try:
+        settings = Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    settings = _resolve_source(settings, base=path.parent)
+    if not check_source:
+        return settings
+    try:
+        schema = data.read_schema(settings.dataset.source)
+    except data.DataError as exc:
+        raise ConfigError(f"{path}: dataset.source: {exc}") from None
+    return _resolve_features(settings, schema, path=path)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file (run `driftloop init` to write one)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with a `dataset:` section at the top")
+    return raw
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    """One line per problem: the dotted key, what is wrong, and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(err["loc"][:-1])
+            hint = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+            why = f"unknown key{f' (did you mean {hint[0]!r}?)' if hint else ''}"
+            lines.append(f"{key}: {why}; allowed: {', '.join(allowed)}")
+        else:
+            lines.append(f"{key}: {err['msg']}")
+    return f"{path}: " + "; ".join(lines)
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next(c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel))
+    return list(model.model_fields)
+
+
+def _resolve_source(settings: Settings, *, base: Path) -> Settings:
+    source = settings.dataset.source
+    if "://" in source or Path(source).is_absolute():
+        return settings
+    dataset = settings.dataset.model_copy(update={"source": str((base / source).resolve())})
+    return settings.model_copy(update={"dataset": dataset})
+
+
+def _resolve_features(settings: Settings, schema: pa.Schema, *, path: Path) -> Settings:
+    ds = settings.dataset
+    columns = schema.names
+
+    def missing(key: str, column: str) -> ConfigError:
+        hint = difflib.get_close_matches(column, columns, n=1)
+        maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return ConfigError(
+            f"{path}: {key}: column {column!r} is not in {ds.source}{maybe}; "
+            f"columns: {', '.join(columns)}"
+        )
+
+    for key, column in [("dataset.target", ds.target), ("dataset.id", ds.id),
+                        ("dataset.timestamp", ds.timestamp)]:
+        if column is not None and column not in columns:
+            raise missing(key, column)
+    _check_target_type(schema.field(ds.target), task=ds.task, path=path)
+    if ds.features is None:
+        roles = {c for c in (ds.target, ds.id, ds.timestamp) if c is not None}
+        numeric, categorical = data.infer_features(schema, exclude=roles)
+        features = Features(numeric=numeric, categorical=categorical)
+    else:
+        features = ds.features
+    declared = features.model_dump() if ds.features else {}
+    for kind, names in declared.items():
+        for column in names:
+            if column not in columns:
+                raise missing(f"dataset.features.{kind}", column)
+    for column in ds.slices:
+        if column not in columns:
+            raise missing("dataset.slices", column)
+    if not features.all:
+        raise ConfigError(f"{path}: dataset.features: no feature columns found in {ds.source}")
+    resolved = ds.model_copy(update={"features": features})
+    return settings.model_copy(update={"dataset": resolved})
+
+
+def _check_target_type(field: pa.Field, *, task: str, path: Path) -> None:
+    kind = data.column_kind(field.type)
+    allowed = {"classification": {"integer", "boolean", "string"}, "regression": {"integer", "float"}}
+    if kind not in allowed[task]:
+        raise ConfigError(
+            f"{path}: dataset.target: column {field.name!r} has type {field.type}, which does not fit "
+            f"task {task!r}; allowed: {' or '.join(sorted(allowed[task]))} columns"
+        )

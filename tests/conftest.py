@@ -1,0 +1,1 @@
+"""Shared fixtures: real services are started once per session, never per test."""
