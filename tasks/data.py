@@ -138,7 +138,9 @@ def split(table: pa.Table, *, dataset: DatasetConfig, config: SplitConfig) -> Sp
     unit_stratum = pd.Series(strata).groupby(unit_of_row).min().to_numpy()
     score = _mix(unit_keys ^ np.uint64(config.seed))
     rank = pd.Series(score).groupby(unit_stratum).rank(method="first", pct=True).to_numpy()
-    unit_split = np.where(rank <= config.holdout, 2, np.where(rank <= config.holdout + config.validation, 1, 0))
+    unit_split = np.where(
+        rank <= config.holdout, 2, np.where(rank <= config.holdout + config.validation, 1, 0)
+    )
     row_split = unit_split[unit_of_row]
     parts = [table.filter(pa.array(row_split == i)) for i in range(3)]
     return Splits(*parts)

@@ -8,6 +8,8 @@ the key and says what is allowed; nothing deeper in the code reads the environme
 """
 
 import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,10 +67,14 @@ class ValidationConfig(_Strict):
     """How strict the Great Expectations gate is."""
 
     min_rows: int = Field(100, ge=1)  # fewer rows than this is not a data set to train on
-    range_margin: float = Field(0.1, ge=0)  # numeric ranges widen by this share of the reference span
+    range_margin: float = Field(
+        0.1, ge=0
+    )  # numeric ranges widen by this share of the reference span
     null_tolerance: float = Field(0.05, ge=0, le=1)  # allowed null share above the reference's
     unseen_category_share: float = Field(0.01, ge=0, le=1)  # rows with values outside the domain
-    leakage_threshold: float = Field(0.98, gt=0, le=1)  # |corr| or accuracy at which a feature leaks
+    leakage_threshold: float = Field(
+        0.98, gt=0, le=1
+    )  # |corr| or accuracy at which a feature leaks
     expectations: list[dict[str, Any]] = []  # extra GX expectations: {type: ..., kwargs: {...}}
 
 
@@ -151,6 +157,7 @@ def load_settings(path: Path | None = None, *, check_source: bool = True) -> Set
     """
     path = path or Path(CONFIG_FILE)
     raw = _read_yaml(path)
+    _check_environment(os.environ)
     try:
         settings = Settings(**raw)
     except ValidationError as exc:
@@ -163,6 +170,17 @@ def load_settings(path: Path | None = None, *, check_source: bool = True) -> Set
     except data.DataError as exc:
         raise ConfigError(f"{path}: dataset.source: {exc}") from None
     return _resolve_features(settings, schema, path=path)
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """A misspelled `DRIFTLOOP_*` variable would be silently ignored: refuse it instead."""
+    allowed = {name.upper() for name in Settings.model_fields} | {"CONFIG"}
+    for name in environ:
+        if name.startswith("DRIFTLOOP_"):
+            section = name.removeprefix("DRIFTLOOP_").split("__")[0]
+            if section not in allowed:
+                choices = ", ".join(f"DRIFTLOOP_{a}" for a in sorted(allowed))
+                raise ConfigError(f"environment: {name}: unknown setting; allowed: {choices}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -221,8 +239,11 @@ def _resolve_features(settings: Settings, schema: pa.Schema, *, path: Path) -> S
             f"columns: {', '.join(columns)}"
         )
 
-    for key, column in [("dataset.target", ds.target), ("dataset.id", ds.id),
-                        ("dataset.timestamp", ds.timestamp)]:
+    for key, column in [
+        ("dataset.target", ds.target),
+        ("dataset.id", ds.id),
+        ("dataset.timestamp", ds.timestamp),
+    ]:
         if column is not None and column not in columns:
             raise missing(key, column)
     _check_target_type(schema.field(ds.target), task=ds.task, path=path)
@@ -248,9 +269,12 @@ def _resolve_features(settings: Settings, schema: pa.Schema, *, path: Path) -> S
 
 def _check_target_type(field: pa.Field, *, task: str, path: Path) -> None:
     kind = data.column_kind(field.type)
-    allowed = {"classification": {"integer", "boolean", "string"}, "regression": {"integer", "float"}}
+    allowed = {
+        "classification": {"integer", "boolean", "string"},
+        "regression": {"integer", "float"},
+    }
     if kind not in allowed[task]:
         raise ConfigError(
-            f"{path}: dataset.target: column {field.name!r} has type {field.type}, which does not fit "
-            f"task {task!r}; allowed: {' or '.join(sorted(allowed[task]))} columns"
+            f"{path}: dataset.target: column {field.name!r} has type {field.type}, which does not "
+            f"fit task {task!r}; allowed: {' or '.join(sorted(allowed[task]))} columns"
         )

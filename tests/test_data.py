@@ -1,0 +1,215 @@
+"""Data access through pyarrow: files, folders and URIs; the split; the fingerprint."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from tasks import data
+from tasks.settings import DatasetConfig, SplitConfig
+
+
+def make_table(rows: int = 3000, *, seed: int = 0, repeat_ids: bool = False) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, rows // 4, rows) if repeat_ids else np.arange(rows)
+    return pa.table(
+        {
+            "customer_id": pa.array([f"c{i}" for i in ids]),
+            "region": pa.array(rng.choice(["north", "south", "east"], rows)),
+            "amount": rng.normal(50, 10, rows),
+            "churned": (rng.random(rows) < 0.1).astype(np.int64),
+        }
+    )
+
+
+def config(*, task: str = "classification", id: str | None = "customer_id") -> DatasetConfig:
+    target = "churned" if task == "classification" else "amount"
+    return DatasetConfig(name="t", source="unused", target=target, task=task, id=id)  # type: ignore[arg-type]
+
+
+# Reading -----------------------------------------------------------------------------------------
+
+
+def test_a_file_a_hive_folder_and_a_file_uri_read_the_same_rows(tmp_path: Path) -> None:
+    table = make_table(500)
+    pq.write_table(table, tmp_path / "one.parquet")
+    pads.write_dataset(
+        table,
+        tmp_path / "parts",
+        format="parquet",
+        partitioning=["region"],
+        partitioning_flavor="hive",
+    )
+    from_file = data.read_table(str(tmp_path / "one.parquet"))
+    from_uri = data.read_table((tmp_path / "one.parquet").as_uri())
+    from_folder = data.read_table(str(tmp_path / "parts"))
+    assert from_file.equals(table)
+    assert from_uri.equals(table)
+    assert from_folder.num_rows == table.num_rows
+    assert "region" in from_folder.column_names  # the partition key comes back as a column
+    assert data.fingerprint(from_folder.select(table.column_names).cast(table.schema)) == (
+        data.fingerprint(table)
+    )
+
+
+def test_read_schema_reads_only_the_footer_of_each_file(tmp_path: Path) -> None:
+    pq.write_table(make_table(10), tmp_path / "t.parquet")
+    assert data.read_schema(str(tmp_path / "t.parquet")).names == [
+        "customer_id",
+        "region",
+        "amount",
+        "churned",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "the file is empty (0 bytes)"),
+        (b"customer_id,churned\n1,0\n", "not Parquet (no Parquet magic bytes"),
+    ],
+)
+def test_unreadable_files_give_one_line_naming_the_file(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    path = tmp_path / "bad.parquet"
+    path.write_bytes(content)
+    with pytest.raises(data.DataError) as caught:
+        data.read_table(str(path))
+    assert str(path) in str(caught.value)
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_truncated_file_gives_one_line_naming_the_file(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(make_table(2000), whole)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(data.DataError, match=r"cut.parquet: .*Parquet") as caught:
+        data.read_table(str(cut))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_missing_path_and_an_empty_folder_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(data.DataError, match="no such file or directory"):
+        data.read_table(str(tmp_path / "nope.parquet"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError, match="holds no Parquet files"):
+        data.read_table(str(tmp_path / "empty"))
+
+
+def test_an_unknown_uri_scheme_is_a_clear_error() -> None:
+    with pytest.raises(data.DataError, match="cannot open this URI"):
+        data.read_table("nosuchfs://bucket/data.parquet")
+
+
+def test_feature_kinds_are_inferred_from_arrow_types() -> None:
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("n", pa.int32()),
+            ("x", pa.float64()),
+            ("flag", pa.bool_()),
+            ("cat", pa.dictionary(pa.int8(), pa.string())),
+            ("when", pa.timestamp("us")),
+            ("tags", pa.list_(pa.string())),
+            ("y", pa.int64()),
+        ]
+    )
+    numeric, categorical = data.infer_features(schema, exclude={"id", "y"})
+    assert numeric == ["n", "x"]
+    assert categorical == ["flag", "cat"]
+
+
+# Fingerprint -------------------------------------------------------------------------------------
+
+
+def test_the_fingerprint_is_stable_across_rereads_and_row_order(tmp_path: Path) -> None:
+    table = make_table(1000)
+    pq.write_table(table, tmp_path / "t.parquet")
+    shuffled = table.take(np.random.default_rng(1).permutation(table.num_rows))
+    assert data.fingerprint(data.read_table(str(tmp_path / "t.parquet"))) == data.fingerprint(table)
+    assert data.fingerprint(shuffled) == data.fingerprint(table)
+
+
+def test_the_fingerprint_changes_when_any_row_changes() -> None:
+    table = make_table(1000)
+    amounts = table["amount"].to_numpy().copy()
+    amounts[517] += 0.001
+    edited = table.set_column(2, "amount", pa.array(amounts))
+    assert data.fingerprint(edited) != data.fingerprint(table)
+    assert data.fingerprint(table.slice(0, 999)) != data.fingerprint(table)
+    assert data.fingerprint(table.cast(table.schema.set(2, pa.field("amount", pa.float32())))) != (
+        data.fingerprint(table)
+    )
+
+
+# Split -------------------------------------------------------------------------------------------
+
+
+def test_split_sizes_follow_the_configured_fractions() -> None:
+    parts = data.split(make_table(10_000), dataset=config(), config=SplitConfig())
+    sizes = [p.num_rows for p in parts]
+    assert sum(sizes) == 10_000
+    assert sizes[1] == pytest.approx(1500, abs=5)
+    assert sizes[2] == pytest.approx(1500, abs=5)
+
+
+def test_classification_splits_keep_the_class_balance() -> None:
+    table = make_table(10_000)
+    overall = pc.mean(table["churned"]).as_py()
+    for part in data.split(table, dataset=config(), config=SplitConfig()):
+        assert pc.mean(part["churned"]).as_py() == pytest.approx(overall, abs=0.005)
+
+
+def test_regression_splits_cover_the_whole_target_range() -> None:
+    table = make_table(10_000)
+    parts = data.split(table, dataset=config(task="regression"), config=SplitConfig())
+    quantiles = [np.quantile(p["amount"].to_numpy(), [0.1, 0.5, 0.9]) for p in parts]
+    for q in quantiles[1:]:
+        np.testing.assert_allclose(q, quantiles[0], rtol=0.03)
+
+
+def test_no_id_appears_in_two_splits_when_ids_repeat() -> None:
+    table = make_table(6000, repeat_ids=True)
+    ids = [
+        set(p["customer_id"].to_pylist())
+        for p in data.split(table, dataset=config(), config=SplitConfig())
+    ]
+    assert not ids[0] & ids[1]
+    assert not ids[0] & ids[2]
+    assert not ids[1] & ids[2]
+    assert all(ids)
+
+
+def test_the_split_is_deterministic_and_independent_of_row_order() -> None:
+    table = make_table(3000)
+    shuffled = table.take(np.random.default_rng(7).permutation(table.num_rows))
+    first = data.split(table, dataset=config(), config=SplitConfig())
+    again = data.split(table, dataset=config(), config=SplitConfig())
+    reordered = data.split(shuffled, dataset=config(), config=SplitConfig())
+    for a, b, c in zip(first, again, reordered, strict=True):
+        assert a.equals(b)
+        assert sorted(a["customer_id"].to_pylist()) == sorted(c["customer_id"].to_pylist())
+
+
+def test_another_seed_gives_another_split() -> None:
+    table = make_table(3000)
+    one = data.split(table, dataset=config(), config=SplitConfig(seed=1)).holdout
+    two = data.split(table, dataset=config(), config=SplitConfig(seed=2)).holdout
+    assert set(one["customer_id"].to_pylist()) != set(two["customer_id"].to_pylist())
+
+
+def test_duplicate_rows_never_straddle_two_splits() -> None:
+    table = make_table(2000)
+    doubled = pa.concat_tables([table, table])
+    parts = data.split(doubled, dataset=config(id=None), config=SplitConfig())
+    ids = [set(p["customer_id"].to_pylist()) for p in parts]
+    assert not ids[0] & ids[1]
+    assert not ids[0] & ids[2]
+    assert not ids[1] & ids[2]

@@ -1,0 +1,158 @@
+"""The configuration: one typed object, environment overrides, and clear errors at load time."""
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.settings import ConfigError, load_settings
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with a small Parquet data set; no DRIFTLOOP_* variables leak in from outside."""
+    for name in [n for n in os.environ if n.startswith("DRIFTLOOP_")]:
+        monkeypatch.delenv(name)
+    table = pa.table(
+        {
+            "customer_id": ["a", "b", "c", "d"],
+            "event_time": pa.array([0, 1, 2, 3], pa.timestamp("us", tz="UTC")),
+            "tenure": [1, 5, 7, 2],
+            "charges": [10.0, 20.5, None, 3.0],
+            "contract": ["monthly", "yearly", "monthly", None],
+            "has_partner": [True, False, True, False],
+            "churned": [0, 1, 0, 1],
+            "spend": [1.5, 2.5, 3.5, 4.5],
+        }
+    )
+    (tmp_path / "data").mkdir()
+    pq.write_table(table, tmp_path / "data" / "churn.parquet")
+    return tmp_path
+
+
+def write_config(project: Path, text: str) -> Path:
+    path = project / "driftloop.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """\
+dataset:
+  name: churn
+  source: data/churn.parquet
+  target: churned
+  id: customer_id
+  timestamp: event_time
+"""
+
+
+def test_features_are_inferred_from_the_schema_without_target_id_or_timestamp(
+    project: Path,
+) -> None:
+    settings = load_settings(write_config(project, BASE))
+    assert settings.features.numeric == ["tenure", "charges", "spend"]
+    assert settings.features.categorical == ["contract", "has_partner"]
+
+
+def test_declared_features_are_kept_as_written(project: Path) -> None:
+    text = BASE + "  features:\n    numeric: [tenure]\n    categorical: [contract]\n"
+    settings = load_settings(write_config(project, text))
+    assert settings.features.all == ["tenure", "contract"]
+
+
+def test_a_relative_source_is_resolved_against_the_config_folder(project: Path) -> None:
+    settings = load_settings(write_config(project, BASE))
+    assert Path(settings.dataset.source) == project / "data" / "churn.parquet"
+
+
+def test_defaults_fill_every_section_the_file_leaves_out(project: Path) -> None:
+    settings = load_settings(write_config(project, BASE))
+    assert settings.training.num_workers == 2
+    assert settings.training.use_gpu == "auto"
+    assert settings.home == Path(".driftloop")
+
+
+def test_environment_variables_override_the_file(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = BASE + "training:\n  epochs: 7\n  batch_size: 64\n"
+    monkeypatch.setenv("DRIFTLOOP_TRAINING__EPOCHS", "3")
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(project / "state"))
+    settings = load_settings(write_config(project, text))
+    assert settings.training.epochs == 3
+    assert settings.training.batch_size == 64  # the file's other keys survive the merge
+    assert settings.home == project / "state"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            BASE.replace("target:", "traget:"),
+            "dataset.traget: unknown key (did you mean 'target'?)",
+        ),
+        (BASE + "training:\n  epoch: 3\n", "training.epoch: unknown key (did you mean 'epochs'?)"),
+        (BASE + "colour: blue\n", "colour: unknown key; allowed: home, dataset"),
+        (BASE.replace("churned", "churn"), "dataset.target: column 'churn' is not in"),
+        (BASE + "  slices: [region]\n", "dataset.slices: column 'region' is not in"),
+        (
+            BASE + "  features:\n    numeric: [tenur]\n",
+            "dataset.features.numeric: column 'tenur' is not in",
+        ),
+        (BASE.replace("target: churned", "target: charges"), "which does not fit task"),
+        (
+            BASE.replace("target: churned", "target: contract") + "  task: regression\n",
+            "column 'contract' has type string, which does not fit task 'regression'",
+        ),
+        (BASE.replace("classification", "clustering") + "  task: clustering\n", "dataset.task"),
+        (BASE + "training:\n  num_workers: 0\n", "training.num_workers"),
+        (BASE.replace("id: customer_id", "id: churned"), "dataset.id is the target column"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("dataset: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_configuration_fails_at_load_time_naming_the_key(
+    project: Path, text: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_config(project, text))
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_unreadable_source_is_a_config_error_naming_the_file(project: Path) -> None:
+    (project / "data" / "notes.parquet").write_text("id,churned\n1,0\n")
+    path = write_config(project, BASE.replace("churn.parquet", "notes.parquet"))
+    with pytest.raises(
+        ConfigError, match=r"dataset.source: .*notes.parquet: not a readable Parquet"
+    ):
+        load_settings(path)
+
+
+def test_a_missing_source_is_a_config_error(project: Path) -> None:
+    path = write_config(project, BASE.replace("churn.parquet", "gone.parquet"))
+    with pytest.raises(ConfigError, match=r"gone.parquet: no such file or directory"):
+        load_settings(path)
+
+
+def test_a_missing_config_file_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="driftloop init"):
+        load_settings(tmp_path / "driftloop.yaml")
+
+
+def test_a_misspelled_environment_variable_is_refused(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_TRAINNG__EPOCHS", "3")
+    with pytest.raises(ConfigError, match="DRIFTLOOP_TRAINNG__EPOCHS: unknown setting"):
+        load_settings(write_config(project, BASE))
+
+
+def test_a_bad_environment_value_names_the_key(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_TRAINING__EPOCHS", "many")
+    with pytest.raises(ConfigError, match=r"training\.epochs"):
+        load_settings(write_config(project, BASE))
