@@ -8,23 +8,21 @@ random stream: with the same seed, `concept_drift` returns the very same feature
 a different target, and `covariate_shift` leaves every column it does not touch (or derive from)
 as it was.
 
-What `severity` means, per scenario (it is ignored by `clean` and `schema_break`):
-
-| scenario            | changes                                   | severity 1.0                           |
-|---------------------|-------------------------------------------|----------------------------------------|
-| `clean`             | nothing: a new seed is a fresh sample     |                                        |
-| `covariate_shift`   | P(x) of `features`; P(y given x) kept     | +1 reference std (log-mean for usage,  |
-|                     | (the target is computed from the shifted  | rate for support calls); categoricals  |
-|                     | features with the same function)          | move half their mass to reversed order |
-| `prior_shift`       | P(y); P(x given y) kept (rejection        | classification: positive odds x4       |
-|                     | sampling by label from a clean pool)      | (20% -> 50%); regression: acceptance   |
-|                     |                                           | sigmoid(2 z(y)), mean up ~0.9 std      |
-| `concept_drift`     | P(y given x) (coefficients, sign flips);  | the fully drifted coefficients         |
-|                     | P(x) identical                            | (0.5 = halfway)                        |
-| `unseen_categories` | values never seen in `features`           | 10% of rows per column                 |
-| `missing_spike`     | nulls in `features`                       | 40% of rows per column                 |
-| `schema_break`      | `kind`: drop / rename (`<col>_v2`) /      |                                        |
-|                     | retype (numeric -> string) `features[0]`  |                                        |
+Scenarios (`severity` scales each one; 1.0 is the magnitude given here):
+- `clean`: nothing changes; a new seed is a fresh sample of the same distributions.
+- `covariate_shift`: P(x) of `features` moves where they are drawn, so what derives from them
+  follows; P(y|x) is kept (the target is the same function of the shifted features). Numeric:
+  +1 reference std per unit (log-mean for usage, Poisson rate for calls); categorical: half the
+  mass moves to the reversed category order.
+- `prior_shift`: P(y) changes, P(x|y) is kept: clean rows are rejection-sampled with an acceptance
+  that depends on the label only. Classification: positive odds x 4**severity (20% -> 50%).
+  Regression: acceptance sigmoid(2 * severity * z(y)), which raises the mean by about 0.5 std.
+- `concept_drift`: P(y|x) changes (coefficients move, main effects flip sign, linearly in
+  severity); the features are identical to `clean` with the same seed.
+- `unseen_categories`: 10% of rows per column in `features` get a value from `UNSEEN_VALUES`.
+- `missing_spike`: 40% of rows per column in `features` are null.
+- `schema_break`: `kind` drops `features[0]`, renames it `<name>_v2`, or retypes a numeric
+  column as strings; severity is unused.
 """
 
 import os
@@ -79,7 +77,11 @@ UNSEEN_VALUES: dict[str, str] = {
     "plan": "enterprise",
 }
 # Share of nulls in a clean batch (missing completely at random, after the target is drawn).
-NULL_SHARES: dict[str, float] = {"data_usage_gb": 0.03, "payment_method": 0.02, "discount_pct": 0.05}
+NULL_SHARES: dict[str, float] = {
+    "data_usage_gb": 0.03,
+    "payment_method": 0.02,
+    "discount_pct": 0.05,
+}
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DEFAULT_FEATURES: dict[str, tuple[str, ...]] = {
@@ -101,13 +103,32 @@ _SHIFT_UNITS: dict[str, float] = {
     "discount_pct": 6.0,
 }
 _UNSEEN_SHARE, _MISSING_SHARE = 0.10, 0.40
+_MAX_ROWS = 100_000_000
+# Category probabilities; payment method depends on the contract (one row per contract).
+_CATEGORY_PROBS: dict[str, list[list[float]]] = {
+    "contract": [[0.55, 0.24, 0.21]],
+    "plan": [[0.40, 0.38, 0.22]],
+    "region": [[0.22, 0.24, 0.18, 0.21, 0.15]],
+    "payment_method": [
+        [0.45, 0.20, 0.17, 0.18],
+        [0.20, 0.20, 0.30, 0.30],
+        [0.12, 0.18, 0.35, 0.35],
+    ],
+}
 _ID_MODULUS = 999_999_937  # a prime: i -> (a*i + b) mod p is a bijection, so ids never collide
-_STREAMS = (*FEATURES, "target", "customer_id", "event_time", "nulls", "scenario")
+_STREAMS = (
+    *FEATURES,
+    "target",
+    "customer_id",
+    "event_time",
+    "scenario",
+    *(f"null:{name}" for name in FEATURES),
+)
 
 # Logistic churn model: terms are built in `_churn_terms`; the drifted set flips the main effects
 # (month-to-month customers now stay, long-tenure ones leave) at about the same positive rate.
 _CHURN: dict[str, float] = {
-    "bias": -2.55,
+    "bias": -2.40,
     "month_to_month": 1.6,
     "tenure": -0.045,
     "tenure_x_premium": -0.02,
@@ -119,7 +140,7 @@ _CHURN: dict[str, float] = {
     "age": -0.01,
 }
 _CHURN_DRIFTED: dict[str, float] = {
-    "bias": -1.35,
+    "bias": -1.47,
     "month_to_month": -1.2,
     "tenure": 0.02,
     "tenure_x_premium": 0.02,
@@ -163,30 +184,43 @@ def generate(
     Args:
         rows: number of rows.
         seed: non-negative seed; the same arguments always give the same table.
-        task: `classification` (target `churned`, int64 0/1, ~20% positives) or `regression`.
+        task: `classification` (target `churned`, int64 0/1, ~20% positives) or `regression`
+            (target `next_month_spend`, float64).
         scenario: one of `SCENARIOS` (see the module docstring).
-        start: start of the `event_time` window (naive means UTC); default 2026-01-01.
+        start: start of the `event_time` window (naive means UTC); default 2026-01-01 UTC.
         window_days: length of the `event_time` window.
         severity: strength of the scenario; 1.0 is the documented default magnitude.
         features: columns the scenario acts on (covariate_shift, unseen_categories,
             missing_spike, schema_break); defaults in `DEFAULT_FEATURES`.
-        kind: for `schema_break` only: `drop`, `rename` or `retype` (default `drop`).
+        kind: `schema_break` only: `drop`, `rename` or `retype` (default `drop`).
+
+    Raises:
+        ValueError: an unknown scenario, task, kind or column, or arguments out of range.
     """
-    cols = _check_features(scenario, features)
-    _check_args(rows=rows, seed=seed, task=task, scenario=scenario, severity=severity, kind=kind)
-    start = DEFAULT_START if start is None else start
-    if scenario == "prior_shift":
-        data, masks = _label_shifted(rows=rows, seed=seed, task=task, severity=severity)
-    else:
-        data = _columns(rows=rows, entropy=seed, task=task, spec=_spec_for(scenario, severity, cols))
-        masks = _null_masks(data, streams=_streams(seed))
+    _check_args(
+        rows=rows,
+        seed=seed,
+        task=task,
+        scenario=scenario,
+        window_days=window_days,
+        severity=severity,
+        kind=kind,
+    )
+    cols = _scenario_columns(scenario, features, kind=kind)
     streams = _streams(seed)
+    if scenario == "prior_shift":
+        data = _label_shifted(rows=rows, seed=seed, task=task, severity=severity)
+    else:
+        data = _columns(rows=rows, streams=streams, task=task, spec=_spec(scenario, severity, cols))
+        data["customer_id"] = _ids(streams["customer_id"], np.arange(rows))
     data["event_time"] = _event_times(streams["event_time"], rows, start=start, days=window_days)
+    spike = dict.fromkeys(cols, _MISSING_SHARE * severity) if scenario == "missing_spike" else {}
+    masks = _null_masks(streams, rows, spike=spike)
     dictionaries = {name: list(values) for name, values in CATEGORIES.items()}
-    if scenario == "missing_spike":
-        masks = _missing_spike(masks, streams["scenario"], cols, share=_MISSING_SHARE * severity)
     if scenario == "unseen_categories":
-        _inject_unseen(data, dictionaries, streams["scenario"], cols, _UNSEEN_SHARE * severity)
+        _inject_unseen(
+            data, dictionaries, streams["scenario"], cols, share=_UNSEEN_SHARE * severity
+        )
     table = _to_table(data, masks, dictionaries, target=TARGETS[task])
     if scenario == "schema_break":
         table = _break_schema(table, column=cols[0], kind=kind or "drop")
@@ -208,7 +242,7 @@ def example_dataset_config(task: Task = "classification") -> dict[str, object]:
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike[str]) -> Path:
-    """Write `table` to a local Parquet file atomically: a temp file beside it, then `os.replace`."""
+    """Write `table` to a local Parquet file atomically: a temp file beside it, then a rename."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -226,51 +260,66 @@ def write_parquet(table: pa.Table, path: str | os.PathLike[str]) -> Path:
 
 
 def _check_args(
-    *, rows: int, seed: int, task: str, scenario: str, severity: float, kind: str | None
+    *,
+    rows: int,
+    seed: int,
+    task: str,
+    scenario: str,
+    window_days: float,
+    severity: float,
+    kind: str | None,
 ) -> None:
-    """Reject arguments that would silently give the wrong data."""
+    """Reject arguments that would otherwise give silently wrong data."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; allowed: {', '.join(SCENARIOS)}")
     if task not in TARGETS:
         raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TARGETS)}")
-    if not 0 <= rows < _ID_MODULUS // 8:
-        raise ValueError(f"rows must be between 0 and {_ID_MODULUS // 8 - 1}, got {rows}")
+    if not 0 <= rows <= _MAX_ROWS:
+        raise ValueError(f"rows must be between 0 and {_MAX_ROWS}, got {rows}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
+    if not window_days > 0:
+        raise ValueError(f"window_days must be positive, got {window_days}")
     if not np.isfinite(severity):
         raise ValueError(f"severity must be finite, got {severity}")
-    if scenario in ("unseen_categories", "missing_spike"):
-        base = _UNSEEN_SHARE if scenario == "unseen_categories" else _MISSING_SHARE
-        if not 0 <= base * severity <= 1:
-            raise ValueError(f"severity {severity} gives a share of {base * severity:.2f} rows")
+    share = {"unseen_categories": _UNSEEN_SHARE, "missing_spike": _MISSING_SHARE}.get(scenario)
+    if share is not None and not 0 <= share * severity <= 1:
+        raise ValueError(
+            f"{scenario}: severity {severity} gives a row share of {share * severity:g}"
+        )
     if kind is not None and scenario != "schema_break":
         raise ValueError(f"kind applies to scenario 'schema_break' only, not {scenario!r}")
     if kind is not None and kind not in SCHEMA_BREAKS:
         raise ValueError(f"unknown schema_break kind {kind!r}; allowed: {', '.join(SCHEMA_BREAKS)}")
 
 
-def _check_features(scenario: str, features: Sequence[str] | None) -> tuple[str, ...]:
-    """The scenario's columns: the given ones, checked against what the scenario can act on."""
+def _scenario_columns(
+    scenario: str, features: Sequence[str] | None, *, kind: str | None
+) -> tuple[str, ...]:
+    """The columns a scenario acts on: the given ones, checked, or its defaults."""
     if scenario not in DEFAULT_FEATURES:
         if features is not None:
             raise ValueError(f"features do not apply to scenario {scenario!r}")
         return ()
     cols = DEFAULT_FEATURES[scenario] if features is None else tuple(features)
-    allowed = {"unseen_categories": CATEGORICAL_FEATURES}.get(scenario, FEATURES)
+    allowed = CATEGORICAL_FEATURES if scenario == "unseen_categories" else FEATURES
     if scenario == "schema_break" and len(cols) != 1:
         raise ValueError(f"schema_break acts on exactly one column, got {list(cols)}")
-    unknown = [c for c in cols if c not in allowed]
-    if unknown or not cols:
-        raise ValueError(f"{scenario} cannot act on {unknown or 'no columns'}; allowed: {allowed}")
+    bad = [c for c in cols if c not in allowed] if cols else ["(none given)"]
+    if bad:
+        raise ValueError(f"{scenario} cannot act on {bad}; allowed: {', '.join(allowed)}")
+    if kind == "retype" and cols[0] not in NUMERIC_FEATURES:
+        raise ValueError(f"retype needs a numeric column, one of {', '.join(NUMERIC_FEATURES)}")
     return cols
 
 
-def _spec_for(scenario: str, severity: float, cols: tuple[str, ...]) -> _Spec:
+def _spec(scenario: str, severity: float, cols: tuple[str, ...]) -> _Spec:
     """Covariate shift moves the chosen features; concept drift interpolates the coefficients."""
     if scenario == "covariate_shift":
         return _Spec(shift={c: severity for c in cols})
     if scenario == "concept_drift":
-        return _Spec(churn=_lerp(_CHURN, _CHURN_DRIFTED, severity), spend=_lerp(_SPEND, _SPEND_DRIFTED, severity))
+        churn = _lerp(_CHURN, _CHURN_DRIFTED, severity)
+        return _Spec(churn=churn, spend=_lerp(_SPEND, _SPEND_DRIFTED, severity))
     return _Spec()
 
 
@@ -287,61 +336,70 @@ def _streams(entropy: int | Sequence[int]) -> dict[str, np.random.Generator]:
     return {name: np.random.default_rng(s) for name, s in zip(_STREAMS, children, strict=True)}
 
 
-def _columns(*, rows: int, entropy: int | Sequence[int], task: str, spec: _Spec) -> dict[str, np.ndarray]:
-    """Draw features in causal order (contract, plan -> tenure, usage -> charges -> calls), then y."""
-    rng, shift = _streams(entropy), spec.shift
+def _columns(
+    *, rows: int, streams: Mapping[str, np.random.Generator], task: str, spec: _Spec
+) -> dict[str, np.ndarray]:
+    """Draw features in causal order (plan -> usage -> charges -> calls), then the target."""
+    shift = spec.shift
     d: dict[str, np.ndarray] = {}
-    d["contract"] = _categorical(rng["contract"], rows, [[0.55, 0.24, 0.21]], shift.get("contract"))
-    d["plan"] = _categorical(rng["plan"], rows, [[0.40, 0.38, 0.22]], shift.get("plan"))
-    d["region"] = _categorical(rng["region"], rows, [[0.22, 0.24, 0.18, 0.21, 0.15]], shift.get("region"))
-    pay = [[0.45, 0.20, 0.17, 0.18], [0.20, 0.20, 0.30, 0.30], [0.12, 0.18, 0.35, 0.35]]
-    d["payment_method"] = _categorical(rng["payment_method"], rows, pay, shift.get("payment_method"), d["contract"])
-    d |= _numeric(rng, rows, d, shift)
-    d[TARGETS[task]] = _target(rng["target"], d, task=task, spec=spec)
-    d["customer_id"] = _ids(rng["customer_id"], rows)
+    for name, probs in _CATEGORY_PROBS.items():
+        given = d["contract"] if name == "payment_method" else None
+        d[name] = _categorical(streams[name], rows, probs, shift.get(name, 0.0), given=given)
+    d |= _numeric(streams, rows, d, shift)
+    d[TARGETS[task]] = _target(streams["target"], d, task=task, spec=spec)
     return d
 
 
 def _categorical(
     rng: np.random.Generator,
     rows: int,
-    probs: list[list[float]],
-    shift: float | None,
-    given: np.ndarray | None = None,
+    probs: Sequence[Sequence[float]],
+    shift: float,
+    *,
+    given: np.ndarray | None,
 ) -> np.ndarray:
-    """Integer codes from per-row probabilities (`probs[given]`); a shift tilts mass to reversed order."""
+    """Integer codes drawn from `probs[given]` (one row when unconditional).
+
+    A shift moves up to all the mass towards the reversed category order (half at shift 1.0).
+    """
     p = np.asarray(probs)
-    if shift:
-        w = np.clip(0.5 * shift, 0.0, 1.0)
-        p = (1 - w) * p + w * p[:, ::-1]
+    w = float(np.clip(0.5 * shift, 0.0, 1.0))
+    p = (1 - w) * p + w * p[:, ::-1]
     cum = np.cumsum(p, axis=1)[:, :-1]
-    cum_rows = cum[0] if given is None else cum[given]
-    u = rng.random(rows)
-    return (u[:, None] > cum_rows).sum(axis=1).astype(np.int8) if given is not None else np.searchsorted(cum_rows, u, side="right").astype(np.int8)
+    bounds = cum[0] if given is None else cum[given]
+    return (rng.random(rows)[:, None] > bounds).sum(axis=1).astype(np.int8)
 
 
 def _numeric(
-    rng: Mapping[str, np.random.Generator], rows: int, d: Mapping[str, np.ndarray], shift: Mapping[str, float]
+    streams: Mapping[str, np.random.Generator],
+    rows: int,
+    d: Mapping[str, np.ndarray],
+    shift: Mapping[str, float],
 ) -> dict[str, np.ndarray]:
-    """Numeric features with realistic shapes and dependencies; `shift` is in `_SHIFT_UNITS`."""
-    def s(name: str) -> float:
+    """Numeric features with realistic shapes and dependencies; `shift` counts `_SHIFT_UNITS`."""
+
+    def moved(name: str) -> float:
         return shift.get(name, 0.0) * _SHIFT_UNITS[name]
 
     contract, plan = d["contract"], d["plan"]
+    rng = streams
     tenure_scale = np.array([9.0, 20.0, 30.0])[contract]
-    tenure = np.clip(np.floor(rng["tenure_months"].gamma(1.6, tenure_scale) + 1 + s("tenure_months")), 1, 72)
-    age = np.clip(np.rint(rng["age"].normal(44.0, 14.0, rows) + s("age")), 18, 90)
-    log_usage = np.log(np.array([4.0, 12.0, 30.0]))[plan] - 0.012 * (age - 44) + s("data_usage_gb")
+    tenure = rng["tenure_months"].gamma(1.6, tenure_scale) + 1 + moved("tenure_months")
+    tenure = np.clip(np.floor(tenure), 1, 72)
+    age = np.clip(np.rint(rng["age"].normal(44.0, 14.0, rows) + moved("age")), 18, 90)
+    log_usage = np.log([4.0, 12.0, 30.0])[plan] - 0.012 * (age - 44) + moved("data_usage_gb")
     usage = rng["data_usage_gb"].lognormal(log_usage, 0.7)
-    base_charge = np.array([29.0, 59.0, 94.0])[plan]
-    noise = rng["monthly_charges"].normal(0.0, 6.0, rows)
-    monthly = np.clip(base_charge + 0.35 * np.minimum(usage, 60.0) + noise + s("monthly_charges"), 15.0, 250.0)
-    discount_mean = np.array([1.0, 7.0, 12.0])[contract] + 0.05 * tenure + s("discount_pct")
+    charge = np.array([29.0, 59.0, 94.0])[plan] + 0.35 * np.minimum(usage, 60.0)
+    charge += rng["monthly_charges"].normal(0.0, 6.0, rows) + moved("monthly_charges")
+    monthly = np.clip(charge, 15.0, 250.0)
+    discount_mean = np.array([1.0, 7.0, 12.0])[contract] + 0.05 * tenure + moved("discount_pct")
     discount = np.clip(rng["discount_pct"].normal(discount_mean, 4.0), 0.0, 40.0)
-    ratio = rng["total_charges"].lognormal(0.0, 0.05, rows)
-    total = np.maximum(tenure * monthly * (1 - discount / 100) * ratio + s("total_charges"), 0.0)
+    billed = (
+        tenure * monthly * (1 - discount / 100) * rng["total_charges"].lognormal(0.0, 0.05, rows)
+    )
+    total = np.maximum(billed + moved("total_charges"), 0.0)
     rate = np.exp(-0.3 + 0.5 * (plan == 0) + 0.008 * (monthly - 60) + 0.3 * (contract == 0))
-    calls = rng["support_calls"].poisson(np.maximum(rate + s("support_calls"), 0.0))
+    calls = rng["support_calls"].poisson(np.maximum(rate + moved("support_calls"), 0.0))
     return {
         "tenure_months": tenure.astype(np.int64),
         "monthly_charges": np.round(monthly, 2),
@@ -358,7 +416,6 @@ def _churn_logit(d: Mapping[str, np.ndarray], coef: Mapping[str, float]) -> np.n
     mtm = (d["contract"] == 0).astype(np.float64)
     tenure, calls = d["tenure_months"], d["support_calls"]
     terms = {
-        "bias": 1.0,
         "month_to_month": mtm,
         "tenure": tenure,
         "tenure_x_premium": tenure * (d["plan"] == 2),
@@ -369,84 +426,148 @@ def _churn_logit(d: Mapping[str, np.ndarray], coef: Mapping[str, float]) -> np.n
         "electronic_check": (d["payment_method"] == 0).astype(np.float64),
         "age": d["age"] - 44.0,
     }
-    return sum((coef[k] * v for k, v in terms.items()), np.zeros(len(mtm)))
+    logit = np.full(len(mtm), coef["bias"])
+    for name, values in terms.items():
+        logit += coef[name] * values
+    return logit
 
 
-def _target(rng: np.random.Generator, d: Mapping[str, np.ndarray], *, task: str, spec: _Spec) -> np.ndarray:
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _target(
+    rng: np.random.Generator, d: Mapping[str, np.ndarray], *, task: str, spec: _Spec
+) -> np.ndarray:
     """`churned` ~ Bernoulli(sigmoid(logit)); `next_month_spend` a nonlinear function plus noise."""
     n = len(d["contract"])
     if task == "classification":
-        p = 1.0 / (1.0 + np.exp(-_churn_logit(d, spec.churn)))
-        return (rng.random(n) < p).astype(np.int64)
-    risk = 1.0 / (1.0 + np.exp(-_churn_logit(d, _CHURN)))
-    c, usage = spec.spend, d["data_usage_gb"]
-    overage = np.maximum(usage - _OVERAGE_ALLOWANCE_GB[d["plan"]], 0.0)
-    addons = np.sqrt(d["support_calls"]) * (d["contract"] == 0)
+        return (rng.random(n) < _sigmoid(_churn_logit(d, spec.churn))).astype(np.int64)
+    c = spec.spend
+    risk = _sigmoid(_churn_logit(d, _CHURN))
     charges = d["monthly_charges"] * (1 - d["discount_pct"] / 100)
-    spend = (c["charges"] * charges + c["overage"] * overage + c["calls"] * addons) * (1 - c["risk"] * risk)
-    return np.round(np.maximum(spend + rng.normal(0.0, _SPEND_NOISE, n), 0.0), 2)
+    overage = np.maximum(d["data_usage_gb"] - _OVERAGE_ALLOWANCE_GB[d["plan"]], 0.0)
+    addons = np.sqrt(d["support_calls"]) * (d["contract"] == 0)
+    spend = c["charges"] * charges + c["overage"] * overage + c["calls"] * addons
+    spend = spend * (1 - c["risk"] * risk) + rng.normal(0.0, _SPEND_NOISE, n)
+    return np.round(np.maximum(spend, 0.0), 2)
 
 
-def _ids(rng: np.random.Generator, rows: int, offset: int = 0) -> np.ndarray:
-    """Distinct pseudo-random customer numbers: an affine bijection modulo a prime."""
-    a, b = rng.integers(1, _ID_MODULUS, size=2)
-    return (a * np.arange(offset, offset + rows, dtype=np.int64) + b) % _ID_MODULUS
+def _ids(rng: np.random.Generator, index: np.ndarray) -> np.ndarray:
+    """Distinct pseudo-random customer numbers: an affine bijection of the row index mod a prime."""
+    a, b = (int(v) for v in rng.integers(1, _ID_MODULUS, size=2))
+    return (a * rng.permutation(index).astype(np.int64) + b) % _ID_MODULUS
 
 
-def _event_times(rng: np.random.Generator, rows: int, *, start: datetime, days: float) -> np.ndarray:
-    """Sorted microsecond timestamps, uniform over the window."""
+def _event_times(
+    rng: np.random.Generator, rows: int, *, start: datetime | None, days: float
+) -> np.ndarray:
+    """Sorted microsecond UTC timestamps, uniform over the window."""
+    start = DEFAULT_START if start is None else start
     start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
     origin = int(start.timestamp()) * 1_000_000 + start.microsecond
-    span = int(days * 86_400 * 1_000_000)
-    return np.sort(origin + rng.integers(0, max(span, 1), size=rows))
+    span = max(int(days * 86_400 * 1_000_000), 1)
+    return np.sort(origin + rng.integers(0, span, size=rows))
 
 
-def _null_masks(d: Mapping[str, np.ndarray], *, streams: Mapping[str, np.random.Generator]) -> dict[str, np.ndarray]:
-    """Uniforms per nullable column, kept so a spike nests the clean batch's nulls."""
-    n = len(d["contract"])
-    return {name: streams["nulls"].random(n) for name in FEATURES}
+def _null_masks(
+    streams: Mapping[str, np.random.Generator], rows: int, *, spike: Mapping[str, float]
+) -> dict[str, np.ndarray]:
+    """Null masks, drawn apart from the values (missing completely at random).
+
+    A spike compares the same uniforms with a larger share, so its nulls include the clean ones.
+    """
+    shares = {**NULL_SHARES, **{c: max(s, NULL_SHARES.get(c, 0.0)) for c, s in spike.items()}}
+    return {c: streams[f"null:{c}"].random(rows) < share for c, share in shares.items()}
 
 
 # Prior shift
 
 
-def _label_shifted(*, rows: int, seed: int, task: str, severity: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Rejection-sample clean rows with a label-only acceptance probability: P(x|y) stays the same."""
+def _label_shifted(*, rows: int, seed: int, task: str, severity: float) -> dict[str, np.ndarray]:
+    """Rejection-sample clean rows with an acceptance that depends on the label only.
+
+    Accepted rows follow P(x|y) * P(y) * a(y): P(x|y) is untouched, P(y) is reweighted.
+    """
     parts: list[dict[str, np.ndarray]] = []
     kept, chunk, offset = 0, 0, 0
     stats: tuple[float, float] | None = None
-    while kept < rows:
+    while kept < rows or not parts:
         chunk += 1
         n = max(3 * (rows - kept), 1024)
-        d = _columns(rows=n, entropy=[seed, chunk], task=task, spec=_Spec())
+        streams = _streams([seed, chunk])
+        d = _columns(rows=n, streams=streams, task=task, spec=_Spec())
         y = d[TARGETS[task]]
         stats = stats or (float(y.mean()), float(y.std()))
-        accept = _acceptance(y, task=task, severity=severity, stats=stats)
-        keep = _streams([seed, chunk])["scenario"].random(n) < accept
-        d["customer_id"] = _ids(_streams(seed)["customer_id"], n, offset)
-        d["nulls"] = np.stack(list(_null_masks(d, streams=_streams([seed, chunk])).values()))
-        parts.append({k: (v[..., keep]) for k, v in d.items()})
+        keep = streams["scenario"].random(n) < _acceptance(
+            y, task=task, severity=severity, stats=stats
+        )
+        d["customer_id"] = _ids(_streams(seed)["customer_id"], np.arange(offset, offset + n))
+        parts.append({k: v[keep] for k, v in d.items()})
         kept, offset = kept + int(keep.sum()), offset + n
-    data = {k: np.concatenate([p[k] for p in parts], axis=-1)[..., :rows] for k in parts[0]}
-    masks = dict(zip(FEATURES, data.pop("nulls"), strict=True))
-    return data, masks
+    return {k: np.concatenate([p[k] for p in parts])[:rows] for k in parts[0]}
 
 
-def _acceptance(y: np.ndarray, *, task: str, severity: float, stats: tuple[float, float]) -> np.ndarray:
-    """Classification: positive odds x 4**severity; regression: sigmoid(2*severity*z(y))."""
+def _acceptance(
+    y: np.ndarray, *, task: str, severity: float, stats: tuple[float, float]
+) -> np.ndarray:
+    """Classification: positive odds x 4**severity; regression: sigmoid(2 * severity * z(y))."""
     if task == "classification":
-        w = np.where(y == 1, 4.0**severity, 1.0)
-        return w / w.max(initial=1.0)
-    z = (y - stats[0]) / max(stats[1], 1e-9)
-    return 1.0 / (1.0 + np.exp(-2.0 * severity * z))
+        weight = np.where(y == 1, 4.0**severity, 1.0)
+        return weight / max(4.0**severity, 1.0)
+    return _sigmoid(2.0 * severity * (y - stats[0]) / max(stats[1], 1e-9))
 
 
 # Batch-level scenarios and assembly
 
 
-def _missing_spike(
-    masks: dict[str, np.ndarray], rng: np.random.Generator, cols: tuple[str, ...], share: float
-) -> dict[str, np.ndarray]:
-    """Raise the null share of `cols` to `share` (the clean nulls stay null)."""
-    del rng  # the spike reuses the clean batch's uniforms, so its nulls include the clean ones
-    return {**masks, **{c: np.minimum(masks[c], masks[c] * 0 + 0) if False else masks[c] for c in ()}, "_spike": np.array(cols), "_share": np.array(share)}
+def _inject_unseen(
+    data: dict[str, np.ndarray],
+    dictionaries: dict[str, list[str]],
+    rng: np.random.Generator,
+    cols: Sequence[str],
+    *,
+    share: float,
+) -> None:
+    """Give `share` of rows (drawn independently per column) a value from `UNSEEN_VALUES`."""
+    for col in cols:
+        hit = rng.random(len(data[col])) < share
+        data[col] = np.where(hit, len(dictionaries[col]), data[col]).astype(np.int8)
+        dictionaries[col] = [*dictionaries[col], UNSEEN_VALUES[col]]
+
+
+def _to_table(
+    data: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    dictionaries: Mapping[str, list[str]],
+    *,
+    target: str,
+) -> pa.Table:
+    """Assemble the table: strings decoded from integer codes in C++, never in a Python loop."""
+    digits = pc.utf8_lpad(pc.cast(pa.array(data["customer_id"]), pa.string()), width=9, padding="0")
+    columns: dict[str, pa.Array] = {
+        "customer_id": pc.binary_join_element_wise("C", digits, ""),
+        "event_time": pa.array(data["event_time"], type=pa.timestamp("us", tz="UTC")),
+    }
+    for name in FEATURES:
+        mask = masks.get(name)
+        if name in dictionaries:
+            codes = pa.array(data[name], mask=mask)
+            labels = pa.DictionaryArray.from_arrays(codes, pa.array(dictionaries[name]))
+            columns[name] = labels.cast(pa.string())
+        else:
+            columns[name] = pa.array(data[name], mask=mask)
+    columns[target] = pa.array(data[target])
+    return pa.table(columns)
+
+
+def _break_schema(table: pa.Table, *, column: str, kind: str) -> pa.Table:
+    """Drop a column, rename it to `<column>_v2`, or turn a numeric column into strings."""
+    if kind == "drop":
+        return table.drop_columns([column])
+    if kind == "rename":
+        return table.rename_columns(
+            [f"{column}_v2" if c == column else c for c in table.column_names]
+        )
+    index = table.column_names.index(column)
+    return table.set_column(index, column, pc.cast(table[column], pa.string()))

@@ -1,0 +1,53 @@
+# driftloop: every action is one command; README, CI and people run the same ones.
+# `make help` lists them.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DL := $(VENV)/bin/driftloop
+export GX_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test lint format up down status bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv and install driftloop with the pins of constraints.txt
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install ## Run the main job on embedded defaults: synthetic data, local Ray, local Prefect
+	$(DL) demo
+
+test: install lint ## Run lint, types and the whole test suite (real Ray, Prefect server, HTTP)
+	$(PY) -m pytest
+
+lint: install ## ruff lint and format check, mypy (strict)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+up: install ## Start the local stack: Prefect server + UI on :4200, Ray head on 127.0.0.1
+	$(DL) up
+
+down: install ## Stop what `make up` started, and only that
+	$(DL) down
+
+status: install ## Show what runs and where
+	$(DL) status
+
+bench: install ## Run the benchmarks under bench/ (ratios against baselines, in one run)
+	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean: ## Remove the venv, caches and local state (.driftloop)
+	rm -rf $(VENV) .driftloop .pytest_cache .mypy_cache .ruff_cache

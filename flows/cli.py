@@ -1,0 +1,208 @@
+"""The `driftloop` command: each subcommand loads the settings once and calls a flow or a task.
+
+    driftloop init && driftloop up && driftloop train     # or simply: driftloop demo
+
+Every command reads `./driftloop.yaml` unless given `--config PATH` (or `DRIFTLOOP_CONFIG`), keeps
+its state under `DRIFTLOOP_HOME`, exits 0 on success and non-zero with a one-line reason on failure.
+Heavy imports (Prefect, Ray, GX) happen inside the commands, so `--help` answers at once.
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tasks.settings import CONFIG_FILE, ConfigError, Settings, StackConfig, load_settings
+
+app = typer.Typer(
+    name="driftloop",
+    help="A closed-loop MLOps pipeline for tabular models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigPath = Annotated[
+    Path,
+    typer.Option(
+        "--config", "-c", envvar="DRIFTLOOP_CONFIG", help="The settings file.", show_default=True
+    ),
+]
+
+
+class Failure(Exception):
+    """A failure the user can act on: printed as one line, exit status 1."""
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to write the config and data.")] = Path(
+        "."
+    ),
+    task: Annotated[str, typer.Option(help="classification or regression.")] = "classification",
+    rows: Annotated[int, typer.Option(min=100, help="Rows of synthetic data.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 0,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing config.")] = False,
+) -> None:
+    """Write an example driftloop.yaml and a synthetic data set to start from."""
+    import yaml
+
+    from tasks import synthetic
+
+    if task not in ("classification", "regression"):
+        raise Failure(f"--task {task!r}: allowed: classification, regression")
+    config = directory / CONFIG_FILE
+    if config.exists() and not force:
+        raise Failure(f"{config} exists; pass --force to overwrite it")
+    dataset = synthetic.example_dataset_config(task)  # type: ignore[arg-type]
+    table = synthetic.generate(rows=rows, seed=seed, task=task)  # type: ignore[arg-type]
+    data_path = synthetic.write_parquet(table, directory / str(dataset["source"]))
+    directory.mkdir(parents=True, exist_ok=True)
+    config.write_text(_example_yaml(yaml.safe_dump({"dataset": dataset}, sort_keys=False)))
+    typer.echo(f"wrote {config} and {data_path} ({table.num_rows:,} rows)")
+
+
+@app.command()
+def up(config: ConfigPath = Path(CONFIG_FILE)) -> None:
+    """Start the local stack: Prefect server + UI and a Ray head, all on 127.0.0.1."""
+    from tasks import stack
+
+    home, ports = _stack_settings(config)
+    state = stack.up(
+        home=home,
+        prefect_port=ports.prefect_port,
+        ray_port=ports.ray_port,
+        dashboard_port=ports.dashboard_port,
+    )
+    typer.echo(stack.describe(state))
+
+
+@app.command()
+def down(config: ConfigPath = Path(CONFIG_FILE)) -> None:
+    """Stop what `driftloop up` started, and only that."""
+    from tasks import stack
+
+    home, _ = _stack_settings(config)
+    stopped = stack.down(home=home)
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status(config: ConfigPath = Path(CONFIG_FILE)) -> None:
+    """Say what runs, where, and which model serves."""
+    from tasks import stack
+
+    home, _ = _stack_settings(config)
+    typer.echo(stack.describe(stack.status(home=home)))
+
+
+@app.command()
+def validate(
+    config: ConfigPath = Path(CONFIG_FILE),
+    data: Annotated[
+        Path | None, typer.Option(help="A Parquet file or folder to check (default: the source).")
+    ] = None,
+) -> None:
+    """Check a data set against the contract and the reference profile (Great Expectations)."""
+    settings = _settings(config)
+    from tasks import validation
+
+    report = validation.validate_path(str(data or settings.dataset.source), settings=settings)
+    typer.echo(validation.summary(report))
+    if not report.success:
+        raise Failure(f"validation failed: {report.failed_count} expectation(s) not met")
+
+
+@app.command()
+def train(config: ConfigPath = Path(CONFIG_FILE)) -> None:
+    """Run the training pipeline: validate, split, train with Ray Train."""
+    _settings(config)  # fail fast on a bad config, before Prefect and Ray start
+    _connect_to_stack(config)
+    from flows.training import training_pipeline
+
+    summary = training_pipeline(config=str(config))
+    typer.echo(summary)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Where the demo's config and data live.")] = (
+        Path(".")
+    ),
+) -> None:
+    """Run the whole loop end to end on synthetic data (writes a config first if none exists)."""
+    config = directory / CONFIG_FILE
+    if not config.exists():
+        init(directory=directory)
+    _settings(config)
+    _connect_to_stack(config)
+    from flows.demo import demo as demo_flow
+
+    typer.echo(demo_flow(config=str(config)))
+
+
+def _settings(config: Path) -> Settings:
+    return load_settings(config)
+
+
+def _stack_settings(config: Path) -> tuple[Path, StackConfig]:
+    settings = load_settings(config, check_source=False) if config.exists() else None
+    if settings is not None:
+        return settings.home, settings.stack
+    return Path(os.environ.get("DRIFTLOOP_HOME", ".driftloop")), StackConfig()
+
+
+def _connect_to_stack(config: Path) -> None:
+    """Point Prefect and Ray at the local stack when `driftloop up` runs it.
+
+    Variables the user set win: that is how the same commands reach a remote cluster.
+    """
+    from tasks import stack
+
+    home, _ = _stack_settings(config)
+    for name, value in stack.connection_env(home=home).items():
+        os.environ.setdefault(name, value)
+
+
+def _example_yaml(dataset_yaml: str) -> str:
+    return (
+        "# driftloop settings: point `dataset` at your own Parquet data.\n"
+        "# Environment variables override any key: DRIFTLOOP_TRAINING__EPOCHS=5\n"
+        + dataset_yaml
+        + "training:\n  epochs: 10\n  num_workers: 2\n  use_gpu: auto\n"
+    )
+
+
+def main() -> None:
+    """Entry point: run the command; known failures become one line on stderr and exit 1."""
+    from tasks.data import DataError
+
+    known: tuple[type[Exception], ...] = (Failure, ConfigError, DataError, *_stage_errors())
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("driftloop: interrupted", err=True)
+        sys.exit(130)
+    except known as exc:
+        typer.echo(f"driftloop: error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def _stage_errors() -> list[type[Exception]]:
+    """The error types of the stages, each meaning 'this run failed for a stated reason'."""
+    from tasks.stack import StackError
+    from tasks.train import TrainingFailed
+    from tasks.validation import ValidationFailed
+
+    return [StackError, TrainingFailed, ValidationFailed]
