@@ -1,6 +1,6 @@
 """Synthetic customer-churn data with named drift scenarios, for demos, tests and benchmarks.
 
-    write_parquet(generate(rows=100_000, seed=1, scenario="covariate_shift"), "data/churn.parquet")
+    write_parquet(generate(rows=100_000, seed=0), "data/churn.parquet")
 
 One seeded, vectorised generator produces both the clean "training" data and every "production"
 batch, so a scenario changes exactly what it names and nothing else. Each column draws from its own
@@ -94,12 +94,12 @@ DEFAULT_FEATURES: dict[str, tuple[str, ...]] = {
 # One unit of covariate shift per numeric feature: about one reference standard deviation, applied
 # where the feature is drawn so that what derives from it (total charges, support calls) follows.
 _SHIFT_UNITS: dict[str, float] = {
-    "tenure_months": 18.0,
-    "monthly_charges": 28.0,
-    "total_charges": 2_000.0,
+    "tenure_months": 20.0,
+    "monthly_charges": 29.0,
+    "total_charges": 1_300.0,
     "age": 14.0,
     "support_calls": 1.0,  # added to the Poisson rate
-    "data_usage_gb": 0.8,  # added to the log-mean
+    "data_usage_gb": 1.0,  # added to the log-mean
     "discount_pct": 6.0,
 }
 _UNSEEN_SHARE, _MISSING_SHARE = 0.10, 0.40
@@ -125,7 +125,7 @@ _STREAMS = (
     *(f"null:{name}" for name in FEATURES),
 )
 
-# Logistic churn model: terms are built in `_churn_terms`; the drifted set flips the main effects
+# Logistic churn model: terms are built in `_churn_logit`; the drifted set flips the main effects
 # (month-to-month customers now stay, long-tenure ones leave) at about the same positive rate.
 _CHURN: dict[str, float] = {
     "bias": -2.40,
