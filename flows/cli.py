@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from tasks.settings import CONFIG_FILE, ConfigError, Settings, StackConfig, load_settings
+from tasks.errors import DriftloopError
+from tasks.settings import CONFIG_FILE, Settings, StackConfig, load_settings
 
 app = typer.Typer(
     name="driftloop",
@@ -32,7 +33,7 @@ ConfigPath = Annotated[
 ]
 
 
-class Failure(Exception):
+class Failure(DriftloopError):
     """A failure the user can act on: printed as one line, exit status 1."""
 
 
@@ -176,33 +177,12 @@ def _example_yaml(dataset_yaml: str) -> str:
 
 
 def main() -> None:
-    """Entry point: run the command; known failures become one line on stderr and exit 1."""
-    from tasks.data import DataError
+    """Entry point: known failures become one line on stderr and exit 1.
 
-    known: tuple[type[Exception], ...] = (Failure, ConfigError, DataError, *_stage_errors())
+    Usage errors are click's: a message naming the option, exit 2.
+    """
     try:
-        app(standalone_mode=False)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("driftloop: interrupted", err=True)
-        sys.exit(130)
-    except known as exc:
+        app()
+    except DriftloopError as exc:
         typer.echo(f"driftloop: error: {exc}", err=True)
         sys.exit(1)
-    except Exception as exc:  # click's usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-
-
-def _stage_errors() -> list[type[Exception]]:
-    """The error types of the stages, each meaning 'this run failed for a stated reason'."""
-    from tasks.stack import StackError
-    from tasks.train import TrainingFailed
-    from tasks.validation import ValidationFailed
-
-    return [StackError, TrainingFailed, ValidationFailed]

@@ -17,13 +17,15 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from tasks.errors import DriftloopError
+
 if TYPE_CHECKING:
     from tasks.settings import DatasetConfig, SplitConfig
 
 ColumnKind = Literal["integer", "float", "boolean", "string", "timestamp", "other"]
 
 
-class DataError(ValueError):
+class DataError(DriftloopError, ValueError):
     """The data cannot be read; the message names the file and the problem in one line."""
 
 

@@ -19,11 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tasks import data
+from tasks.errors import DriftloopError
 
 CONFIG_FILE = "driftloop.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(DriftloopError, ValueError):
     """The configuration is wrong; the message names the key and what is allowed."""
 
 
