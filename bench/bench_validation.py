@@ -1,0 +1,167 @@
+"""Benchmark: the GX validation gate vs the same checks hand-written in numpy/pyarrow.
+
+    .venv/bin/python bench/bench_validation.py            # 1,000,000 rows x 20 columns
+    .venv/bin/python bench/bench_validation.py --rows 200000 --repeats 3
+
+Both arms run the very same suite (`build_suite` on a clean reference): the GX arm through
+`validate` (arrow -> pandas conversion, ephemeral context, ValidationDefinition.run), the numpy arm
+by interpreting the suite's configs with pyarrow compute and numpy. Both compute target leakage
+with the same `leakage_score`. Goals (issue #3): GX / numpy <= 25x on 1M rows; fixed cost on
+10,000 rows <= 100 ms (import excluded). Medians of `--repeats` runs after one warm-up.
+"""
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks import data, synthetic, validation
+from tasks.settings import Features, Settings
+
+EXTRA_NUMERIC = 6  # synthetic churn has 14 columns; 6 more numeric ones make 20
+
+
+def make_table(rows: int, *, seed: int) -> pa.Table:
+    table = synthetic.generate(rows=rows, seed=seed)
+    rng = np.random.default_rng(seed)
+    for i in range(EXTRA_NUMERIC):
+        table = table.append_column(f"extra_{i}", pa.array(rng.normal(i, 1 + i, rows)))
+    return table
+
+
+def make_settings(table: pa.Table) -> Settings:
+    dataset = synthetic.example_dataset_config()
+    roles = {"customer_id", "event_time", str(dataset["target"])}
+    numeric, categorical = data.infer_features(table.schema, exclude=roles)
+    features = Features(numeric=numeric, categorical=categorical)
+    return Settings(dataset={**dataset, "features": features.model_dump()})
+
+
+# The numpy/pyarrow arm: the same configs, interpreted directly -----------------------------------
+
+
+def numpy_checks(table: pa.Table, configs: list[dict[str, Any]], *, leakage: bool) -> list[bool]:
+    """Run each suite config with pyarrow compute / numpy; one verdict per config."""
+    return [_check(table, c) for c in configs if leakage or c["type"] != validation.LEAKAGE]
+
+
+def _check(table: pa.Table, config: dict[str, Any]) -> bool:
+    kind, kw = config["type"], config["kwargs"]
+    if kind == "expect_column_to_exist":
+        return kw["column"] in table.column_names
+    if kind == "expect_table_row_count_to_be_between":
+        return table.num_rows >= kw["min_value"]
+    if kind == validation.LEAKAGE:
+        target = table[kw["target"]].to_pandas()
+        scores = [
+            validation.leakage_score(table[f].to_pandas(), target, task=kw["task"])[0]
+            for f in kw["features"]
+        ]
+        return max(scores, default=0.0) < kw["threshold"]
+    column = table[kw["column"]]
+    valid = len(column) - column.null_count
+    if kind == "expect_column_values_to_be_in_type_list":
+        return data.column_kind(column.type) == config["meta"]["kind"]
+    if kind == "expect_column_proportion_of_non_null_values_to_be_between":
+        return valid / max(len(column), 1) >= kw["min_value"]
+    if kind == "expect_column_values_to_be_between":
+        outside = pc.or_(pc.less(column, kw["min_value"]), pc.greater(column, kw["max_value"]))
+        return _mostly(pc.sum(outside).as_py() or 0, valid, kw)
+    if kind == "expect_column_values_to_be_in_set":
+        inside = pc.sum(pc.is_in(column.drop_null(), pa.array(kw["value_set"]))).as_py() or 0
+        return _mostly(valid - inside, valid, kw)
+    if kind == "expect_column_values_to_be_unique":
+        return pc.count_distinct(column).as_py() == valid
+    if kind == "expect_column_unique_value_count_to_be_between":
+        return pc.count_distinct(column).as_py() >= kw["min_value"]
+    raise ValueError(f"no numpy version of {kind}")
+
+
+def suite_without_leakage(suite: Any) -> Any:
+    """The same suite minus the leakage expectation: GX's built-in checks only."""
+    configs = [c for c in validation.suite_configs(suite) if c["type"] != validation.LEAKAGE]
+    return validation._gx().ExpectationSuite(name="builtin-only", expectations=configs)
+
+
+def _mostly(unexpected: int, valid: int, kw: dict[str, Any]) -> bool:
+    return valid == 0 or 1 - unexpected / valid >= kw.get("mostly", 1.0)
+
+
+# Timing ------------------------------------------------------------------------------------------
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: first-call imports and registrations are not what we measure
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    validation._gx()
+    print(f"GX import + registration: {time.perf_counter() - start:.2f} s (excluded below)")
+
+    reference = make_table(20_000, seed=0)
+    settings = make_settings(reference)
+    suite = validation.build_suite(reference, settings=settings)
+    configs = validation.suite_configs(suite)
+    print(f"suite: {len(configs)} expectations on {reference.num_columns} columns")
+
+    builtin_only = suite_without_leakage(suite)
+
+    def gx_run(table: pa.Table, *, leakage: bool = True) -> Callable[[], object]:
+        chosen = suite if leakage else builtin_only
+
+        def run() -> object:
+            report = validation.validate(table, suite=chosen, settings=settings, fingerprint="-")
+            assert report.success, report.summary()
+            return report
+
+        return run
+
+    def np_run(table: pa.Table, *, leakage: bool = True) -> Callable[[], object]:
+        def run() -> object:
+            assert all(numpy_checks(table, configs, leakage=leakage))
+            return None
+
+        return run
+
+    big = make_table(args.rows, seed=1)
+    print(f"\n{big.num_rows:,} rows x {big.num_columns} columns")
+    gx_s = median_seconds(gx_run(big), args.repeats)
+    gx_plain_s = median_seconds(gx_run(big, leakage=False), args.repeats)
+    frame_s = median_seconds(lambda: validation.to_frame(big), args.repeats)
+    np_s = median_seconds(np_run(big), args.repeats)
+    np_plain_s = median_seconds(np_run(big, leakage=False), args.repeats)
+    print(f"arrow -> pandas for GX: {frame_s:8.3f} s   (inside the GX figures)")
+    print(f"all checks:      GX {gx_s:7.3f} s   numpy {np_s:6.3f} s   ratio {gx_s / np_s:5.1f}x")
+    print(
+        f"without leakage: GX {gx_plain_s:7.3f} s   numpy {np_plain_s:6.3f} s   "
+        f"ratio {gx_plain_s / np_plain_s:5.1f}x   (goal <= 25x)"
+    )
+
+    small = make_table(10_000, seed=2)
+    fixed_s = median_seconds(gx_run(small), max(args.repeats, 5))
+    small_np_s = median_seconds(np_run(small), max(args.repeats, 5))
+    print(
+        f"\nfixed cost, 10,000 rows: GX {1000 * fixed_s:.0f} ms (goal <= 100 ms); "
+        f"numpy {1000 * small_np_s:.0f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,527 @@
+"""The model registry: immutable numbered versions and one atomic alias pointer, on any pyarrow.fs.
+
+    version = register(root=home, model="churn", model_dir=result.model_dir,
+                       metadata={"metrics": {...}, "params": {...}, "data_fingerprint": fp},
+                       extra_files={"reference.parquet": sample, "model_card.md": card.encode()})
+    set_alias(root=home, model="churn", alias="champion", version=version, reason="gate passed")
+    predictor = load_model(resolve(root=home, model="churn", ref="champion"))
+
+`root` is DRIFTLOOP_HOME, a local path or a URI (`s3://`, `gs://`); `<root>/registry/<model>/`:
+
+    1/ 2/ ...            immutable versions: the model directory's files (weights.safetensors,
+                         preprocessing.json, model.json), metadata.json, and the extra files
+    aliases.json         {"aliases": {"champion": 2}, "seq": 7, "updated_at": ...}: the one pointer
+    history/00000007.json  one file per alias move: seq, alias, from, to, action, reason, who, at
+    .staging/<uuid>/     versions being written (a killed writer's leftovers are swept after 1 h)
+    .lock                held with flock around every read-modify-write of the aliases (local)
+
+Atomicity (a writer killed at any instant leaves the registry readable, champion old or new):
+- A version is written whole into `.staging/<uuid>/`, then published by renaming the folder onto
+  `<n>/`. rename(2) onto an existing non-empty folder fails, so two writers can never get the same
+  number: the loser takes the next one. No version folder is ever half there.
+- An alias move writes `history/<seq>.json` (temp file + rename), then swaps `aliases.json` (temp
+  file + rename). Readers trust history only up to the `seq` in aliases.json, so an entry left by a
+  writer killed between the two steps is ignored, then overwritten by the next move.
+- Moves are serialised by `fcntl.flock` on `.lock` (released by the kernel when a holder dies), so
+  concurrent promotions queue and the history records each of them.
+- Local files are fsync'ed before the rename that publishes them, so a power cut does not undo it.
+
+Object stores (same code, weaker guarantees): a PUT of one object is atomic, so readers still see
+old or new aliases.json. A folder cannot be renamed there, so a version is copied under `<n>/` with
+metadata.json last, and readers only list versions that have metadata.json. What S3/GCS lack through
+pyarrow.fs is a lock: they offer a conditional put (S3 `If-None-Match: *`, GCS
+`ifGenerationMatch=0`) that pyarrow does not expose. On a shared bucket keep one writer per model at
+a time, e.g. run promotions under a Prefect global concurrency limit `registry-<model>` (limit 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import getpass
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.fs as pafs
+
+from tasks import data, events
+from tasks.errors import DriftloopError
+
+CHAMPION = "champion"
+METADATA, ALIASES, HISTORY = "metadata.json", "aliases.json", "history"
+# The files of a model directory (tasks.model's names; not imported: reading needs no torch).
+MODEL_FILES = ("weights.safetensors", "preprocessing.json", "model.json")
+_STAGING, _LOCK = ".staging", ".lock"
+_STALE_AFTER_S = 3600  # a staging folder or temp file this old belongs to a dead writer
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # never all digits, unlike a version
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+Action = Literal["set", "rollback"]
+PathOrUri = str | os.PathLike[str]
+
+
+class RegistryError(DriftloopError, ValueError):
+    """The registry cannot do what was asked; the message names the model and the reason."""
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    """One alias move, as kept in the history."""
+
+    seq: int
+    alias: str
+    from_version: int | None
+    to_version: int
+    action: Action
+    reason: str
+    who: str
+    at: str
+    flow_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class _Aliases:
+    aliases: dict[str, int]
+    seq: int
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where one model's registry lives: a file system and the folder on it."""
+
+    fs: pafs.FileSystem
+    base: str
+    scheme: str  # "" for local paths, "s3://" etc. for URIs
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.base, *parts])
+
+    def uri(self, path: str) -> str:
+        return f"{self.scheme}{path}"
+
+
+# Writers ------------------------------------------------------------------------------------------
+
+
+def register(
+    *,
+    root: PathOrUri,
+    model: str,
+    model_dir: PathOrUri,
+    metadata: Mapping[str, Any],
+    extra_files: Mapping[str, PathOrUri | bytes] | None = None,
+) -> int:
+    """Publish a new immutable version and return its number (1, 2, ...).
+
+    Args:
+        root: DRIFTLOOP_HOME (a local path or a URI).
+        model: the model's name (the dataset name).
+        model_dir: a model directory (weights.safetensors, preprocessing.json, model.json).
+        metadata: what to keep beside it: metrics, params, data_fingerprint... `created_at`,
+            `code_version` and `flow_run_id` are added unless given.
+        extra_files: name in the version folder -> a file to copy (path or URI) or its content
+            (bytes): the reference sample, the validation suite, the evaluation report, the card.
+    """
+    place = _place(root, model)
+    extras = dict(extra_files or {})
+    _check_extra_names(extras)
+    src_fs, src_dir = data.resolve(os.fspath(model_dir))
+    for name in MODEL_FILES:
+        if src_fs.get_file_info(f"{src_dir}/{name}").type != pafs.FileType.File:
+            raise RegistryError(f"{model_dir}: not a model directory (no {name})")
+    _sweep(place)
+    stage = place.path(_STAGING, uuid.uuid4().hex)
+    place.fs.create_dir(stage, recursive=True)
+    for name in MODEL_FILES:
+        _copy(src_fs, f"{src_dir}/{name}", place.fs, f"{stage}/{name}")
+    for name, source in extras.items():
+        if isinstance(source, bytes):
+            _write(place.fs, f"{stage}/{name}", source)
+        else:
+            extra_fs, extra_path = data.resolve(os.fspath(source))
+            _copy(extra_fs, extra_path, place.fs, f"{stage}/{name}")
+    record = {
+        "model": model,
+        "created_at": _now(),
+        "code_version": code_version(),
+        "flow_run_id": _flow_run_id(),
+        "files": sorted([*MODEL_FILES, *extras]),
+        **metadata,
+    }
+    _write(place.fs, f"{stage}/{METADATA}", _dumps(events.jsonable(record)))
+    return _publish(place, stage)
+
+
+def set_alias(
+    *,
+    root: PathOrUri,
+    model: str,
+    alias: str,
+    version: int,
+    reason: str,
+    actor: str | None = None,
+) -> AliasChange:
+    """Point `alias` at `version` (which must be complete) and record the move in the history."""
+    place = _place(root, model)
+    if not _ALIAS_NAME.match(alias):
+        raise RegistryError(
+            f"{model}: alias {alias!r} must start with a letter (letters, digits, _ -)"
+        )
+    with _lock(place):
+        if version not in list_versions(root=root, model=model):
+            raise RegistryError(f"{model}: no version {version} to point {alias!r} at")
+        return _move(place, alias=alias, to=version, action="set", reason=reason, actor=actor)
+
+
+def rollback(
+    *, root: PathOrUri, model: str, reason: str = "rollback", actor: str | None = None
+) -> AliasChange:
+    """Point the champion back at the previous champion, as the history tells it.
+
+    Rolling back twice goes two champions back: a rolled-back version is skipped, not returned to.
+    """
+    place = _place(root, model)
+    with _lock(place):
+        state = _read_aliases(place)
+        stack = _champion_stack(_read_history(place, upto=state.seq))
+        if len(stack) < 2:
+            now = f"version {stack[-1]}" if stack else "none"
+            raise RegistryError(
+                f"{model}: no earlier champion to roll back to (current champion: {now})"
+            )
+        return _move(
+            place, alias=CHAMPION, to=stack[-2], action="rollback", reason=reason, actor=actor
+        )
+
+
+# Readers ------------------------------------------------------------------------------------------
+
+
+def list_versions(*, root: PathOrUri, model: str) -> list[int]:
+    """Complete versions, oldest first (a folder without metadata.json is not one)."""
+    place = _place(root, model)
+    return [n for n in _numbered(place) if _exists(place.fs, place.path(str(n), METADATA))]
+
+
+def get_version(*, root: PathOrUri, model: str, version: int) -> dict[str, Any]:
+    """The metadata of one version, with its `version` number and `path` added."""
+    place = _place(root, model)
+    path = place.path(str(version))
+    try:
+        record = json.loads(_read(place.fs, f"{path}/{METADATA}"))
+    except FileNotFoundError:
+        raise RegistryError(f"{model}: no version {version}") from None
+    return {**record, "version": version, "path": place.uri(path)}
+
+
+def aliases(*, root: PathOrUri, model: str) -> dict[str, int]:
+    """Every alias and the version it points at (empty for a model with none yet)."""
+    return _read_aliases(_place(root, model)).aliases
+
+
+def resolve(*, root: PathOrUri, model: str, ref: str | int) -> str:
+    """The folder of a version, named by number (3, "3") or by alias ("champion"); a path or URI."""
+    place = _place(root, model)
+    text = str(ref)
+    if text.isdigit():
+        version = int(text)
+        if not _exists(place.fs, place.path(text, METADATA)):
+            versions = list_versions(root=root, model=model)
+            raise RegistryError(f"{model}: no version {version}; versions: {versions or 'none'}")
+    else:
+        table = _read_aliases(place).aliases
+        if text not in table:
+            names = ", ".join(sorted(table)) or "none yet"
+            raise RegistryError(f"{model}: no alias {text!r}; aliases: {names}")
+        version = table[text]
+    return place.uri(place.path(str(version)))
+
+
+def history(*, root: PathOrUri, model: str) -> list[AliasChange]:
+    """Every alias move, oldest first."""
+    place = _place(root, model)
+    return _read_history(place, upto=_read_aliases(place).seq)
+
+
+def code_version() -> str:
+    """`git describe` of the checkout this code runs from, else the installed package version."""
+    return _code_version()
+
+
+# Internals ----------------------------------------------------------------------------------------
+
+
+def _place(root: PathOrUri, model: str) -> _Place:
+    if not _MODEL_NAME.match(model):
+        raise RegistryError(f"model name {model!r}: use letters, digits, '_', '.' and '-'")
+    text = os.fspath(root)
+    fs, path = data.resolve(text)
+    scheme = text.split("://", 1)[0] + "://" if "://" in text and not _is_local(fs) else ""
+    return _Place(fs=fs, base=f"{path.rstrip('/')}/registry/{model}", scheme=scheme)
+
+
+def _is_local(fs: pafs.FileSystem) -> bool:
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
+def _publish(place: _Place, stage: str) -> int:
+    """Turn a staged folder into the next version; the number is claimed by the rename itself."""
+    _fsync_tree(place, stage)
+    version = max(_numbered(place), default=0) + 1
+    if not place.local:  # no folder rename on object stores: copy, metadata.json last
+        return _publish_by_copy(place, stage, version)
+    while True:
+        target = place.path(str(version))
+        try:
+            place.fs.move(stage, target)
+        except OSError:
+            if not _exists(place.fs, target):
+                raise
+            version += 1  # another writer took this number first
+            continue
+        _fsync_dir(place.base)
+        return version
+
+
+def _publish_by_copy(place: _Place, stage: str, version: int) -> int:
+    target = place.path(str(version))
+    files = [i for i in place.fs.get_file_info(pafs.FileSelector(stage)) if i.base_name != METADATA]
+    for info in files:
+        place.fs.copy_file(info.path, f"{target}/{info.base_name}")
+    place.fs.copy_file(f"{stage}/{METADATA}", f"{target}/{METADATA}")
+    place.fs.delete_dir(stage)
+    return version
+
+
+def _move(
+    place: _Place, *, alias: str, to: int, action: Action, reason: str, actor: str | None
+) -> AliasChange:
+    """Record and apply one alias move; the caller holds the lock."""
+    state = _read_aliases(place)
+    change = AliasChange(
+        seq=state.seq + 1,
+        alias=alias,
+        from_version=state.aliases.get(alias),
+        to_version=to,
+        action=action,
+        reason=reason,
+        who=actor or _who(),
+        at=_now(),
+        flow_run_id=_flow_run_id(),
+    )
+    _write_atomic(place, place.path(HISTORY, f"{change.seq:08d}.json"), _dumps(asdict(change)))
+    pointer = {"aliases": {**state.aliases, alias: to}, "seq": change.seq, "updated_at": change.at}
+    _write_atomic(place, place.path(ALIASES), _dumps(pointer))
+    return change
+
+
+def _read_aliases(place: _Place) -> _Aliases:
+    try:
+        raw = json.loads(_read(place.fs, place.path(ALIASES)))
+    except FileNotFoundError:
+        return _Aliases(aliases={}, seq=0)
+    except json.JSONDecodeError as exc:  # cannot happen through this module: say where to look
+        raise RegistryError(f"{place.uri(place.path(ALIASES))}: not valid JSON: {exc}") from None
+    return _Aliases(
+        aliases={str(k): int(v) for k, v in raw["aliases"].items()}, seq=int(raw["seq"])
+    )
+
+
+def _read_history(place: _Place, *, upto: int) -> list[AliasChange]:
+    """History entries 1..upto; a later one is a move whose pointer swap never happened."""
+    folder = place.path(HISTORY)
+    selector = pafs.FileSelector(folder, allow_not_found=True)
+    names = sorted(i.base_name for i in place.fs.get_file_info(selector))
+    changes = []
+    for name in names:
+        stem = name.removesuffix(".json")
+        if name.endswith(".json") and stem.isdigit() and int(stem) <= upto:
+            changes.append(AliasChange(**json.loads(_read(place.fs, f"{folder}/{name}"))))
+    return changes
+
+
+def _champion_stack(changes: list[AliasChange]) -> list[int]:
+    """The champions in force, oldest first: a promotion pushes, a rollback pops."""
+    stack: list[int] = []
+    for change in changes:
+        if change.alias != CHAMPION:
+            continue
+        if change.action == "rollback" and stack:
+            stack.pop()
+        if not stack or stack[-1] != change.to_version:
+            stack.append(change.to_version)
+    return stack
+
+
+def _numbered(place: _Place) -> list[int]:
+    selector = pafs.FileSelector(place.base, allow_not_found=True)
+    infos = place.fs.get_file_info(selector)
+    return sorted(
+        int(i.base_name)
+        for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.isdigit()
+    )
+
+
+@contextlib.contextmanager
+def _lock(place: _Place) -> Iterator[None]:
+    """An exclusive lock on the model's registry (local file systems; see the module docstring)."""
+    if not place.local:
+        yield
+        return
+    import fcntl
+
+    Path(place.base).mkdir(parents=True, exist_ok=True)
+    with open(place.path(_LOCK), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released on close, or by the kernel if we die
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sweep(place: _Place) -> None:
+    """Remove what writers killed long ago left behind: staging folders and temp files."""
+    cutoff = time.time() - _STALE_AFTER_S
+    for folder in (place.path(_STAGING), place.base, place.path(HISTORY)):
+        selector = pafs.FileSelector(folder, allow_not_found=True)
+        for info in place.fs.get_file_info(selector):
+            stale = info.mtime is not None and info.mtime.timestamp() < cutoff
+            if not stale:
+                continue
+            if folder.endswith(_STAGING) and info.type == pafs.FileType.Directory:
+                place.fs.delete_dir(info.path)
+            elif info.base_name.endswith(".tmp") and info.type == pafs.FileType.File:
+                place.fs.delete_file(info.path)
+
+
+def _check_extra_names(extras: Mapping[str, object]) -> None:
+    reserved = {*MODEL_FILES, METADATA}
+    for name in extras:
+        if not _FILE_NAME.match(name) or name in reserved:
+            raise RegistryError(
+                f"extra file name {name!r}: use a plain file name (letters, digits, _ . -), "
+                f"not one of {sorted(reserved)}"
+            )
+
+
+def _write_atomic(place: _Place, path: str, content: bytes) -> None:
+    """Write to a temp file beside `path`, then rename it over `path` in one step."""
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    place.fs.create_dir(folder, recursive=True)
+    _write(place.fs, tmp, content)
+    if place.local:
+        _fsync_file(tmp)
+    place.fs.move(tmp, path)
+    if place.local:
+        _fsync_dir(folder)
+
+
+def _write(fs: pafs.FileSystem, path: str, content: bytes) -> None:
+    with fs.open_output_stream(path) as out:
+        out.write(content)
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes:
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(path)
+    with fs.open_input_stream(path) as stream:
+        return bytes(stream.read())
+
+
+def _copy(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:
+    if src_fs.get_file_info(src).type != pafs.FileType.File:
+        raise RegistryError(f"{src}: no such file to copy into the registry")
+    pafs.copy_files(
+        src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs, use_threads=False
+    )
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _fsync_tree(place: _Place, folder: str) -> None:
+    if not place.local:
+        return
+    for info in place.fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
+        if info.type == pafs.FileType.File:
+            _fsync_file(info.path)
+    _fsync_dir(folder)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):  # some file systems refuse fsync on folders
+        _fsync_file(path)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, indent=1, sort_keys=True, default=str).encode()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry in some containers
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _flow_run_id() -> str | None:
+    """The Prefect flow run this runs in, if any (no Prefect loaded means no flow run here)."""
+    if "prefect" not in sys.modules:
+        return None
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
+@functools.cache
+def _code_version() -> str:
+    checkout = Path(__file__).resolve().parent.parent
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "describe", "--tags", "--always", "--dirty"],
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    try:
+        return importlib_metadata.version("driftloop")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,595 @@
+"""Evaluation metrics, robustness and the promotion gate (scikit-learn models, synthetic data)."""
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from sklearn import metrics as skm
+from sklearn.linear_model import LogisticRegression, Ridge
+
+from tasks import evaluate as ev
+from tasks import events, registry, synthetic
+from tasks.settings import DatasetConfig, Features
+
+NUMERIC = list(synthetic.NUMERIC_FEATURES)
+CATEGORICAL = list(synthetic.CATEGORICAL_FEATURES)
+GATE = ev.GateConfig(bootstrap_resamples=200)  # 200 resamples keep each gate under 2 s here
+
+
+class Linear:
+    """A scikit-learn linear model behind the evaluation Protocol (one-hot categories, z-scores)."""
+
+    def __init__(
+        self,
+        table: pa.Table,
+        *,
+        numeric: list[str],
+        categorical: list[str],
+        target: str = "churned",
+        shuffle_seed: int | None = None,
+    ) -> None:
+        self.numeric, self.categorical = numeric, categorical
+        self.stats = {
+            c: (np.nanmean(_floats(table[c])), np.nanstd(_floats(table[c]))) for c in numeric
+        }
+        self.vocab = {c: sorted(set(_strings(table[c])) - {None}) for c in categorical}
+        y = table[target].to_numpy()
+        if shuffle_seed is not None:
+            y = np.random.default_rng(shuffle_seed).permutation(y)
+        regression = target == synthetic.TARGETS["regression"]
+        estimator = Ridge() if regression else LogisticRegression(max_iter=2000)
+        self.model = estimator.fit(self._x(table), y)
+
+    @property
+    def classes(self) -> list[int] | None:
+        return [int(c) for c in self.model.classes_] if hasattr(self.model, "classes_") else None
+
+    def predict(self, table: pa.Table) -> np.ndarray:
+        x = self._x(table)
+        return self.model.predict_proba(x) if self.classes else self.model.predict(x)
+
+    def _x(self, table: pa.Table) -> np.ndarray:
+        cols = []
+        for c in self.numeric:
+            mean, std = self.stats[c]
+            v = _floats(table[c])
+            cols.append(((np.where(np.isnan(v), mean, v) - mean) / (std or 1.0))[:, None])
+        for c in self.categorical:
+            v = np.array(_strings(table[c]), dtype=object)
+            cols.append(np.stack([v == k for k in self.vocab[c]], axis=1).astype(float))
+        return np.hstack(cols)
+
+
+class Altered:
+    """Another predictor's probabilities, changed by `change(table, probs)`."""
+
+    def __init__(self, inner: Linear, change: Callable[[pa.Table, np.ndarray], np.ndarray]) -> None:
+        self.inner, self.change = inner, change
+
+    @property
+    def classes(self) -> list[int] | None:
+        return self.inner.classes
+
+    def predict(self, table: pa.Table) -> np.ndarray:
+        return self.change(table, self.inner.predict(table))
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(pc.cast(column, pa.float64()), np.nan).to_numpy()
+
+
+def _strings(column: pa.ChunkedArray) -> list[Any]:
+    return pc.cast(column, pa.string()).to_pylist()
+
+
+def dataset_config(task: str = "classification") -> DatasetConfig:
+    return DatasetConfig(
+        name="churn",
+        source="data/churn.parquet",
+        target=synthetic.TARGETS[task],
+        task=task,
+        features=Features(numeric=NUMERIC, categorical=CATEGORICAL),
+        slices=["contract", "plan"],
+    )
+
+
+@pytest.fixture(scope="module")
+def train() -> pa.Table:
+    return synthetic.generate(rows=6000, seed=1)
+
+
+@pytest.fixture(scope="module")
+def holdout() -> pa.Table:
+    return synthetic.generate(rows=3000, seed=2)
+
+
+@pytest.fixture(scope="module")
+def real(train: pa.Table) -> Linear:
+    return Linear(train, numeric=NUMERIC, categorical=CATEGORICAL)
+
+
+@pytest.fixture(scope="module")
+def weak(train: pa.Table) -> Linear:
+    """Two numeric features only: a real but clearly weaker model."""
+    return Linear(train, numeric=NUMERIC[:2], categorical=[])
+
+
+def report(model: Any, table: pa.Table, **kwargs: Any) -> ev.EvaluationReport:
+    return ev.evaluate(
+        model, table, dataset=dataset_config(), config=ev.EvaluationConfig(), **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def real_report(real: Linear, holdout: pa.Table) -> ev.EvaluationReport:
+    return report(real, holdout)
+
+
+@pytest.fixture(scope="module")
+def weak_report(weak: Linear, holdout: pa.Table) -> ev.EvaluationReport:
+    return report(weak, holdout)
+
+
+def failed_rules(decision: ev.GateDecision) -> list[str]:
+    return [r.rule for r in decision.failed]
+
+
+# Metrics ------------------------------------------------------------------------------------------
+
+Y_BIN = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+P_BIN = np.array([0.1, 0.8, 0.6, 0.3, 0.4, 0.2, 0.7, 0.9])
+Y_MULTI = np.array([0, 1, 2, 2, 1, 0])
+P_MULTI = np.array(
+    [
+        [0.7, 0.2, 0.1],
+        [0.2, 0.5, 0.3],
+        [0.1, 0.3, 0.6],
+        [0.3, 0.4, 0.3],
+        [0.1, 0.8, 0.1],
+        [0.5, 0.3, 0.2],
+    ]
+)
+
+
+def test_binary_metrics_match_scikit_learn_on_a_fixed_example() -> None:
+    probs = np.c_[1 - P_BIN, P_BIN]
+    got = ev.classification_metrics(Y_BIN, probs, bins=10)
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(Y_BIN, P_BIN > 0.5))
+    assert got["f1"] == pytest.approx(skm.f1_score(Y_BIN, P_BIN > 0.5))
+    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(Y_BIN, P_BIN))
+    assert got["pr_auc"] == pytest.approx(skm.average_precision_score(Y_BIN, P_BIN))
+    assert got["log_loss"] == pytest.approx(
+        -np.mean(np.log(np.where(Y_BIN == 1, P_BIN, 1 - P_BIN)))
+    )
+    assert got["brier"] == pytest.approx(np.mean((P_BIN - Y_BIN) ** 2))
+    # by hand: the negative at 0.7 outranks the positives at 0.6 and 0.4: 14 of 16 pairs right
+    assert got["roc_auc"] == pytest.approx(14 / 16)
+
+
+def test_multiclass_metrics_use_macro_f1_and_one_vs_rest_macro_aucs() -> None:
+    got = ev.classification_metrics(Y_MULTI, P_MULTI)
+    onehot = np.eye(3)[Y_MULTI]
+    assert got["accuracy"] == pytest.approx(5 / 6)
+    assert got["f1"] == pytest.approx(skm.f1_score(Y_MULTI, P_MULTI.argmax(1), average="macro"))
+    assert got["roc_auc"] == pytest.approx(
+        skm.roc_auc_score(Y_MULTI, P_MULTI, multi_class="ovr", average="macro")
+    )
+    assert got["pr_auc"] == pytest.approx(
+        skm.average_precision_score(onehot, P_MULTI, average="macro")
+    )
+    assert got["log_loss"] == pytest.approx(-np.mean(np.log(P_MULTI[np.arange(6), Y_MULTI])))
+    assert got["brier"] == pytest.approx(np.mean(((P_MULTI - onehot) ** 2).sum(axis=1)))
+
+
+def test_regression_metrics_match_hand_computation() -> None:
+    y = np.array([3.0, -0.5, 2.0, 7.0])
+    pred = np.array([2.5, 0.0, 2.0, 8.0])
+    got = ev.regression_metrics(y, pred)
+    assert got["rmse"] == pytest.approx(np.sqrt((0.25 + 0.25 + 0 + 1) / 4))
+    assert got["mae"] == pytest.approx((0.5 + 0.5 + 0 + 1) / 4)
+    assert got["r2"] == pytest.approx(1 - 1.5 / np.sum((y - y.mean()) ** 2))
+
+
+def test_expected_calibration_error_matches_a_hand_computation() -> None:
+    # binary, 10 bins, one row per bin: (|0-.1| + |1-.4| + |1-.8| + |1-.9|) / 4
+    probs = np.array([0.1, 0.4, 0.8, 0.9])
+    y = np.array([0, 1, 1, 1])
+    assert ev.expected_calibration_error(y, np.c_[1 - probs, probs], bins=10) == pytest.approx(0.25)
+    # multiclass, top label: confidences .7 (right), .5 (wrong), .6 (right) in three bins
+    probs3 = np.array([[0.7, 0.2, 0.1], [0.3, 0.5, 0.2], [0.2, 0.2, 0.6]])
+    assert ev.expected_calibration_error(np.array([0, 0, 2]), probs3, bins=10) == pytest.approx(
+        (0.3 + 0.5 + 0.4) / 3
+    )
+
+
+def test_a_calibrated_predictor_has_a_small_ece_and_a_miscalibrated_one_a_large_ece() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.random(50_000)
+    y = (rng.random(p.size) < p).astype(int)
+    calibrated = ev.expected_calibration_error(y, np.c_[1 - p, p])
+    overconfident = np.clip(0.5 + 2 * (p - 0.5), 0, 1)
+    miscalibrated = ev.expected_calibration_error(y, np.c_[1 - overconfident, overconfident])
+    assert calibrated < 0.01
+    assert miscalibrated > 0.1
+
+
+def test_a_metric_undefined_on_the_rows_is_nan_not_an_error() -> None:
+    probs = np.c_[1 - P_BIN, P_BIN]
+    assert np.isnan(ev.metric("roc_auc", np.ones(8, dtype=int), probs))
+    assert np.isnan(ev.metric("r2", np.ones(3), np.ones(3)))
+
+
+# Evaluation of a model ----------------------------------------------------------------------------
+
+
+def test_slice_metrics_are_the_metrics_of_each_slice_values_rows(
+    real: Linear, holdout: pa.Table, real_report: ev.EvaluationReport
+) -> None:
+    contract = np.array(_strings(holdout["contract"]))
+    assert {s.value for s in real_report.slices if s.column == "contract"} == set(contract)
+    for s in real_report.slices:
+        if s.column != "contract":
+            continue
+        rows = holdout.filter(pa.array(contract == s.value))
+        assert s.rows == rows.num_rows
+        alone = ev.classification_metrics(rows["churned"].to_numpy(), real.predict(rows))
+        assert s.metrics == pytest.approx(alone, nan_ok=True)
+    assert sum(s.rows for s in real_report.slices if s.column == "plan") == holdout.num_rows
+
+
+def test_a_report_carries_clean_perturbed_and_production_metrics(
+    real: Linear, holdout: pa.Table
+) -> None:
+    production = synthetic.generate(rows=800, seed=9, scenario="covariate_shift")
+    production = production.set_column(  # a quarter of the recent rows are not labelled yet
+        production.column_names.index("churned"),
+        "churned",
+        pa.array(
+            [None if i % 4 == 0 else v for i, v in enumerate(production["churned"].to_pylist())],
+            pa.int64(),
+        ),
+    )
+    got = report(real, holdout, production=production)
+    assert set(got.robustness) == {"noise", "missing", "unseen"}
+    assert got.production_rows == 600
+    assert got.production is not None
+    assert 0.6 < got.production["roc_auc"] < 1
+    for metrics in got.robustness.values():
+        assert metrics["roc_auc"] <= got.metrics["roc_auc"] + 0.01
+    summary = got.to_dict()
+    json.dumps(summary, allow_nan=False)
+    assert summary["rows"] == holdout.num_rows
+    assert "y_true" not in summary
+
+
+def test_perturbations_change_only_the_features_they_name(holdout: pa.Table) -> None:
+    cfg = ev.EvaluationConfig(noise_scale=0.5, missing_share=0.2, unseen_share=0.3)
+    features = Features(numeric=NUMERIC, categorical=CATEGORICAL)
+    noisy = ev.perturb(holdout, kind="noise", features=features, config=cfg, seed=0)
+    tenure = _floats(holdout["tenure_months"])
+    moved = _floats(noisy["tenure_months"]) - tenure
+    assert np.nanstd(moved) == pytest.approx(0.5 * np.nanstd(tenure), rel=0.1)
+    assert noisy["age"].type == holdout["age"].type  # integers stay integers
+    assert noisy["contract"].equals(holdout["contract"])
+    blank = ev.perturb(holdout, kind="missing", features=features, config=cfg, seed=0)
+    for column in [*NUMERIC, *CATEGORICAL]:
+        added = blank[column].null_count - holdout[column].null_count
+        assert 0.15 < added / holdout.num_rows < 0.25
+    swapped = ev.perturb(holdout, kind="unseen", features=features, config=cfg, seed=0)
+    values = _strings(swapped["region"])
+    assert 0.1 < values.count(ev.UNSEEN) / len(values) < 0.2
+    for table in (noisy, blank, swapped):
+        assert table["churned"].equals(holdout["churned"])
+
+
+def test_a_model_that_does_not_know_a_holdout_class_is_refused(
+    real: Linear, holdout: pa.Table
+) -> None:
+    relabelled = holdout.set_column(
+        holdout.column_names.index("churned"), "churned", pc.add(holdout["churned"], 5)
+    )
+    with pytest.raises(ev.EvaluationError, match="classes the model does not know"):
+        report(real, relabelled)
+
+
+def test_regression_models_are_measured_and_gated_on_rmse(train: pa.Table) -> None:
+    target = synthetic.TARGETS["regression"]
+    reg_train = synthetic.generate(rows=4000, seed=1, task="regression")
+    reg_hold = synthetic.generate(rows=2000, seed=2, task="regression")
+    good = Linear(reg_train, numeric=NUMERIC, categorical=CATEGORICAL, target=target)
+    poor = Linear(reg_train, numeric=NUMERIC[:1], categorical=[], target=target)
+    ds = dataset_config("regression")
+    cfg = ev.EvaluationConfig()
+    good_report = ev.evaluate(good, reg_hold, dataset=ds, config=cfg)
+    poor_report = ev.evaluate(poor, reg_hold, dataset=ds, config=cfg)
+    assert set(good_report.metrics) == {"rmse", "mae", "r2"}
+    assert good_report.metrics["rmse"] < poor_report.metrics["rmse"]
+    better = ev.gate(challenger=good_report, champion=poor_report, config=GATE)
+    worse = ev.gate(challenger=poor_report, champion=good_report, config=GATE)
+    assert better.promote
+    assert better.primary_metric == "rmse"
+    assert not worse.promote
+    assert "rmse: gain is significant" in failed_rules(worse)
+
+
+# The gate -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_model_trained_on_shuffled_labels_is_never_promoted_over_a_real_one(
+    seed: int, train: pa.Table, holdout: pa.Table, real_report: ev.EvaluationReport
+) -> None:
+    shuffled = Linear(train, numeric=NUMERIC, categorical=CATEGORICAL, shuffle_seed=seed)
+    decision = ev.gate(challenger=report(shuffled, holdout), champion=real_report, config=GATE)
+    assert not decision.promote
+    assert {"roc_auc: gain over champion", "roc_auc: gain is significant"} <= set(
+        failed_rules(decision)
+    )
+
+
+def test_a_genuinely_better_model_is_promoted_and_the_worse_one_is_not(
+    real_report: ev.EvaluationReport, weak_report: ev.EvaluationReport
+) -> None:
+    up = ev.gate(challenger=real_report, champion=weak_report, config=GATE)
+    down = ev.gate(challenger=weak_report, champion=real_report, config=GATE)
+    assert up.promote, ev.gate_table_markdown(up)
+    assert up.champion_value == weak_report.metrics["roc_auc"]
+    significance = next(r for r in up.rules if r.rule == "roc_auc: gain is significant")
+    assert significance.observed is not None
+    assert significance.observed > 0
+    assert not down.promote
+
+
+def test_an_equal_model_is_not_promoted_because_its_gain_is_not_significant(
+    real_report: ev.EvaluationReport,
+) -> None:
+    decision = ev.gate(challenger=real_report, champion=real_report, config=GATE)
+    assert failed_rules(decision) == ["roc_auc: gain is significant"]
+
+
+def test_a_regression_in_one_slice_alone_blocks_promotion(
+    real: Linear, holdout: pa.Table, weak_report: ev.EvaluationReport
+) -> None:
+    def flatten_two_year(table: pa.Table, probs: np.ndarray) -> np.ndarray:
+        """In two-year contracts, every row gets the slice's churn rate: no ranking left there."""
+        rows = np.array(_strings(table["contract"])) == "two-year"
+        out = probs.copy()
+        out[rows] = probs[rows].mean(axis=0)
+        return out
+
+    challenger = report(Altered(real, flatten_two_year), holdout)
+    decision = ev.gate(challenger=challenger, champion=weak_report, config=GATE)
+    assert failed_rules(decision) == ["slice contract=two-year: roc_auc"], ev.gate_table_markdown(
+        decision
+    )
+    assert challenger.metrics["roc_auc"] > weak_report.metrics["roc_auc"]
+
+
+def test_poor_calibration_alone_blocks_promotion(
+    real: Linear, holdout: pa.Table, weak_report: ev.EvaluationReport
+) -> None:
+    def overconfident(table: pa.Table, probs: np.ndarray) -> np.ndarray:
+        """Logits times 4: the same ranking (same AUC), far too sure of itself."""
+        logit = np.log(probs[:, 1] / probs[:, 0])
+        p = 1 / (1 + np.exp(-4 * logit))
+        return np.c_[1 - p, p]
+
+    challenger = report(Altered(real, overconfident), holdout)
+    decision = ev.gate(challenger=challenger, champion=weak_report, config=GATE)
+    assert failed_rules(decision) == ["calibration: ECE"], ev.gate_table_markdown(decision)
+
+
+def test_a_model_that_breaks_on_missing_values_is_not_promoted(
+    real: Linear, holdout: pa.Table, weak_report: ev.EvaluationReport
+) -> None:
+    def refuse_nulls(table: pa.Table, probs: np.ndarray) -> np.ndarray:
+        if table["monthly_charges"].null_count:  # never null in clean data
+            raise ValueError("monthly_charges: unexpected null")
+        return probs
+
+    challenger = report(Altered(real, refuse_nulls), holdout)
+    decision = ev.gate(challenger=challenger, champion=weak_report, config=GATE)
+    assert failed_rules(decision) == ["robustness: roc_auc loss"]
+    assert "failed under missing: ValueError: monthly_charges" in decision.failed[0].detail
+
+
+def test_a_model_worse_on_recent_production_rows_is_not_promoted(
+    real: Linear, weak: Linear, holdout: pa.Table
+) -> None:
+    june = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    production = synthetic.generate(rows=1500, seed=5, start=june, window_days=30)
+
+    def stale_after_june(table: pa.Table, probs: np.ndarray) -> np.ndarray:
+        recent = pc.greater_equal(table["event_time"], pa.scalar(june)).to_numpy()
+        out = probs.copy()
+        out[recent] = probs[recent][::-1]  # recent rows get someone else's score
+        return out
+
+    challenger = report(Altered(real, stale_after_june), holdout, production=production)
+    champion = report(weak, holdout, production=production)
+    decision = ev.gate(challenger=challenger, champion=champion, config=GATE)
+    assert failed_rules(decision) == ["production rows: roc_auc"], ev.gate_table_markdown(decision)
+
+
+def test_the_first_model_is_judged_against_the_floors(
+    train: pa.Table, holdout: pa.Table, real_report: ev.EvaluationReport
+) -> None:
+    first = ev.gate(challenger=real_report, champion=None, config=GATE)
+    assert first.promote
+    assert not first.has_champion
+    assert first.summary().startswith("promote: first model")
+    shuffled = report(
+        Linear(train, numeric=NUMERIC, categorical=CATEGORICAL, shuffle_seed=0), holdout
+    )
+    noise = ev.gate(challenger=shuffled, champion=None, config=GATE)
+    assert failed_rules(noise) == ["floor: roc_auc"]
+    strict = ev.gate(
+        challenger=real_report, champion=None, config=ev.GateConfig(floors={"roc_auc": 0.95})
+    )
+    assert failed_rules(strict) == ["floor: roc_auc"]
+
+
+def test_the_gate_refuses_to_compare_reports_on_different_rows(
+    real: Linear, holdout: pa.Table, real_report: ev.EvaluationReport
+) -> None:
+    other = report(real, holdout.slice(0, 2000))
+    with pytest.raises(ev.EvaluationError, match="different rows"):
+        ev.gate(challenger=other, champion=real_report, config=GATE)
+
+
+def test_a_primary_metric_of_the_other_task_is_refused(real_report: ev.EvaluationReport) -> None:
+    with pytest.raises(ev.EvaluationError, match="'rmse' does not fit a classification task"):
+        ev.gate(challenger=real_report, champion=None, config=ev.GateConfig(primary_metric="rmse"))
+
+
+def test_the_gate_table_lists_every_rule_with_both_values_and_the_outcome(
+    real_report: ev.EvaluationReport, weak_report: ev.EvaluationReport
+) -> None:
+    decision = ev.gate(challenger=weak_report, champion=real_report, config=GATE)
+    table = ev.gate_table_markdown(decision)
+    lines = table.splitlines()
+    assert lines[0].startswith("❌ reject: ")
+    assert lines[2] == "| rule | champion | challenger | threshold | result | detail |"
+    assert len(lines) == 4 + len(decision.rules)
+    gain = next(line for line in lines if line.startswith("| roc_auc: gain over champion"))
+    assert f"{real_report.metrics['roc_auc']:.4f}" in gain
+    assert "**FAIL**" in gain
+    assert "| floor: roc_auc | " in table
+    assert "| pass |" in table
+
+
+def test_the_model_card_has_use_data_metrics_slices_gate_and_limitations(
+    real_report: ev.EvaluationReport, weak_report: ev.EvaluationReport
+) -> None:
+    decision = ev.gate(challenger=real_report, champion=weak_report, config=GATE)
+    card = ev.model_card(
+        dataset=dataset_config(), report=real_report, decision=decision,
+        data_fingerprint="abc123", version=3, params={"epochs": 5},
+    )  # fmt: skip
+    assert card.startswith("# Model card: churn v3\n")
+    for heading in ("Intended use", "Data", "Metrics (holdout)", "Parameters", "Metrics per slice",
+                    "Gate decision", "Known limitations"):  # fmt: skip
+        assert f"\n## {heading}\n" in card
+    assert "`abc123`" in card
+    assert "| contract=two-year |" in card
+    assert f"| roc_auc | {real_report.metrics['roc_auc']:.4f} |" in card
+
+
+def test_gate_configuration_is_strict_and_documented() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        ev.GateConfig(min_improvment=0.01)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="primary_metric"):
+        ev.GateConfig(primary_metric="auc")
+    assert ev.GateConfig().floors == {"roc_auc": 0.6, "r2": 0.0}
+
+
+# Prefect: artifacts, events and the registry on a real (temporary) server -------------------------
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def fake_model_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    for name in registry.MODEL_FILES:
+        (path / name).write_bytes(f"{name} of {path.name}".encode())
+    return path
+
+
+@pytest.mark.integration
+def test_the_tasks_promote_a_better_model_reject_a_worse_one_and_tell_prefect(
+    prefect_server: None,
+    tmp_path: Path,
+    real: Linear,
+    weak: Linear,
+    holdout: pa.Table,
+) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    home = str(tmp_path / "home")
+    ds, cfg = dataset_config(), ev.EvaluationConfig()
+    models = {"real": real, "weak": weak}
+
+    @flow(name="gate-under-test")
+    def run(challenger: str, champion: str | None) -> int | None:
+        new = ev.evaluate_task(models[challenger], holdout, dataset=ds, config=cfg)
+        old = None
+        if champion is not None:
+            old = ev.evaluate_task(
+                models[champion], holdout, dataset=ds, config=cfg, role="champion"
+            )
+        decision = ev.gate_task(challenger=new, champion=old, config=GATE, model="churn")
+        return ev.promote_task(
+            decision=decision, report=new, dataset=ds, root=home,
+            model_dir=str(fake_model_dir(tmp_path / f"{challenger}-{champion}")),
+            metadata={"data_fingerprint": "f00d", "params": {"epochs": 1}},
+            extra_files={"suite.json": b"{}"},
+        )  # fmt: skip
+
+    first, second, third = run("weak", None), run("real", "weak"), run("weak", "real")
+    assert (first, second, third) == (1, 2, None)
+    assert registry.aliases(root=home, model="churn") == {"champion": 2}
+    meta = registry.get_version(root=home, model="churn", version=2)
+    assert meta["data_fingerprint"] == "f00d"
+    assert meta["metrics"]["roc_auc"] > 0.8
+    folder = Path(registry.resolve(root=home, model="churn", ref="champion"))
+    assert {"model_card.md", "evaluation.json", "gate.json", "suite.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    with get_client(sync_client=True) as client:
+        wanted_keys = ["evaluation-churn-challenger", "evaluation-churn-champion", "gate-churn",
+                       "model-card-churn"]  # fmt: skip
+        keys = ArtifactFilterKey(any_=wanted_keys)
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=keys))
+        assert {a.key for a in found} == set(wanted_keys)
+        names = [events.MODEL_PROMOTED, events.MODEL_REJECTED]
+        wanted = EventFilter(event=EventNameFilter(name=names))
+        for _ in range(60):  # events are persisted asynchronously: poll for up to 30 s
+            seen = client.read_events(filter=wanted, limit=50).events
+            if len(seen) >= 3:
+                break
+            time.sleep(0.5)
+    by_name: dict[str, list[Any]] = {}
+    for event in seen:
+        by_name.setdefault(event.event, []).append(event)
+    assert len(by_name[events.MODEL_PROMOTED]) == 2
+    (rejected,) = by_name[events.MODEL_REJECTED]
+    assert rejected.resource.id == "driftloop.model.churn"
+    assert rejected.payload["champion"] > rejected.payload["challenger"]
+    assert "roc_auc: gain is significant" in [f["rule"] for f in rejected.payload["failed"]]
+    promoted = max(by_name[events.MODEL_PROMOTED], key=lambda e: e.payload["version"])
+    assert promoted.payload["previous_champion"] == 1
+    assert promoted.payload["version"] == 2
+
+
+def test_a_driftloop_model_directory_is_a_predictor_evaluation_accepts(
+    tmp_path: Path, train: pa.Table, holdout: pa.Table
+) -> None:
+    from tasks import model
+    from tasks.settings import TrainingConfig
+
+    features = Features(numeric=NUMERIC, categorical=CATEGORICAL)
+    pre = model.Preprocessor.fit(train, features=features, target="churned", task="classification")
+    spec = model.ModelSpec.build(pre, TrainingConfig(hidden_layers=[8]))
+    saved = model.save_model(tmp_path / "m", model=model.TabularMLP(spec), spec=spec,
+                             preprocessor=pre)  # fmt: skip
+    predictor: ev.Predictor = model.load_model(saved)
+    got = report(predictor, holdout)
+    assert got.classes == [0, 1]
+    assert set(got.robustness) == set(ev.PERTURBATIONS)
+    assert got.robustness_errors == {}

@@ -1,0 +1,235 @@
+"""The model: preprocessing fitted on train only, the MLP's outputs, the model directory."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from tasks.model import (
+    MODEL,
+    PREPROCESSING,
+    WEIGHTS,
+    ModelError,
+    ModelSpec,
+    Preprocessor,
+    TabularMLP,
+    load_model,
+    save_model,
+)
+from tasks.settings import Features, TrainingConfig
+
+FEATURES = Features(numeric=["tenure", "charges"], categorical=["contract", "has_partner"])
+
+
+def make_table(rows: int = 200, *, seed: int = 0, target: str = "binary") -> pa.Table:
+    rng = np.random.default_rng(seed)
+    charges = rng.normal(50, 10, rows)
+    labels = {
+        "binary": (charges > 50).astype(np.int64),
+        "multiclass": np.array(["low", "mid", "high"])[np.digitize(charges, [45, 55])],
+        "regression": 2.0 * charges + rng.normal(0, 1, rows),
+    }
+    return pa.table(
+        {
+            "tenure": rng.integers(1, 72, rows),
+            "charges": pa.array(charges, mask=rng.random(rows) < 0.1),
+            "contract": rng.choice(["monthly", "yearly", "two-year"], rows),
+            "has_partner": rng.random(rows) < 0.5,
+            "y": labels[target],
+        }
+    )
+
+
+def fit(table: pa.Table, *, task: str = "classification") -> Preprocessor:
+    return Preprocessor.fit(table, features=FEATURES, target="y", task=task)  # type: ignore[arg-type]
+
+
+def build(pre: Preprocessor, **training: object) -> tuple[TabularMLP, ModelSpec]:
+    spec = ModelSpec.build(pre, TrainingConfig(**training))
+    torch.manual_seed(0)
+    return TabularMLP(spec), spec
+
+
+# Preprocessing -----------------------------------------------------------------------------------
+
+
+def test_statistics_come_from_the_training_split_only() -> None:
+    train = make_table(seed=1)
+    validation = make_table(seed=2).set_column(
+        1, "charges", pa.array(np.full(200, 1e6))
+    )  # wildly different, and must not matter
+    pre = fit(train)
+    charges = train["charges"].drop_null().to_numpy()
+    assert pre.means[1] == pytest.approx(charges.mean())
+    assert pre.stds[1] == pytest.approx(charges.std())
+    assert pre.vocabularies[0] == ["monthly", "two-year", "yearly"]
+    encoded = pre.transform(validation)
+    assert encoded.numeric[:, 1].min() > 1000  # far outside, because scaled by train's stats
+    assert fit(train) == pre  # deterministic
+
+
+def test_unknown_categories_and_missing_values_map_to_reserved_slots() -> None:
+    pre = fit(make_table())
+    odd = pa.table(
+        {
+            "tenure": pa.array([None, 10], pa.int64()),
+            "charges": [float("nan"), float("inf")],
+            "contract": ["weekly", None],
+            "has_partner": pa.array([None, True], pa.bool_()),
+            "y": [0, 1],
+        }
+    )
+    encoded = pre.transform(odd)
+    assert encoded.numeric[:, :2].tolist()[0] == [0.0, 0.0]  # missing -> 0 ...
+    assert encoded.numeric[:, 2:].tolist() == [[1.0, 1.0], [0.0, 1.0]]  # ... plus a flag
+    assert encoded.categorical[:, 0].tolist() == [0, 0]  # unseen and null -> 0
+    assert encoded.categorical[:, 1].tolist() == [0, 2]  # booleans are categories too
+    assert np.isfinite(encoded.numeric).all()
+
+
+def test_targets_encode_as_class_indices_or_standardised_values() -> None:
+    pre = fit(make_table(target="multiclass"))
+    assert pre.kind == "multiclass"
+    assert pre.classes == ["high", "low", "mid"]
+    assert set(pre.encode_target(make_table(target="multiclass")).tolist()) == {0, 1, 2}
+    reg = fit(make_table(target="regression"), task="regression")
+    y = reg.encode_target(make_table(target="regression"))
+    assert reg.kind == "regression"
+    assert abs(float(y.mean())) < 1e-6
+    assert float(y.std()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_target_class_unseen_in_training_is_refused_with_its_name() -> None:
+    pre = fit(make_table())
+    bad = make_table().set_column(4, "y", pa.array(np.full(200, 7, dtype=np.int64)))
+    with pytest.raises(ModelError, match=r"unseen in training: \[7\]"):
+        pre.encode_target(bad)
+
+
+def test_a_missing_feature_column_is_named() -> None:
+    pre = fit(make_table())
+    with pytest.raises(ModelError, match=r"missing column.*charges"):
+        pre.transform(make_table().drop_columns(["charges"]))
+
+
+def test_preprocessing_round_trips_through_json() -> None:
+    pre = fit(make_table(target="multiclass"))
+    again = Preprocessor.from_json(pre.to_json())
+    assert again == pre
+    np.testing.assert_array_equal(
+        again.transform(make_table()).numeric, pre.transform(make_table()).numeric
+    )
+
+
+# Network -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "task", "shape"),
+    [
+        ("binary", "classification", (200, 2)),
+        ("multiclass", "classification", (200, 3)),
+        ("regression", "regression", (200,)),
+    ],
+)
+def test_predictions_have_the_shape_of_the_task(
+    tmp_path: Path, target: str, task: str, shape: tuple[int, ...]
+) -> None:
+    table = make_table(target=target)
+    pre = fit(table, task=task)
+    model, spec = build(pre)
+    predictor = load_model(save_model(tmp_path / "m", model=model, spec=spec, preprocessor=pre))
+    out = predictor.predict(table)
+    assert out.shape == shape
+    if task == "classification":
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-6)
+        assert predictor.classes == pre.classes
+    else:
+        assert predictor.classes is None
+
+
+def test_embeddings_are_capped_by_cardinality() -> None:
+    pre = fit(make_table())
+    _, spec = build(pre, embedding_dim=8, hidden_layers=[16])
+    assert spec.cardinalities == [4, 3]  # 3 contracts + unknown, 2 booleans + unknown
+    assert spec.embedding_dims == [4, 3]
+    assert spec.numeric_inputs == 4  # 2 values + 2 missing flags
+
+
+# Model directory ---------------------------------------------------------------------------------
+
+
+def test_save_then_load_gives_identical_predictions(tmp_path: Path) -> None:
+    table = make_table()
+    pre = fit(table)
+    model, spec = build(pre)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # not the initial weights
+    directory = save_model(tmp_path / "model", model=model, spec=spec, preprocessor=pre)
+    first = load_model(directory).predict(table)
+    second = load_model(directory).predict(table)
+    np.testing.assert_array_equal(first, second)
+    model.eval()
+    encoded = pre.transform(table)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(encoded.numeric), torch.from_numpy(encoded.categorical))
+    np.testing.assert_allclose(first[:, 1], torch.sigmoid(logits[:, 0]).numpy(), rtol=1e-6)
+
+
+def test_the_model_directory_holds_safetensors_and_json_only(tmp_path: Path) -> None:
+    pre = fit(make_table())
+    model, spec = build(pre)
+    directory = save_model(tmp_path / "model", model=model, spec=spec, preprocessor=pre)
+    assert sorted(p.name for p in directory.iterdir()) == sorted([WEIGHTS, PREPROCESSING, MODEL])
+    header_size = int.from_bytes((directory / WEIGHTS).read_bytes()[:8], "little")
+    header = json.loads((directory / WEIGHTS).read_bytes()[8 : 8 + header_size])
+    assert header["__metadata__"]["format"] == "driftloop.model/1"  # a safetensors header
+    meta = json.loads((directory / MODEL).read_text())
+    assert meta["kind"] == "binary"
+    assert meta["features"] == {
+        "numeric": ["tenure", "charges"],
+        "categorical": FEATURES.categorical,
+    }
+    assert meta["classes"] == [0, 1]
+
+
+def test_loading_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pre = fit(make_table())
+    model, spec = build(pre)
+    directory = save_model(tmp_path / "model", model=model, spec=spec, preprocessor=pre)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pickle was used")
+
+    monkeypatch.setattr("pickle.load", refuse)
+    monkeypatch.setattr("pickle.loads", refuse)
+    monkeypatch.setattr("torch.load", refuse)
+    assert load_model(directory).predict(make_table()).shape == (200, 2)
+
+
+def test_saving_over_a_model_replaces_it_whole_and_leaves_no_temporary_folders(
+    tmp_path: Path,
+) -> None:
+    table = make_table()
+    pre = fit(table)
+    first, spec = build(pre)
+    save_model(tmp_path / "model", model=first, spec=spec, preprocessor=pre)
+    second = TabularMLP(spec)
+    save_model(tmp_path / "model", model=second, spec=spec, preprocessor=pre)
+    second.eval()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    encoded = pre.transform(table)
+    with torch.no_grad():
+        logits = second(torch.from_numpy(encoded.numeric), torch.from_numpy(encoded.categorical))
+    loaded = load_model(tmp_path / "model").predict(table)
+    np.testing.assert_allclose(loaded[:, 1], torch.sigmoid(logits[:, 0]).numpy(), rtol=1e-6)
+
+
+def test_a_folder_that_is_not_a_model_directory_is_refused_clearly(tmp_path: Path) -> None:
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match="not a model directory"):
+        load_model(tmp_path)

@@ -1,0 +1,332 @@
+"""The local stack on real processes: a Prefect server and a Ray head on free loopback ports.
+
+One `up` is shared by the module (startup costs 10-25 s); the tests that change it run last.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks import stack
+from tasks.stack import Service, StackError
+
+pytestmark = pytest.mark.integration
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> tuple[int, str]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as resp:
+        return int(resp.status), resp.read().decode()
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] != "Z"
+
+
+def descendants(pid: int) -> list[int]:
+    return stack._descendants(pid)
+
+
+def listening_addresses(pids: list[int]) -> set[str]:
+    """Local addresses of the TCP sockets these processes listen on (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            target = os.readlink(fd) if fd.is_symlink() else ""
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                found.add(_decode_address(cols[1].split(":")[0]))
+    return found
+
+
+def _decode_address(hexaddr: str) -> str:
+    raw = bytes.fromhex(hexaddr)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words
+    if len(words) == 4:
+        return socket.inet_ntop(socket.AF_INET, words)
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+def run_driver(env: dict[str, str], code: str) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=90,  # a misconfigured Ray driver retries forever
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def ports() -> dict[str, int]:
+    return {"prefect_port": free_port(), "ray_port": free_port(), "dashboard_port": free_port()}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("driftloop-home")
+
+
+@pytest.fixture(scope="module")
+def running(home: Path, ports: dict[str, int]) -> Iterator[stack.StackStatus]:
+    started = time.monotonic()
+    status = stack.up(home=home, **ports)
+    print(f"stack up in {time.monotonic() - started:.1f} s")
+    yield status
+    stack.down(home=home)
+
+
+# --- up and what it starts ---------------------------------------------------------------------
+
+
+def test_up_starts_prefect_and_ray_that_answer_on_loopback(
+    running: stack.StackStatus, ports: dict[str, int]
+) -> None:
+    assert running.running
+    assert get(f"http://127.0.0.1:{ports['prefect_port']}/api/health") == (200, "true")
+    status, page = get(f"http://127.0.0.1:{ports['prefect_port']}/")
+    assert status == 200
+    assert "<html" in page.lower()
+    assert get(f"http://127.0.0.1:{ports['dashboard_port']}/")[0] == 200
+    assert accepts(ports["ray_port"])
+
+
+def test_a_driver_with_the_connection_env_joins_the_stacks_ray(
+    running: stack.StackStatus, home: Path
+) -> None:
+    code = (
+        "import json, ray; ray.init(log_to_driver=False); "
+        "two = ray.get(ray.remote(lambda: 1 + 1).remote()); "
+        "print(json.dumps([two, [(n['NodeManagerAddress'], n['Alive']) for n in ray.nodes()]]))"
+    )
+    env = stack.connection_env(home=home)
+    assert env["RAY_AUTH_MODE"] == "token"
+    two, nodes = run_driver(env, code)
+    assert two == 2
+    assert nodes == [["127.0.0.1", True]]
+
+
+def test_a_flow_client_with_the_connection_env_talks_to_the_stacks_prefect(
+    running: stack.StackStatus, home: Path
+) -> None:
+    code = (
+        "import json; from prefect.settings import PREFECT_API_URL; "
+        "print(json.dumps(PREFECT_API_URL.value()))"
+    )
+    assert run_driver(stack.connection_env(home=home), code) == running.prefect_api_url
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listeners from /proc")
+def test_every_port_the_stack_listens_on_is_bound_to_loopback(
+    running: stack.StackStatus,
+) -> None:
+    pids = [s.pid for s in running.services.values() if s.pid]
+    family = pids + [child for pid in pids for child in descendants(pid)]
+    addresses = listening_addresses(family)
+    assert addresses
+    assert addresses <= LOOPBACK
+
+
+def test_status_reports_both_services_with_their_urls(
+    running: stack.StackStatus, home: Path, ports: dict[str, int]
+) -> None:
+    now = stack.status(home=home)
+    assert set(now.services) == {"prefect", "ray"}
+    assert all(s.running and s.healthy and s.pid for s in now.services.values())
+    assert now.prefect_api_url == f"http://127.0.0.1:{ports['prefect_port']}/api"
+    assert now.ray_address == f"127.0.0.1:{ports['ray_port']}"
+    assert now.dashboard_url == f"http://127.0.0.1:{ports['dashboard_port']}"
+    state = json.loads((home / "run" / "stack.json").read_text())
+    assert {n: s["pid"] for n, s in state["services"].items()} == {
+        n: s.pid for n, s in now.services.items()
+    }
+
+
+def test_up_twice_reuses_the_running_services(
+    running: stack.StackStatus, home: Path, ports: dict[str, int]
+) -> None:
+    started = time.monotonic()
+    again = stack.up(home=home, **ports)
+    assert time.monotonic() - started < 5
+    assert {n: s.pid for n, s in again.services.items()} == {
+        n: s.pid for n, s in running.services.items()
+    }
+
+
+def test_up_on_other_ports_while_the_stack_runs_is_refused(
+    running: stack.StackStatus, home: Path, ports: dict[str, int]
+) -> None:
+    with pytest.raises(StackError, match="prefect already runs"):
+        stack.up(home=home, **{**ports, "prefect_port": free_port()})
+
+
+def test_a_service_whose_process_died_is_forgotten_and_restarted_by_up(
+    running: stack.StackStatus, home: Path, ports: dict[str, int]
+) -> None:
+    ray_pid = stack.status(home=home).services["ray"].pid
+    prefect_pid = stack.status(home=home).services["prefect"].pid
+    assert ray_pid
+    assert prefect_pid
+    family = descendants(ray_pid)
+    os.killpg(ray_pid, signal.SIGKILL)  # a crash: the state file still names the pid
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _wait(lambda: not stack.status(home=home).services["ray"].running)
+    assert "RAY_ADDRESS" not in stack.connection_env(home=home)
+
+    restarted = stack.up(home=home, **ports)
+    assert restarted.services["ray"].pid not in (None, ray_pid)
+    assert restarted.services["prefect"].pid == prefect_pid
+    assert restarted.running
+
+
+# --- down --------------------------------------------------------------------------------------
+
+
+def test_down_stops_what_up_started_and_leaves_another_ray_alone(
+    running: stack.StackStatus, home: Path, ports: dict[str, int], ray_local: None
+) -> None:
+    import ray
+
+    pids = [s.pid for s in stack.status(home=home).services.values() if s.pid]
+    family = pids + [child for pid in pids for child in descendants(pid)]
+
+    assert stack.down(home=home) == ["ray", "prefect"]
+
+    assert not [pid for pid in family if alive(pid)]
+    assert not [port for port in ports.values() if accepts(port)]
+    assert not (home / "run" / "stack.json").exists()
+    assert stack.connection_env(home=home) == {}
+    assert ray.get(ray.remote(lambda: "still here").remote()) == "still here"
+
+
+def test_down_with_nothing_running_is_a_quick_no_op(tmp_path: Path) -> None:
+    started = time.monotonic()
+    assert stack.down(home=tmp_path) == []
+    assert time.monotonic() - started < 1
+    assert not stack.status(home=tmp_path).running
+
+
+# --- failures ----------------------------------------------------------------------------------
+
+
+def test_a_taken_port_fails_fast_naming_the_port_and_service_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(StackError, match=rf"port {taken} .*ray, dashboard"):
+            stack.up(
+                home=tmp_path,
+                prefect_port=free_port(),
+                ray_port=free_port(),
+                dashboard_port=taken,
+            )
+        assert time.monotonic() - started < 5
+    assert stack.status(home=tmp_path).services == {}
+
+
+def test_a_service_that_exits_while_starting_reports_the_tail_of_its_log(
+    tmp_path: Path,
+) -> None:
+    broken = Service(
+        name="broken",
+        command=(sys.executable, "-c", "print('bad config: no such table', flush=True); exit(3)"),
+        ports={},
+        url="",
+        probes=(f"http://127.0.0.1:{free_port()}/",),
+    )
+    with pytest.raises(StackError, match=r"(?s)broken exited with 3 while starting.*no such table"):
+        stack.start(home=tmp_path, services=[broken], timeout_s=30)
+    assert stack.status(home=tmp_path).services == {}
+
+
+def test_a_service_that_never_answers_times_out_and_is_stopped(tmp_path: Path) -> None:
+    silent = Service(
+        name="silent",
+        command=(sys.executable, "-c", "import time; print('waiting', flush=True); time.sleep(60)"),
+        ports={},
+        url="",
+        probes=(f"http://127.0.0.1:{free_port()}/",),
+        stop_grace_s=2,
+    )
+    started = time.monotonic()
+    with pytest.raises(StackError, match=r"(?s)silent did not answer in time.*waiting"):
+        stack.start(home=tmp_path, services=[silent], timeout_s=1.5)
+    assert time.monotonic() - started < 10
+    assert stack.status(home=tmp_path).services == {}
+
+
+def test_a_recorded_pid_now_used_by_another_process_is_not_treated_as_ours(
+    tmp_path: Path,
+) -> None:
+    record = {
+        "name": "prefect",
+        "pid": os.getpid(),  # alive, but not the recorded command nor a group leader
+        "command": ["/nowhere/prefect", "server", "start"],
+        "ports": {"prefect": 1},
+        "url": "http://127.0.0.1:1",
+        "probes": [],
+        "connect": {"PREFECT_API_URL": "http://127.0.0.1:1/api"},
+        "log": str(tmp_path / "prefect.log"),
+    }
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "stack.json").write_text(
+        json.dumps({"version": 1, "services": {"prefect": record}})
+    )
+    assert not stack.status(home=tmp_path).services["prefect"].running
+    assert stack.connection_env(home=tmp_path) == {}
+    assert stack.down(home=tmp_path) == []
+    assert not (tmp_path / "run" / "stack.json").exists()
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _wait(condition: Any, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)

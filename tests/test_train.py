@@ -1,0 +1,367 @@
+"""Training on Ray Train: DDP that learns, early stopping, checkpoints, recovery, a 2-node cluster.
+
+Every run uses 2 workers on the session's real Ray (`ray_local`), a few thousand synthetic rows
+and a few epochs: Ray Train's fixed cost (about 15-25 s per `fit()` on 2 cores) dominates.
+"""
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from tasks.data import Splits, split
+from tasks.model import load_model
+from tasks.settings import DatasetConfig, Features, Settings, TrainingConfig
+from tasks.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, generate
+from tasks.train import (
+    EpochRecord,
+    FaultInjection,
+    TrainingFailed,
+    TrainResult,
+    auc_from_histograms,
+    learning_curve_svg,
+    resolve_use_gpu,
+    train_model,
+    train_task,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 4
+
+
+def make_settings(home: Path, **training: object) -> Settings:
+    features = Features(numeric=list(NUMERIC_FEATURES), categorical=list(CATEGORICAL_FEATURES))
+    defaults: dict[str, object] = {
+        "epochs": EPOCHS,
+        "batch_size": 128,
+        "learning_rate": 1e-2,
+        "hidden_layers": [32, 16],
+        "num_workers": 2,
+        "early_stopping_patience": 10,
+        "checkpoints_to_keep": 2,
+    }
+    return Settings(
+        home=home,
+        dataset=DatasetConfig(name="churn", source="unused", target="churned", features=features),
+        training=TrainingConfig(**(defaults | training)),
+    )
+
+
+@pytest.fixture(scope="module")
+def parts() -> Splits:
+    settings = make_settings(Path("unused"))
+    return split(generate(rows=4000, seed=7), dataset=settings.dataset, config=settings.split)
+
+
+@pytest.fixture(scope="module")
+def baseline(
+    ray_local: None, parts: Splits, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainResult, list[EpochRecord]]:
+    """One fault-free run that several tests look at, with the epochs seen live."""
+    seen: list[EpochRecord] = []
+    home = tmp_path_factory.mktemp("baseline")
+    result = train_model(
+        train=parts.train,
+        validation=parts.validation,
+        settings=make_settings(home),
+        on_epoch=seen.append,
+    )
+    return result, seen
+
+
+# Pure logic --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "resources", "expected"),
+    [
+        ("auto", {"CPU": 16.0, "GPU": 2.0}, True),
+        ("auto", {"CPU": 16.0}, False),
+        ("auto", {"CPU": 16.0, "GPU": 0.0}, False),
+        (True, {"CPU": 4.0}, True),
+        (False, {"CPU": 4.0, "GPU": 8.0}, False),
+    ],
+)
+def test_use_gpu_auto_follows_the_clusters_gpus(
+    setting: bool | str, resources: dict[str, float], expected: bool
+) -> None:
+    assert resolve_use_gpu(setting, resources) is expected  # type: ignore[arg-type]
+
+
+def test_the_all_reducible_auc_matches_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.random(5000) < 0.3
+    scores = np.clip(rng.normal(0.4 + 0.2 * labels, 0.15), 0, 1)
+    bins = np.minimum((scores * 4096).astype(int), 4095)
+    pos = torch.from_numpy(np.bincount(bins[labels], minlength=4096).astype(float))
+    neg = torch.from_numpy(np.bincount(bins[~labels], minlength=4096).astype(float))
+    assert auc_from_histograms(pos, neg) == pytest.approx(roc_auc_score(labels, scores), abs=1e-3)
+    assert auc_from_histograms(pos, torch.zeros(4096)) == 0.5
+
+
+def test_the_learning_curve_is_an_svg_with_one_line_per_loss() -> None:
+    history = [EpochRecord(i, 1.0 / i, 1.2 / i, 0.5 + i / 10, 0.1) for i in range(1, 5)]
+    svg = learning_curve_svg(history)
+    assert svg.startswith("<svg")
+    assert svg.endswith("</svg>")
+    assert svg.count("<polyline") == 2
+
+
+# Training on Ray ---------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_two_ddp_workers_learn_better_than_chance_and_the_prior(
+    baseline: tuple[TrainResult, list[EpochRecord]], parts: Splits
+) -> None:
+    result, seen = baseline
+    assert [w.rank for w in result.workers] == [0, 1]
+    assert len({w.pid for w in result.workers}) == 2
+    assert result.metric_name == "val_auc"
+    assert result.best_metric > 0.75  # chance is 0.5
+    # The exported model agrees on held-out rows: AUC well above chance, log loss below the
+    # trivial model that always predicts the training prior.
+    probs = load_model(result.model_dir).predict(parts.holdout)[:, 1]
+    y = parts.holdout["churned"].to_numpy()
+    prior = float(parts.train["churned"].to_numpy().mean())
+    log_loss = -np.mean(y * np.log(probs) + (1 - y) * np.log(1 - probs))
+    prior_loss = -np.mean(y * np.log(prior) + (1 - y) * np.log(1 - prior))
+    assert roc_auc_score(y, probs) > 0.75
+    assert log_loss < prior_loss - 0.05
+    assert [r.epoch for r in result.history] == list(range(1, EPOCHS + 1))
+    assert seen == result.history  # progress reached the driver live, every epoch once
+    assert result.resumed_from_epoch == [0]
+
+
+@pytest.mark.integration
+def test_at_most_k_best_checkpoints_are_kept_plus_the_latest(
+    baseline: tuple[TrainResult, list[EpochRecord]],
+) -> None:
+    result, _ = baseline
+    assert len(result.checkpoints) <= 2  # checkpoints_to_keep
+    on_disk = sorted(p for p in Path(result.run_path).iterdir() if p.name.startswith("checkpoint_"))
+    # Ray Train also keeps the newest checkpoint (for recovery) when it is not among the best.
+    assert len(on_disk) <= 3
+    assert {str(p) for p in on_disk} >= set(result.checkpoints)
+    best = max(result.history, key=lambda r: r.val_metric)
+    assert result.best_epoch == best.epoch
+    assert result.best_metric == best.val_metric
+
+
+@pytest.mark.integration
+def test_early_stopping_ends_the_run_when_the_metric_stops_improving(
+    ray_local: None, parts: Splits, tmp_path: Path
+) -> None:
+    # A learning rate this small leaves the metric flat: no epoch after the first improves it.
+    settings = make_settings(tmp_path, epochs=10, learning_rate=1e-12, early_stopping_patience=2)
+    result = train_model(train=parts.train, validation=parts.validation, settings=settings)
+    assert result.stopped_early
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+    assert result.best_epoch == 1
+
+
+@pytest.mark.integration
+def test_a_worker_crash_resumes_from_the_last_checkpoint_and_finishes_alike(
+    ray_local: None,
+    parts: Splits,
+    baseline: tuple[TrainResult, list[EpochRecord]],
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "fault-fired"
+    result = train_model(
+        train=parts.train,
+        validation=parts.validation,
+        settings=make_settings(tmp_path),
+        fault=FaultInjection(epoch=3, rank=1, marker=str(marker)),
+    )
+    assert marker.exists()  # the worker really died (os._exit mid-epoch 3)
+    first, *restarts = result.resumed_from_epoch
+    assert first == 0
+    assert len(restarts) == 1
+    assert 1 <= restarts[0] <= 2  # after the last checkpoint registered, not from scratch
+    assert [r.epoch for r in result.history] == list(range(1, EPOCHS + 1))
+    fault_free = baseline[0]
+    assert result.best_metric == pytest.approx(fault_free.best_metric, abs=0.01)
+    assert result.history[-1].val_loss == pytest.approx(fault_free.history[-1].val_loss, abs=0.01)
+
+
+@pytest.mark.integration
+def test_a_crash_beyond_max_failures_fails_with_a_one_line_reason(
+    ray_local: None, parts: Splits, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, max_failures=0)
+    with pytest.raises(TrainingFailed) as info:
+        train_model(
+            train=parts.train,
+            validation=parts.validation,
+            settings=settings,
+            fault=FaultInjection(epoch=1, rank=1, marker=str(tmp_path / "fired")),
+        )
+    message = str(info.value)
+    assert "\n" not in message
+    assert "failed after 0 restart(s) (training.max_failures=0)" in message
+    assert "worker rank 1 died (ActorDiedError" in message  # the cause, not rank 0's broken pipe
+
+
+# A real 2-node cluster ---------------------------------------------------------------------------
+
+DRIVER = """
+import json, sys, time
+import ray
+from pathlib import Path
+from tasks.data import split
+from tasks.synthetic import generate
+from tasks.train import connect_ray, train_model
+sys.path.insert(0, {tests!r})
+from test_train import make_settings
+
+connect_ray()  # joins RAY_ADDRESS, shipping the tasks package to the cluster's workers
+deadline = time.time() + 60
+while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline:
+    time.sleep(0.5)
+settings = make_settings(Path({home!r}), epochs=2)
+parts = split(generate(rows=2000, seed=1), dataset=settings.dataset, config=settings.split)
+result = train_model(train=parts.train, validation=parts.validation, settings=settings)
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+workers = [w.__dict__ for w in result.workers]
+print("RESULT " + json.dumps({{"nodes": nodes, "workers": workers, "auc": result.best_metric}}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def two_node_cluster() -> Iterator[tuple[str, dict[str, str], str]]:
+    """A head and a worker node on this machine (token auth), stopped by process group after."""
+    temp_dir = tempfile.mkdtemp(prefix="dlray", dir="/tmp")  # short: Ray's socket paths are long
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),  # this cluster's own; ~/.ray stays untouched
+    }
+    port = free_port()
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    common = [
+        "--block",
+        "--num-cpus",
+        "1",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--temp-dir",
+        temp_dir,
+    ]
+    head = [
+        *("start", "--head", "--port", str(port), "--resources", '{"head": 1}'),
+        *("--dashboard-host", "127.0.0.1", "--dashboard-port", str(free_port())),
+        *("--ray-client-server-port", str(free_port()), "--disable-usage-stats"),
+    ]
+    worker = ["start", "--address", f"127.0.0.1:{port}", "--resources", '{"worker2": 1}']
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for args in (head, worker):
+            agent = ["--dashboard-agent-listen-port", str(free_port())]
+            procs.append(
+                subprocess.Popen(
+                    [ray_cli, *args, *common, *agent],
+                    env=env,
+                    start_new_session=True,  # its own process group: stopped without `ray stop`
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            if args is head:
+                time.sleep(5)  # the GCS must listen before the second node joins
+        yield f"127.0.0.1:{port}", env, temp_dir
+    finally:
+        for proc in reversed(procs):
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=5)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):  # what is left in the group goes too
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_ray_address_runs_the_same_training_on_both_nodes_of_a_cluster(
+    two_node_cluster: tuple[str, dict[str, str], str], tmp_path: Path
+) -> None:
+    address, env, temp_dir = two_node_cluster
+    script = DRIVER.format(tests=str(REPO / "tests"), home=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "RAY_ADDRESS": address},
+        cwd=tmp_path,  # not the checkout: the code must reach the workers by the runtime env
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert lines, done.stdout[-3000:]
+    found = json.loads(lines[-1].removeprefix("RESULT "))
+    assert len(found["nodes"]) == 2
+    assert {w["node_id"] for w in found["workers"]} == set(found["nodes"])  # one worker per node
+    assert all(w["code_path"].startswith(temp_dir) for w in found["workers"])  # shipped code
+    assert found["auc"] > 0.6
+
+
+# Prefect -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_prefect_task_logs_epochs_and_publishes_the_learning_curve(
+    ray_local: None, parts: Splits, tmp_path: Path
+) -> None:
+    from prefect import flow
+    from prefect.artifacts import Artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    settings = make_settings(tmp_path, epochs=2)
+
+    @flow(name="train-task-test")
+    def run() -> TrainResult:
+        return train_task(train=parts.train, validation=parts.validation, settings=settings)
+
+    state = run(return_state=True)
+    result = state.result()
+    assert isinstance(result, TrainResult)
+    assert len(result.history) == 2
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        flow_run = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+        logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=flow_run))]
+    assert any(m.startswith("Ray dashboard: http://127.0.0.1:") for m in logs), logs
+    assert [m.split(":")[0] for m in logs if m.startswith("epoch ")] == ["epoch 1", "epoch 2"]
+    table = Artifact.get("churn-learning-curve")
+    chart = Artifact.get("churn-learning-curve-chart")
+    # Called from sync code, `Artifact.get` returns the artifact (typed as maybe a coroutine).
+    assert json.loads(str(getattr(table, "data", "null")))[1]["epoch"] == 2
+    assert "data:image/svg+xml;base64," in str(getattr(chart, "data", ""))
