@@ -10,12 +10,15 @@ Heavy imports (Prefect, Ray, GX) happen inside the commands, so `--help` answers
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tasks.errors import DriftloopError
 from tasks.settings import CONFIG_FILE, Settings, StackConfig, load_settings
+
+if TYPE_CHECKING:
+    from tasks.stack import StackStatus
 
 app = typer.Typer(
     name="driftloop",
@@ -77,7 +80,7 @@ def up(config: ConfigPath = Path(CONFIG_FILE)) -> None:
         ray_port=ports.ray_port,
         dashboard_port=ports.dashboard_port,
     )
-    typer.echo(stack.describe(state))
+    typer.echo(_describe(state))
 
 
 @app.command()
@@ -96,7 +99,7 @@ def status(config: ConfigPath = Path(CONFIG_FILE)) -> None:
     from tasks import stack
 
     home, _ = _stack_settings(config)
-    typer.echo(stack.describe(stack.status(home=home)))
+    typer.echo(_describe(stack.status(home=home)))
 
 
 @app.command()
@@ -165,6 +168,20 @@ def _connect_to_stack(config: Path) -> None:
     home, _ = _stack_settings(config)
     for name, value in stack.connection_env(home=home).items():
         os.environ.setdefault(name, value)
+
+
+def _describe(state: "StackStatus") -> str:
+    if not state.services:
+        return f"nothing runs under {state.home} (start it with `driftloop up`)"
+    lines = [f"home: {state.home}"]
+    for svc in state.services.values():
+        health = "up" if svc.healthy else ("starting or unhealthy" if svc.running else "stopped")
+        lines.append(f"  {svc.name:<8} {health:<10} pid {svc.pid}  {svc.url or ''}")
+    if state.prefect_api_url:
+        lines.append(f"Prefect API: {state.prefect_api_url}")
+    if state.dashboard_url:
+        lines.append(f"Ray dashboard: {state.dashboard_url}")
+    return "\n".join(lines)
 
 
 def _example_yaml(dataset_yaml: str) -> str:

@@ -41,52 +41,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field
 
 from tasks import data, events, registry
 from tasks.errors import DriftloopError
+from tasks.settings import EvaluationConfig, GateConfig, MetricName
 
 if TYPE_CHECKING:
     from tasks.settings import DatasetConfig, Features
 
 Task = Literal["classification", "regression"]
-MetricName = Literal[
-    "accuracy", "f1", "roc_auc", "pr_auc", "log_loss", "brier", "ece", "rmse", "mae", "r2"
-]
-
-
-# Configuration (Settings: `evaluation:` and `gate:`) ----------------------------------------------
-
-
-class EvaluationConfig(BaseModel):
-    """How a model is measured: calibration bins and the perturbations of the robustness check."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    calibration_bins: int = Field(15, ge=2, le=100)  # equal-width ECE bins (Guo et al. 2017 use 15)
-    noise_scale: float = Field(0.1, ge=0)  # gaussian noise sd, as a share of each numeric std
-    missing_share: float = Field(0.1, ge=0, le=1)  # share of feature values blanked to null
-    unseen_share: float = Field(0.1, ge=0, le=1)  # share of categories swapped to rare/unseen ones
-    seed: int = 0  # perturbations are seeded: the same model always gets the same score
-
-
-class GateConfig(BaseModel):
-    """What a challenger must show to replace the champion (tolerances are relative shares)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    primary_metric: MetricName | None = None  # None: roc_auc (classification), rmse (regression)
-    min_improvement: float = Field(0.0, ge=0)  # relative gain required on top of significance
-    confidence: float = Field(0.95, gt=0.5, lt=1)  # two-sided CI level; its low end must be > 0
-    bootstrap_resamples: int = Field(300, ge=50, le=10_000)  # paired resamples of holdout rows
-    bootstrap_seed: int = 0  # the same two models on the same rows always get the same decision
-    min_slice_rows: int = Field(200, ge=1)  # smaller slices are too noisy to judge
-    max_slice_regression: float = Field(0.05, ge=0)  # loss allowed in any judged slice
-    max_calibration_error: float | None = Field(0.05, ge=0, le=1)  # ECE bound; None: no rule
-    max_robustness_drop: float | None = Field(0.2, ge=0)  # loss under the worst perturbation
-    floors: dict[MetricName, float] = {"roc_auc": 0.6, "r2": 0.0}  # absolute bounds for any model
-    min_production_rows: int = Field(200, ge=1)  # fewer labelled production rows: rule skipped
-    max_production_regression: float = Field(0.02, ge=0)  # loss allowed on production rows
 
 
 # Metrics ------------------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ from tasks import data
 from tasks.errors import DriftloopError
 
 CONFIG_FILE = "driftloop.yaml"
+MetricName = Literal[
+    "accuracy", "f1", "roc_auc", "pr_auc", "log_loss", "brier", "ece", "rmse", "mae", "r2"
+]
 
 
 class ConfigError(DriftloopError, ValueError):
@@ -91,11 +94,42 @@ class TrainingConfig(_Strict):
     embedding_dim: int = Field(8, ge=1)  # per categorical feature (capped by its cardinality)
     early_stopping_patience: int = Field(4, ge=1)  # epochs without improvement before stopping
     num_workers: int = Field(2, ge=1)  # DDP workers (Ray Train)
-    use_gpu: bool | Literal["auto"] = "auto"  # auto: GPUs when CUDA is there
+    use_gpu: bool | Literal["auto"] = "auto"  # auto: GPUs when the Ray cluster has any
     cpus_per_worker: float = Field(1, gt=0)
     max_failures: int = Field(1, ge=0)  # worker-group restarts allowed before the run fails
     checkpoints_to_keep: int = Field(2, ge=1)  # best k by the validation metric
     seed: int = 42
+
+
+class EvaluationConfig(BaseModel):
+    """How a model is measured: calibration bins and the perturbations of the robustness check."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calibration_bins: int = Field(15, ge=2, le=100)  # equal-width ECE bins (Guo et al. 2017 use 15)
+    noise_scale: float = Field(0.1, ge=0)  # gaussian noise sd, as a share of each numeric std
+    missing_share: float = Field(0.1, ge=0, le=1)  # share of feature values blanked to null
+    unseen_share: float = Field(0.1, ge=0, le=1)  # share of categories swapped to rare/unseen ones
+    seed: int = 0  # perturbations are seeded: the same model always gets the same score
+
+
+class GateConfig(BaseModel):
+    """What a challenger must show to replace the champion (tolerances are relative shares)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    primary_metric: MetricName | None = None  # None: roc_auc (classification), rmse (regression)
+    min_improvement: float = Field(0.0, ge=0)  # relative gain required on top of significance
+    confidence: float = Field(0.95, gt=0.5, lt=1)  # two-sided CI level; its low end must be > 0
+    bootstrap_resamples: int = Field(300, ge=50, le=10_000)  # paired resamples of holdout rows
+    bootstrap_seed: int = 0  # the same two models on the same rows always get the same decision
+    min_slice_rows: int = Field(200, ge=1)  # smaller slices are too noisy to judge
+    max_slice_regression: float = Field(0.05, ge=0)  # loss allowed in any judged slice
+    max_calibration_error: float | None = Field(0.05, ge=0, le=1)  # ECE bound; None: no rule
+    max_robustness_drop: float | None = Field(0.2, ge=0)  # loss under the worst perturbation
+    floors: dict[MetricName, float] = {"roc_auc": 0.6, "r2": 0.0}  # absolute bounds for any model
+    min_production_rows: int = Field(200, ge=1)  # fewer labelled production rows: rule skipped
+    max_production_regression: float = Field(0.02, ge=0)  # loss allowed on production rows
 
 
 class StackConfig(_Strict):
@@ -118,6 +152,8 @@ class Settings(BaseSettings):
     split: SplitConfig = SplitConfig()
     validation: ValidationConfig = ValidationConfig()
     training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    gate: GateConfig = GateConfig()
     stack: StackConfig = StackConfig()
 
     @classmethod

@@ -60,6 +60,7 @@ from prefect.cache_policies import NO_CACHE
 from safetensors.torch import load_file
 
 from tasks import data
+from tasks.errors import DriftloopError
 from tasks.model import (
     Kind,
     ModelSpec,
@@ -88,7 +89,7 @@ _AUC_BINS = 4096  # the all-reducible AUC is exact up to ties within 1/4096 of a
 _MIN_DELTA = 1e-4  # relative improvement the validation metric needs to reset the patience
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(DriftloopError, RuntimeError):
     """Training did not finish: the message says what failed and how many restarts were spent."""
 
 
@@ -155,6 +156,8 @@ def connect_ray() -> None:
 
     if ray.is_initialized():
         return
+    # On Linux Ray replaces 127.0.0.1 by the host's address and listens on every interface
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     address = os.environ.get("RAY_ADDRESS")
     if address:  # a cluster: its workers cannot import this checkout, so ship the package
         ray.init(address=address, runtime_env=_runtime_env(ship_code=True))

@@ -8,6 +8,9 @@ import pytest
 # Keep outside endpoints out of tests: no analytics from GX or Prefect on a machine without internet.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# On Linux Ray swaps 127.0.0.1 for the host's address and listens on every interface; this keeps
+# the test suite's Ray on loopback (tests/test_stack.py checks the same for `driftloop up`).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")
@@ -19,12 +22,16 @@ def ray_local() -> Iterator[None]:
     """
     import ray
 
+    from tasks.train import worker_setup_hook
+
     ray.init(
         address="local",
         num_cpus=4,  # 2 training workers plus the Train controller on a 2-core machine
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         log_to_driver=False,
+        # Points Train's placement-group cleaner at this cluster when others run on the machine
+        runtime_env={"worker_process_setup_hook": worker_setup_hook()},
     )
     yield
     ray.shutdown()

@@ -1,0 +1,144 @@
+"""The training pipeline: validate, split, train on Ray Train, evaluate against the champion, gate.
+
+    python -m flows.training driftloop.yaml        # or: driftloop train
+
+Each stage is a task that shows in the Prefect UI with its artifacts (validation table, dataset
+card, learning curve, gate table, model card). A validation failure fails the run before anything
+trains; a gate rejection completes the run with "rejected" and the champion keeps its place.
+"""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import data, registry, validation
+from tasks.evaluate import EvaluationReport, evaluate_task, gate_task, promote_task
+from tasks.model import load_model
+from tasks.settings import Settings, load_settings
+from tasks.synthetic import write_parquet
+from tasks.train import train_task
+
+REFERENCE_ROWS = 20_000  # training rows kept with each version: the drift monitor's reference
+
+
+@task(name="read-source", cache_policy=NO_CACHE)
+def read_source(source: str) -> pa.Table:
+    """All rows of the configured source (a file, a folder or a URI)."""
+    return data.read_table(source)
+
+
+@task(name="split", cache_policy=NO_CACHE)
+def split_data(table: pa.Table, *, settings: Settings) -> data.Splits:
+    """The deterministic train / validation / holdout split."""
+    return data.split(table, dataset=settings.dataset, config=settings.split)
+
+
+@flow(name="training-pipeline")
+def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
+    """Validate the source data, train a challenger with Ray Train and promote it only if it beats
+    the champion on the same holdout. Parameter: the path of the driftloop.yaml to use."""
+    settings = load_settings(Path(config))
+    ds = settings.dataset
+
+    # Data ---------------------------------------------------------------------------------------
+    table = read_source(ds.source)
+    fingerprint = data.fingerprint(table)
+    reports = validation.report_root(settings) / fingerprint
+
+    # Validate: nothing below runs on data that breaks its contract ------------------------------
+    suite = reference_suite(table, settings=settings)
+    validation.validate_task(
+        table,
+        suite=suite,
+        settings=settings,
+        directory=reports,
+        source=ds.source,
+        fingerprint=fingerprint,
+    )
+
+    # Split and train ----------------------------------------------------------------------------
+    parts = split_data(table, settings=settings)
+    result = train_task(train=parts.train, validation=parts.validation, settings=settings)
+
+    # Evaluate the challenger and the champion on the same holdout, then gate ---------------------
+    challenger = evaluate_task(
+        load_model(result.model_dir), parts.holdout, dataset=ds, config=settings.evaluation
+    )
+    champion = champion_report(parts.holdout, settings=settings)
+    decision = gate_task(
+        challenger=challenger, champion=champion, config=settings.gate, model=ds.name
+    )
+    version = promote_task(
+        decision=decision,
+        report=challenger,
+        dataset=ds,
+        root=str(settings.home),
+        model_dir=str(result.model_dir),
+        metadata={
+            "data_fingerprint": fingerprint,
+            "params": settings.training.model_dump(),
+            "train_rows": parts.train.num_rows,
+            "best_epoch": result.best_epoch,
+            "validation_metric": {result.metric_name: result.best_metric},
+        },
+        extra_files={
+            "reference.parquet": str(reference_sample(parts.train, directory=reports)),
+            "suite.json": str(reports / validation.SUITE_FILE),
+            "dataset_card.md": str(reports / validation.CARD_FILE),
+        },
+    )
+    return {
+        "model": ds.name,
+        "decision": "promoted" if decision.promote else "rejected",
+        "version": version,
+        decision.primary_metric: round(decision.challenger_value, 4),
+        "champion_" + decision.primary_metric: decision.champion_value,
+        "data_fingerprint": fingerprint,
+        "failed_rules": [r.rule for r in decision.rules if not r.passed],
+    }
+
+
+def reference_suite(table: pa.Table, *, settings: Settings) -> Any:
+    """The champion's suite when there is one (new data is judged by what the champion learned
+    from), else a suite built from this data's own profile."""
+    root, model = str(settings.home), settings.dataset.name
+    if "champion" in registry.aliases(root=root, model=model):
+        suite_path = Path(registry.resolve(root=root, model=model, ref="champion")) / "suite.json"
+        if suite_path.exists():
+            return validation.load_suite(suite_path)
+    return validation.build_suite(table, settings=settings)
+
+
+def champion_report(holdout: pa.Table, *, settings: Settings) -> EvaluationReport | None:
+    """The champion measured on the challenger's holdout rows, or None when there is none."""
+    root, model = str(settings.home), settings.dataset.name
+    if "champion" not in registry.aliases(root=root, model=model):
+        return None
+    predictor = load_model(registry.resolve(root=root, model=model, ref="champion"))
+    try:
+        return evaluate_task(
+            predictor, holdout, dataset=settings.dataset, config=settings.evaluation,
+            role="champion",
+        )  # fmt: skip
+    except Exception as exc:  # e.g. the schema changed and the champion cannot read the new data
+        get_run_logger().warning(
+            "the champion cannot score this holdout (%s): gating on floors", exc
+        )
+        return None
+
+
+def reference_sample(train: pa.Table, *, directory: Path) -> Path:
+    """A seeded sample of the training rows, kept with the version for the drift monitor."""
+    rows = min(train.num_rows, REFERENCE_ROWS)
+    picked = np.sort(np.random.default_rng(0).choice(train.num_rows, size=rows, replace=False))
+    sample = train.take(pa.array(picked))
+    return write_parquet(sample, directory / "reference.parquet")
+
+
+if __name__ == "__main__":
+    print(training_pipeline(config=sys.argv[1] if len(sys.argv) > 1 else "driftloop.yaml"))
