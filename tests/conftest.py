@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-# Keep outside endpoints out of tests: no analytics from GX or Prefect on a machine without internet.
+# Keep outside endpoints out of tests: no analytics from GX or Prefect (no internet here).
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # On Linux Ray swaps 127.0.0.1 for the host's address and listens on every interface; this keeps
