@@ -131,6 +131,68 @@ def train(config: ConfigPath = Path(CONFIG_FILE)) -> None:
 
 
 @app.command()
+def models(config: ConfigPath = Path(CONFIG_FILE)) -> None:
+    """List the registry's versions, their metrics and aliases, and the alias history."""
+    from tasks import registry
+
+    settings = load_settings(config, check_source=False)
+    root, model = str(settings.home), settings.dataset.name
+    by_version: dict[int, list[str]] = {}
+    for alias, version in registry.aliases(root=root, model=model).items():
+        by_version.setdefault(version, []).append(alias)
+    versions = registry.list_versions(root=root, model=model)
+    if not versions:
+        typer.echo(f"no versions of {model!r} under {settings.home}/registry yet")
+    for version in versions:
+        meta = registry.get_version(root=root, model=model, version=version)
+        metrics = meta.get("metrics", {})
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        tags = ",".join(by_version.get(version, []))
+        typer.echo(f"v{version:<4} {tags:<12} {meta.get('created_at', '')}  {shown}")
+    for change in registry.history(root=root, model=model)[-5:]:
+        typer.echo(
+            f"  {change.at} {change.alias}: v{change.from_version} -> v{change.to_version} "
+            f"({change.action}: {change.reason})"
+        )
+
+
+@app.command()
+def deploy(
+    config: ConfigPath = Path(CONFIG_FILE),
+    version: Annotated[int | None, typer.Option(help="The version to make champion.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Make champion the version of this alias.")] = (
+        None
+    ),
+) -> None:
+    """Make a version (or the version an alias points at) the champion."""
+    from tasks import registry
+
+    if (version is None) == (alias is None):
+        raise Failure("give exactly one of --version N or --alias NAME")
+    settings = load_settings(config, check_source=False)
+    root, model = str(settings.home), settings.dataset.name
+    target = (
+        version if version is not None else registry.aliases(root=root, model=model).get(str(alias))
+    )
+    if target is None or target not in registry.list_versions(root=root, model=model):
+        raise Failure(f"no such version or alias in the {model!r} registry: {version or alias}")
+    change = registry.set_alias(
+        root=root, model=model, alias="champion", version=target, reason="driftloop deploy"
+    )
+    typer.echo(f"champion: v{change.from_version} -> v{change.to_version}")
+
+
+@app.command()
+def rollback(config: ConfigPath = Path(CONFIG_FILE)) -> None:
+    """Give the champion alias back to the previous champion."""
+    from tasks import registry
+
+    settings = load_settings(config, check_source=False)
+    change = registry.rollback(root=str(settings.home), model=settings.dataset.name)
+    typer.echo(f"champion: v{change.from_version} -> v{change.to_version}")
+
+
+@app.command()
 def demo(
     directory: Annotated[Path, typer.Argument(help="Where the demo's config and data live.")] = (
         Path(".")
