@@ -56,6 +56,9 @@ def dataset(source: str) -> pads.Dataset:
     try:
         found = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
     except (pa.ArrowInvalid, OSError) as exc:
+        if info.type == pafs.FileType.File and _starts_like_parquet(fs, path):
+            reason = "truncated or corrupt (it starts like Parquet but its footer is unreadable)"
+            raise DataError(f"{source}: not a readable Parquet file: {reason}") from None
         raise DataError(f"{source}: not a readable Parquet file: {_explain(exc)}") from None
     if info.type == pafs.FileType.Directory and not found.files:
         raise DataError(f"{source}: the directory holds no Parquet files")
@@ -167,9 +170,14 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _starts_like_parquet(fs: pafs.FileSystem, path: str) -> bool:
+    with fs.open_input_file(path) as handle:
+        return bool(handle.read(4) == b"PAR1")
+
+
 def _explain(exc: Exception) -> str:
     text = _first_line(exc)
-    if "magic bytes" in text or "Parquet file size is 0" in text:
+    if "magic bytes" in text or "minimum file footer" in text:
         return "not Parquet (no Parquet magic bytes; is it CSV or another format?)"
     return text
 
