@@ -30,7 +30,7 @@ def project(tmp_path: Path, table: pa.Table) -> Path:
         f"home: {tmp_path / 'home'}\n"
         "dataset:\n  name: churn\n  source: data/churn.parquet\n  target: churned\n"
         "  id: customer_id\n  timestamp: event_time\n  slices: [contract]\n"
-        "training:\n  epochs: 2\n  batch_size: 512\n  num_workers: 2\n"
+        "training:\n  epochs: 3\n  batch_size: 512\n  num_workers: 2\n"
     )
     return config
 
