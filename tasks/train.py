@@ -7,40 +7,17 @@ Ray is reused when the process already runs it; otherwise `RAY_ADDRESS` names a 
 (the `tasks` package reaches its workers through the runtime environment), or a local instance
 starts, its dashboard bound to 127.0.0.1.
 
-Ingest. The driver fits the preprocessing on the training split, encodes both splits once and
-writes them as Parquet under the run's storage folder: one fixed-size-list column per input kind,
-rows shuffled, row groups of equal size in a multiple of the worker count. Each worker reads only
-its own row groups (`rank::world_size`) with pyarrow straight into tensors, once, and iterates
-in-memory batches (one shuffled gather per epoch, then contiguous slices). Measured by
-bench/bench_train.py on 2 busy cores (850k rows, 128-row batches per worker), against reading the
-same Parquet with pyarrow straight into tensors: the first epoch (read + shuffle + batches)
-0.43x, later epochs 1.45x (the tensors are reused), Ray Data's `get_dataset_shard` +
-`iter_torch_batches` 0.015x (0.12-0.21x in STACK.md with larger batches). The price is that a
-worker's shard must fit in its memory, which holds for the tabular sizes driftloop targets
-(1M rows x 20 features is 80 MB of float32). The storage folder must be visible to every node
-(a shared path, or later an object-store URI), which Ray Train requires for checkpoints anyway.
-
-Recovery. Rank 0 reports a checkpoint every epoch (model directory, optimizer state, epoch, best
-metric, history). After a worker dies, Ray Train restarts the whole worker group (up to
-`training.max_failures` times) and the loop resumes from `ray.train.get_checkpoint()`. Epoch
-shuffles and dropout are seeded per (seed, epoch, rank), so a resumed run repeats what the lost
-epochs would have done.
+The per-worker loop lives in `tasks.loop`; this module is its driver and the Prefect task.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import itertools
 import json
 import logging
-import math
 import os
 import re
-import resource
-import socket
-import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -53,72 +30,55 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from safetensors.torch import load_file
 
-from tasks import data
 from tasks.errors import DriftloopError
-from tasks.model import (
-    Kind,
-    ModelSpec,
-    Preprocessor,
-    TabularMLP,
-    compute_loss,
-    load_model,
-    save_model,
-    to_predictions,
-    unwrap,
+from tasks.loop import (
+    EpochRecord,
+    FaultInjection,
+    LoopConfig,
+    LoopTraining,
+    Mode,
+    WorkerInfo,
+    auc_from_histograms,
+    evaluate,
+    read_shard,
+    run_epoch,
+    train_loop_per_worker,
 )
+from tasks.model import Kind, ModelSpec, Preprocessor, load_model, save_model
 
 if TYPE_CHECKING:
     import ray.train
 
     from tasks.settings import Settings, TrainingConfig
 
-Mode = Literal["max", "min"]
+__all__ = [  # the loop's pieces are re-exported: benchmarks and tests drive them from here
+    "EpochRecord",
+    "FaultInjection",
+    "TrainResult",
+    "TrainingFailed",
+    "WorkerInfo",
+    "auc_from_histograms",
+    "evaluate",
+    "read_shard",
+    "run_epoch",
+    "train_model",
+    "train_task",
+]
+
 METRICS: dict[Kind, tuple[str, Mode]] = {
     "binary": ("val_auc", "max"),
     "multiclass": ("val_accuracy", "max"),
     "regression": ("val_rmse", "min"),
 }
 _ROWS_PER_GROUP = 131_072  # Parquet row group size cap: the unit a worker reads
-_AUC_BINS = 4096  # the all-reducible AUC is exact up to ties within 1/4096 of a probability
-_MIN_DELTA = 1e-4  # relative improvement the validation metric needs to reset the patience
 
 
 class TrainingFailed(DriftloopError, RuntimeError):
     """Training did not finish: the message says what failed and how many restarts were spent."""
-
-
-@dataclass(frozen=True)
-class FaultInjection:
-    """A fault drill: worker `rank` exits mid-way through `epoch`, once (`marker` remembers it)."""
-
-    epoch: int
-    rank: int
-    marker: str  # a file path every worker can see; created when the fault fires
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_metric: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    rank: int
-    node_id: str
-    hostname: str
-    pid: int
-    peak_rss_mb: float
-    code_path: str  # where the worker imported driftloop's `tasks` from (shipped on a cluster)
 
 
 @dataclass(frozen=True)
@@ -272,16 +232,16 @@ def train_model(
         )
         for i, (part, table) in enumerate([("train", train), ("validation", validation)])
     }
-    progress = _ProgressQueue(on_epoch) if on_epoch else None
+    progress = _ProgressTail(run_dir / "progress.jsonl", on_epoch) if on_epoch else None
     loop = LoopConfig(
         train_path=str(paths["train"]),
         validation_path=str(paths["validation"]),
         spec=spec,
         preprocessor=pre,
-        training=_LoopTraining.of(config),
+        training=LoopTraining.of(config),
         metric_mode=mode,
         fault=fault,
-        progress=progress.queue if progress else None,
+        progress_path=str(progress.path) if progress else None,
     )
 
     # Scaling, checkpoints, failures
@@ -428,367 +388,42 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"[:300]
 
 
-class _ProgressQueue:
-    """Epoch records from rank 0 to a callback in the driver, through a CPU-free queue actor."""
+class _ProgressTail:
+    """Epoch records from rank 0 to a callback in the driver: rank 0 appends JSON lines to a file
+    in the run's storage folder (shared by all nodes), a driver thread follows it. No actor."""
 
-    def __init__(self, callback: Callable[[EpochRecord], None]) -> None:
-        from ray.util.queue import Queue
-
-        self.queue = Queue(actor_options={"num_cpus": 0})
+    def __init__(self, path: Path, callback: Callable[[EpochRecord], None]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._offset = path.stat().st_size if path.exists() else 0  # a resumed run's old lines
         self._callback = callback
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._drain, name="train-progress", daemon=True)
+        self._thread = threading.Thread(target=self._follow, name="train-progress", daemon=True)
         self._thread.start()
 
-    def _drain(self) -> None:
-        from ray.util.queue import Empty
+    def _follow(self) -> None:
+        while not self._stop.wait(0.25):
+            self._read()
+        self._read()
 
-        while True:
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self._offset)
+                chunk = file.read()
+        except FileNotFoundError:
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written waits for the next read
+        self._offset += len(complete)
+        for line in complete.splitlines():
             try:
-                record = self.queue.get(timeout=0.5)
-            except Empty:
-                if self._stop.is_set():
-                    return
-                continue
-            except Exception:  # the queue actor is gone: nothing more will come
-                return
-            try:
-                self._callback(EpochRecord(**record))
+                self._callback(EpochRecord(**json.loads(line)))
             except Exception:  # a logging hiccup must not end training
                 logging.getLogger(__name__).exception("progress callback failed")
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        self.queue.shutdown()
-
-
-# Worker loop (runs in every Ray Train worker; no Prefect here) -----------------------------------
-
-
-@dataclass(frozen=True)
-class _LoopTraining:
-    """The `TrainingConfig` fields the loop needs, as a plain picklable object."""
-
-    epochs: int
-    batch_size: int  # global: each of the N workers takes batch_size // N rows per step
-    learning_rate: float
-    weight_decay: float
-    patience: int
-    seed: int
-    threads: int
-
-    @classmethod
-    def of(cls, config: TrainingConfig) -> _LoopTraining:
-        return cls(
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            weight_decay=config.weight_decay,
-            patience=config.early_stopping_patience,
-            seed=config.seed,
-            threads=max(1, int(config.cpus_per_worker)),
-        )
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    train_path: str
-    validation_path: str
-    spec: ModelSpec
-    preprocessor: Preprocessor
-    training: _LoopTraining
-    metric_mode: Mode
-    fault: FaultInjection | None = None
-    progress: Any = None  # a ray.util.queue.Queue, or None
-
-
-@dataclass
-class _State:
-    """What a checkpoint carries besides the weights and the optimizer."""
-
-    epoch: int = 0
-    best_metric: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    attempts: list[int] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Shard:
-    numeric: torch.Tensor
-    categorical: torch.Tensor
-    target: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.target.shape[0])
-
-    def take(self, index: torch.Tensor) -> Shard:
-        """The rows at `index`, copied (numpy's take is several times faster on CPU here)."""
-        parts = (self.numeric, self.categorical, self.target)
-        if index.device.type != "cpu":
-            return Shard(*(t.index_select(0, index) for t in parts))
-        rows = index.numpy()
-        return Shard(*(torch.from_numpy(np.take(t.numpy(), rows, axis=0)) for t in parts))
-
-    def slice(self, start: int, stop: int) -> Shard:
-        return Shard(
-            self.numeric[start:stop], self.categorical[start:stop], self.target[start:stop]
-        )
-
-    def to(self, device: torch.device) -> Shard:
-        return Shard(self.numeric.to(device), self.categorical.to(device), self.target.to(device))
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """One DDP worker: read its shard, resume from the last checkpoint, train, validate, report."""
-    import ray.train
-    import ray.train.torch
-
-    cfg: LoopConfig = config["loop"]
-    hp = cfg.training
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(hp.threads)
-    device = ray.train.torch.get_device()
-    train = read_shard(cfg.train_path, rank=rank, world_size=world).to(device)
-    validation = read_shard(cfg.validation_path, rank=rank, world_size=world).to(device)
-    steps = _steps_per_epoch(cfg.train_path, world_size=world, batch_size=hp.batch_size)
-    kind = cfg.preprocessor.kind
-
-    torch.manual_seed(hp.seed)
-    model = TabularMLP(cfg.spec)
-    optimizer_state, state = None, _State()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            model.load_state_dict(load_file(str(Path(folder) / "model" / "weights.safetensors")))
-            optimizer_state = torch.load(
-                Path(folder) / "optimizer.pt", map_location="cpu", weights_only=True
-            )
-            state = _State(**json.loads((Path(folder) / "state.json").read_text()))
-    state.attempts.append(state.epoch)
-    ddp = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.AdamW(
-        ddp.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
-    )
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
-
-    while state.epoch < hp.epochs and state.bad_epochs < hp.patience:
-        epoch, started = state.epoch + 1, time.perf_counter()
-        crash = (
-            cfg.fault if cfg.fault and (cfg.fault.epoch, cfg.fault.rank) == (epoch, rank) else None
-        )
-        train_loss = run_epoch(
-            ddp, optimizer, train, kind=kind, steps=steps, batch=hp.batch_size // world,
-            seed=(hp.seed, epoch, rank), fault=crash,
-        )  # fmt: skip
-        val_loss, val_metric = evaluate(
-            ddp, validation, kind=kind, target_std=cfg.preprocessor.target_std
-        )
-        record = EpochRecord(epoch, train_loss, val_loss, val_metric, time.perf_counter() - started)
-        _advance(state, record, mode=cfg.metric_mode)
-        metrics = {**asdict(record), "resumed_from_epoch": state.attempts[-1]}
-        with tempfile.TemporaryDirectory() as folder:
-            saved = None
-            if rank == 0:
-                _write_checkpoint(Path(folder), ddp, optimizer, state, cfg)
-                saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=saved)
-        if rank == 0 and cfg.progress is not None:
-            with contextlib.suppress(Exception):  # progress is best effort
-                cfg.progress.put_nowait(asdict(record))
-
-    workers = _all_gather(_worker_info(rank), world)
-    return {
-        "history": state.history,
-        "attempts": state.attempts,
-        "best_epoch": state.best_epoch,
-        "best_metric": state.best_metric,
-        "stopped_early": state.bad_epochs >= hp.patience and state.epoch < hp.epochs,
-        "workers": workers,
-    }
-
-
-def read_shard(path: str, *, rank: int, world_size: int) -> Shard:
-    """This worker's row groups (`rank::world_size`) of an encoded split, as tensors."""
-    fs, fs_path = data.resolve(path)
-    parquet = pq.ParquetFile(fs_path, filesystem=fs, pre_buffer=True)
-    table = parquet.read_row_groups(list(range(rank, parquet.num_row_groups, world_size)))
-    n = table.num_rows
-    numeric = _matrix(table, "numeric", np.float32, n)
-    categorical = _matrix(table, "categorical", np.int64, n)
-    target = table.column("target").to_numpy()
-    with warnings.catch_warnings():  # Arrow buffers are read-only; nothing writes into them
-        warnings.simplefilter("ignore", UserWarning)
-        return Shard(
-            torch.from_numpy(numeric), torch.from_numpy(categorical), torch.from_numpy(target)
-        )
-
-
-def _matrix(table: pa.Table, column: str, dtype: type, rows: int) -> np.ndarray:
-    if column not in table.column_names:
-        return np.zeros((rows, 0), dtype=dtype)
-    lists = table.column(column).combine_chunks()
-    return lists.values.to_numpy().reshape(rows, lists.type.list_size)
-
-
-def _steps_per_epoch(path: str, *, world_size: int, batch_size: int) -> int:
-    """The same step count on every worker (DDP needs it): the smallest shard decides."""
-    fs, fs_path = data.resolve(path)
-    meta = pq.ParquetFile(fs_path, filesystem=fs).metadata
-    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    smallest = min(sum(sizes[r::world_size]) for r in range(world_size))
-    return max(1, -(-smallest // max(1, batch_size // world_size)))
-
-
-def run_epoch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    shard: Shard,
-    *,
-    kind: Kind,
-    steps: int,
-    batch: int,
-    seed: tuple[int, int, int],
-    fault: FaultInjection | None = None,
-) -> float:
-    """One pass over a shuffled shard in `steps` batches; the mean training loss of all workers."""
-    model.train()
-    generator = torch.Generator().manual_seed(_seed(seed))
-    torch.manual_seed(_seed((*seed, 1)))  # dropout
-    order = torch.randperm(len(shard), generator=generator).to(shard.target.device)
-    shuffled = shard.take(order)
-    batch = max(1, batch)
-    total = torch.zeros(2, dtype=torch.float64, device=shard.target.device)  # loss sum, rows
-    for step in range(steps):  # `steps` batches fit in the smallest shard: none is empty
-        if fault and step == steps // 2:
-            _fire(fault)
-        part = shuffled.slice(step * batch, (step + 1) * batch)
-        loss = compute_loss(model(part.numeric, part.categorical), part.target, kind=kind).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total[0] += loss.detach().double() * len(part)
-        total[1] += len(part)
-    _all_reduce(total)
-    return float(total[0] / total[1])
-
-
-def evaluate(
-    model: torch.nn.Module, shard: Shard, *, kind: Kind, target_std: float = 1.0
-) -> tuple[float, float]:
-    """Validation loss and metric over all workers' shards (sums all-reduced, not averaged).
-
-    The metric is the AUC (binary), the accuracy (multiclass) or the RMSE in target units.
-    """
-    model.eval()
-    device = shard.target.device
-    with torch.no_grad():
-        outputs = unwrap(model)(shard.numeric, shard.categorical) if len(shard) else None
-        if kind == "binary":
-            hist = torch.zeros(2, _AUC_BINS, dtype=torch.float64, device=device)
-            if outputs is not None:
-                p = to_predictions(outputs, kind=kind)[:, 1]
-                bins = (p * _AUC_BINS).long().clamp(0, _AUC_BINS - 1)
-                labels = shard.target.long()
-                hist.index_put_((labels, bins), torch.ones_like(p, dtype=torch.float64), True)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, count, metric sum
-        if outputs is not None:
-            sums[0] = compute_loss(outputs, shard.target, kind=kind).double().sum()
-            sums[1] = len(shard)
-            if kind == "multiclass":
-                sums[2] = (outputs.argmax(1) == shard.target).double().sum()
-    _all_reduce(sums)
-    loss = float(sums[0] / sums[1])
-    if kind == "binary":
-        _all_reduce(hist)
-        return loss, auc_from_histograms(hist[1], hist[0])
-    if kind == "multiclass":
-        return loss, float(sums[2] / sums[1])
-    return loss, math.sqrt(loss) * target_std
-
-
-def auc_from_histograms(positive: torch.Tensor, negative: torch.Tensor) -> float:
-    """ROC AUC from per-bin counts of positive and negative scores (ties count one half)."""
-    pos, neg = positive.double(), negative.double()
-    n_pos, n_neg = float(pos.sum()), float(neg.sum())
-    if n_pos == 0 or n_neg == 0:
-        return 0.5
-    below = torch.cumsum(neg, 0) - neg
-    return float((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg))
-
-
-def _advance(state: _State, record: EpochRecord, *, mode: Mode) -> None:
-    state.epoch = record.epoch
-    state.history.append(asdict(record))
-    best = state.best_metric
-    margin = _MIN_DELTA * max(1.0, abs(best)) if best is not None else 0.0
-    better = best is None or (
-        record.val_metric > best + margin if mode == "max" else record.val_metric < best - margin
-    )
-    if better:
-        state.best_metric, state.best_epoch, state.bad_epochs = record.val_metric, record.epoch, 0
-    else:
-        state.bad_epochs += 1
-
-
-def _write_checkpoint(
-    folder: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: _State,
-    cfg: LoopConfig,
-) -> None:
-    save_model(folder / "model", model=model, spec=cfg.spec, preprocessor=cfg.preprocessor)
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    (folder / "state.json").write_text(json.dumps(asdict(state)))
-
-
-def _fire(fault: FaultInjection) -> None:
-    """Exit this worker abruptly, once per marker file."""
-    marker = Path(fault.marker)
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"fault fired in pid {os.getpid()}\n")
-    sys.stdout.flush()
-    os._exit(1)
-
-
-def _worker_info(rank: int) -> dict[str, Any]:
-    import ray
-
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    return asdict(
-        WorkerInfo(
-            rank=rank,
-            node_id=ray.get_runtime_context().get_node_id(),
-            hostname=socket.gethostname(),
-            pid=os.getpid(),
-            peak_rss_mb=rss_kb / 1024,
-            code_path=str(Path(__file__).resolve().parent),
-        )
-    )
-
-
-def _all_reduce(tensor: torch.Tensor) -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor)
-
-
-def _all_gather(item: dict[str, Any], world_size: int) -> list[dict[str, Any]]:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [item]
-    items: list[Any] = [None] * world_size
-    torch.distributed.all_gather_object(items, item)
-    return items
-
-
-def _seed(parts: tuple[int, ...]) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 # Prefect ----------------------------------------------------------------------------------------

@@ -35,3 +35,16 @@ def ray_local() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    """A temporary Prefect server (SQLite) per test module: its runs, artifacts and events only.
+
+    Tests that run a flow or a task take it; without it Prefect would start an ephemeral server
+    of its own, outside the test's control, and stop it only at interpreter exit.
+    """
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -28,7 +28,7 @@ def make_table(rows: int = 3000, *, seed: int = 0, repeat_ids: bool = False) -> 
 
 def config(*, task: str = "classification", id: str | None = "customer_id") -> DatasetConfig:
     target = "churned" if task == "classification" else "amount"
-    return DatasetConfig(name="t", source="unused", target=target, task=task, id=id)  # type: ignore[arg-type]
+    return DatasetConfig(name="t", source="unused", target=target, task=task, id=id)
 
 
 # Reading -----------------------------------------------------------------------------------------

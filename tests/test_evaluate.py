@@ -2,7 +2,7 @@
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,11 @@ from sklearn.linear_model import LogisticRegression, Ridge
 
 from tasks import evaluate as ev
 from tasks import events, registry, synthetic
-from tasks.settings import DatasetConfig, Features
+from tasks.settings import DatasetConfig, EvaluationConfig, Features, GateConfig
 
 NUMERIC = list(synthetic.NUMERIC_FEATURES)
 CATEGORICAL = list(synthetic.CATEGORICAL_FEATURES)
-GATE = ev.GateConfig(bootstrap_resamples=200)  # 200 resamples keep each gate under 2 s here
+GATE = GateConfig(bootstrap_resamples=200)  # 200 resamples keep each gate under 2 s here
 
 
 class Linear:
@@ -122,9 +122,7 @@ def weak(train: pa.Table) -> Linear:
 
 
 def report(model: Any, table: pa.Table, **kwargs: Any) -> ev.EvaluationReport:
-    return ev.evaluate(
-        model, table, dataset=dataset_config(), config=ev.EvaluationConfig(), **kwargs
-    )
+    return ev.evaluate(model, table, dataset=dataset_config(), config=EvaluationConfig(), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +268,7 @@ def test_a_report_carries_clean_perturbed_and_production_metrics(
 
 
 def test_perturbations_change_only_the_features_they_name(holdout: pa.Table) -> None:
-    cfg = ev.EvaluationConfig(noise_scale=0.5, missing_share=0.2, unseen_share=0.3)
+    cfg = EvaluationConfig(noise_scale=0.5, missing_share=0.2, unseen_share=0.3)
     features = Features(numeric=NUMERIC, categorical=CATEGORICAL)
     noisy = ev.perturb(holdout, kind="noise", features=features, config=cfg, seed=0)
     tenure = _floats(holdout["tenure_months"])
@@ -306,7 +304,7 @@ def test_regression_models_are_measured_and_gated_on_rmse(train: pa.Table) -> No
     good = Linear(reg_train, numeric=NUMERIC, categorical=CATEGORICAL, target=target)
     poor = Linear(reg_train, numeric=NUMERIC[:1], categorical=[], target=target)
     ds = dataset_config("regression")
-    cfg = ev.EvaluationConfig()
+    cfg = EvaluationConfig()
     good_report = ev.evaluate(good, reg_hold, dataset=ds, config=cfg)
     poor_report = ev.evaluate(poor, reg_hold, dataset=ds, config=cfg)
     assert set(good_report.metrics) == {"rmse", "mae", "r2"}
@@ -431,7 +429,7 @@ def test_the_first_model_is_judged_against_the_floors(
     noise = ev.gate(challenger=shuffled, champion=None, config=GATE)
     assert failed_rules(noise) == ["floor: roc_auc"]
     strict = ev.gate(
-        challenger=real_report, champion=None, config=ev.GateConfig(floors={"roc_auc": 0.95})
+        challenger=real_report, champion=None, config=GateConfig(floors={"roc_auc": 0.95})
     )
     assert failed_rules(strict) == ["floor: roc_auc"]
 
@@ -446,7 +444,7 @@ def test_the_gate_refuses_to_compare_reports_on_different_rows(
 
 def test_a_primary_metric_of_the_other_task_is_refused(real_report: ev.EvaluationReport) -> None:
     with pytest.raises(ev.EvaluationError, match="'rmse' does not fit a classification task"):
-        ev.gate(challenger=real_report, champion=None, config=ev.GateConfig(primary_metric="rmse"))
+        ev.gate(challenger=real_report, champion=None, config=GateConfig(primary_metric="rmse"))
 
 
 def test_the_gate_table_lists_every_rule_with_both_values_and_the_outcome(
@@ -484,21 +482,13 @@ def test_the_model_card_has_use_data_metrics_slices_gate_and_limitations(
 
 def test_gate_configuration_is_strict_and_documented() -> None:
     with pytest.raises(ValueError, match="extra"):
-        ev.GateConfig(min_improvment=0.01)  # type: ignore[call-arg]
+        GateConfig(min_improvment=0.01)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="primary_metric"):
-        ev.GateConfig(primary_metric="auc")
-    assert ev.GateConfig().floors == {"roc_auc": 0.6, "r2": 0.0}
+        GateConfig(primary_metric="auc")
+    assert GateConfig().floors == {"roc_auc": 0.6, "r2": 0.0}
 
 
 # Prefect: artifacts, events and the registry on a real (temporary) server -------------------------
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def fake_model_dir(path: Path) -> Path:
@@ -522,7 +512,7 @@ def test_the_tasks_promote_a_better_model_reject_a_worse_one_and_tell_prefect(
     from prefect.events.filters import EventFilter, EventNameFilter
 
     home = str(tmp_path / "home")
-    ds, cfg = dataset_config(), ev.EvaluationConfig()
+    ds, cfg = dataset_config(), EvaluationConfig()
     models = {"real": real, "weak": weak}
 
     @flow(name="gate-under-test")

@@ -336,7 +336,7 @@ def test_ray_address_runs_the_same_training_on_both_nodes_of_a_cluster(
 
 @pytest.mark.integration
 def test_the_prefect_task_logs_epochs_and_publishes_the_learning_curve(
-    ray_local: None, parts: Splits, tmp_path: Path
+    prefect_server: None, ray_local: None, parts: Splits, tmp_path: Path
 ) -> None:
     from prefect import flow
     from prefect.artifacts import Artifact

@@ -3,7 +3,6 @@
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -421,15 +420,6 @@ def test_validation_failed_lists_each_failed_expectation_on_its_own_line(
 
 
 # Prefect: artifacts and the validation.failed event on a real (temporary) server ---------------
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    """One temporary Prefect server (SQLite) for this module's Prefect tests: ~10 s to start."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def run_in_flow(table: pa.Table, *, suite: Any, settings: Settings, directory: Path) -> Any:
