@@ -170,6 +170,33 @@ def bench_fixed_cost(
     }
 
 
+# 2b. Devices: `use_gpu="auto"` on whatever this machine has, against one CPU worker ------------
+
+
+def bench_devices(home: Path, train: pa.Table, val: pa.Table) -> dict[str, Any]:
+    """Seconds per epoch (after the first) for 1 auto-placed worker, 1 CPU worker and 2 CPU
+    workers, each worker with the same threads; where CUDA exists `auto` must pick the GPU."""
+    threads = max(1, min(8, (os.cpu_count() or 2) // 2))
+    base = {"epochs": 4, "batch_size": 1024, "cpus_per_worker": threads}
+    runs: dict[str, tuple[float, list[float]]] = {}
+    report: dict[str, Any] = {"rows": train.num_rows, "threads_per_worker": threads}
+    for label, extra in (("auto_1", {"num_workers": 1, "use_gpu": "auto"}),
+                         ("cpu_1", {"num_workers": 1, "use_gpu": False}),
+                         ("cpu_2", {"num_workers": 2, "use_gpu": False})):  # fmt: skip
+        result = train_model(train=train, validation=val, settings=settings(home, **base, **extra))
+        epochs = [r.seconds for r in result.history[1:]]
+        runs[label] = (result.best_metric, epochs)
+        report[f"{label}_devices"] = [w.device for w in result.workers]
+        report[f"{label}_epoch_s"] = statistics.median(epochs)
+        report[f"{label}_val_auc"] = result.best_metric
+    report["cuda_available_in_driver"] = torch.cuda.is_available()
+    report["speedup_auto_vs_cpu_1"] = report["cpu_1_epoch_s"] / report["auto_1_epoch_s"]
+    report["scaling_efficiency_cpu_2_vs_1"] = report["cpu_1_epoch_s"] / (
+        2 * report["cpu_2_epoch_s"]
+    )
+    return report
+
+
 # 3. Ingest ---------------------------------------------------------------------------------------
 
 
@@ -333,7 +360,11 @@ def bench_memory(home: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--only", nargs="*", default=["loop", "fixed", "ingest", "memory"])
+    parser.add_argument(
+        "--only", nargs="*", default=["loop", "fixed", "ingest", "memory"],
+        choices=["loop", "fixed", "devices", "ingest", "memory"],
+    )  # fmt: skip
+    parser.add_argument("--no-dashboard", action="store_true", help="Ray without ray[default]")
     args = parser.parse_args()
     if args.memory_child:
         print("MEMORY " + json.dumps(memory_child(args.memory_child)), flush=True)
@@ -341,10 +372,10 @@ def main() -> None:
 
     import ray
 
-    # 4 logical CPUs: room for Ray Data's read tasks beside 2 training workers (a worker group
-    # holding every CPU starves Ray Data); torch threads are set per run, not from this.
-    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=False)  # fmt: skip
+    # At least 4 logical CPUs: room for Ray Data's read tasks beside 2 training workers (a worker
+    # group holding every CPU starves Ray Data); torch threads are set per run, not from this.
+    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 0), log_to_driver=False,
+             include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1")  # fmt: skip
     report: dict[str, Any] = {"cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         home = Path(tmp)
@@ -356,6 +387,9 @@ def main() -> None:
             report["fixed_cost"] = bench_fixed_cost(home / "fixed", *churn(2_000, seed=2))
             report["fixed_cost"]["load_avg_1min_after"] = os.getloadavg()[0]
             print(json.dumps({"fixed_cost": report["fixed_cost"]}, indent=1), flush=True)
+        if "devices" in args.only:
+            report["devices"] = bench_devices(home / "devices", *churn(1_000_000, seed=5))
+            print(json.dumps({"devices": report["devices"]}, indent=1), flush=True)
         if "ingest" in args.only:
             report["ingest"] = bench_ingest(home / "ingest", churn(1_000_000, seed=4)[0])
             report["ingest"]["load_avg_1min_after"] = os.getloadavg()[0]

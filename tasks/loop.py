@@ -91,6 +91,7 @@ class WorkerInfo:
     node_id: str
     hostname: str
     pid: int
+    device: str  # cpu, or cuda:N when the worker trained on a GPU
     peak_rss_mb: float
     code_path: str  # where the worker imported driftloop's `tasks` from (shipped on a cluster)
 
@@ -230,7 +231,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             with contextlib.suppress(OSError), open(cfg.progress_path, "a") as progress:
                 progress.write(json.dumps(asdict(record)) + "\n")  # best effort: a log, no state
 
-    workers = _all_gather(_worker_info(rank), world)
+    workers = _all_gather(_worker_info(rank, device), world)
     return {
         "history": state.history,
         "attempts": state.attempts,
@@ -387,7 +388,7 @@ def _fire(fault: FaultInjection) -> None:
     os._exit(1)
 
 
-def _worker_info(rank: int) -> dict[str, Any]:
+def _worker_info(rank: int, device: torch.device) -> dict[str, Any]:
     import ray
 
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
@@ -397,6 +398,7 @@ def _worker_info(rank: int) -> dict[str, Any]:
             node_id=ray.get_runtime_context().get_node_id(),
             hostname=socket.gethostname(),
             pid=os.getpid(),
+            device=str(device),
             peak_rss_mb=rss_kb / 1024,
             code_path=str(Path(__file__).resolve().parent),
         )

@@ -130,6 +130,8 @@ def test_two_ddp_workers_learn_better_than_chance_and_the_prior(
     result, seen = baseline
     assert [w.rank for w in result.workers] == [0, 1]
     assert len({w.pid for w in result.workers}) == 2
+    assert [w.device for w in result.workers] == ["cpu", "cpu"]  # no GPU here: `auto` chose CPUs
+    assert result.use_gpu is False
     assert result.metric_name == "val_auc"
     assert result.best_metric > 0.75  # chance is 0.5
     # The exported model agrees on held-out rows: AUC well above chance, log loss below the
