@@ -176,7 +176,7 @@ def bench_fixed_cost(
 def bench_devices(home: Path, train: pa.Table, val: pa.Table) -> dict[str, Any]:
     """Seconds per epoch (after the first) for 1 auto-placed worker, 1 CPU worker and 2 CPU
     workers, each worker with the same threads; where CUDA exists `auto` must pick the GPU."""
-    threads = max(1, min(8, (os.cpu_count() or 2) // 2))
+    threads = max(1, min(8, (os.cpu_count() or 2) // 4))  # 2 workers + Train's actors fit
     base = {"epochs": 4, "batch_size": 1024, "cpus_per_worker": threads}
     runs: dict[str, tuple[float, list[float]]] = {}
     report: dict[str, Any] = {"rows": train.num_rows, "threads_per_worker": threads}
@@ -189,6 +189,7 @@ def bench_devices(home: Path, train: pa.Table, val: pa.Table) -> dict[str, Any]:
         report[f"{label}_devices"] = [w.device for w in result.workers]
         report[f"{label}_epoch_s"] = statistics.median(epochs)
         report[f"{label}_val_auc"] = result.best_metric
+        print(label, report[f"{label}_devices"], report[f"{label}_epoch_s"], flush=True)
     report["cuda_available_in_driver"] = torch.cuda.is_available()
     report["speedup_auto_vs_cpu_1"] = report["cpu_1_epoch_s"] / report["auto_1_epoch_s"]
     report["scaling_efficiency_cpu_2_vs_1"] = report["cpu_1_epoch_s"] / (
