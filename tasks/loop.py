@@ -282,15 +282,21 @@ def run_epoch(
     kind: Kind,
     steps: int,
     batch: int,
-    seed: tuple[int, int, int],
+    seed: tuple[int, int, int],  # (seed, epoch, rank)
     fault: FaultInjection | None = None,
 ) -> float:
-    """One pass over a shuffled shard in `steps` batches; the mean training loss of all workers."""
+    """One pass over a shuffled shard in `steps` batches; the mean training loss of all workers.
+
+    Epoch 1 takes the rows in stored order: `write_encoded` already wrote them in a seeded random
+    order, so the first epoch skips a gather of the whole shard. Later epochs reshuffle.
+    """
     model.train()
-    generator = torch.Generator().manual_seed(_seed(seed))
     torch.manual_seed(_seed((*seed, 1)))  # dropout
-    order = torch.randperm(len(shard), generator=generator).to(shard.target.device)
-    shuffled = shard.take(order)
+    shuffled = shard
+    if seed[1] > 1:
+        generator = torch.Generator().manual_seed(_seed(seed))
+        order = torch.randperm(len(shard), generator=generator).to(shard.target.device)
+        shuffled = shard.take(order)
     batch = max(1, batch)
     total = torch.zeros(2, dtype=torch.float64, device=shard.target.device)  # loss sum, rows
     for step in range(steps):  # `steps` batches fit in the smallest shard: none is empty
