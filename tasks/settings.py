@@ -80,6 +80,7 @@ class ValidationConfig(_Strict):
         0.98, gt=0, le=1
     )  # |corr| or accuracy at which a feature leaks
     expectations: list[dict[str, Any]] = []  # extra GX expectations: {type: ..., kwargs: {...}}
+    expectations_file: str | None = None  # a YAML/JSON list of the same, relative to the config
 
 
 class TrainingConfig(_Strict):
@@ -200,6 +201,7 @@ def load_settings(path: Path | None = None, *, check_source: bool = True) -> Set
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
     settings = _resolve_source(settings, base=path.parent)
+    settings = _load_user_expectations(settings, base=path.parent, path=path)
     if not check_source:
         return settings
     try:
@@ -262,6 +264,41 @@ def _resolve_source(settings: Settings, *, base: Path) -> Settings:
         return settings
     dataset = settings.dataset.model_copy(update={"source": str((base / source).resolve())})
     return settings.model_copy(update={"dataset": dataset})
+
+
+def _load_user_expectations(settings: Settings, *, base: Path, path: Path) -> Settings:
+    """Join `validation.expectations_file` to `validation.expectations`, then have GX check each
+    entry's name and arguments now rather than when the suite is built."""
+    config = settings.validation
+    extra: list[dict[str, Any]] = []
+    file_label = "validation.expectations_file"
+    if config.expectations_file:
+        file = base / config.expectations_file
+        where = f"{path}: validation.expectations_file: {file}"
+        try:
+            loaded = yaml.safe_load(file.read_text())  # JSON is YAML too
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+        except yaml.YAMLError as exc:
+            text = str(exc).replace("\n", " ")
+            raise ConfigError(f"{where}: not valid YAML or JSON: {text}") from None
+        if not isinstance(loaded, list) or not all(isinstance(e, dict) for e in loaded):
+            raise ConfigError(f"{where}: must hold a list of {{type, kwargs, meta}} entries")
+        extra, file_label = loaded, f"validation.expectations_file: {file}: entry"
+    if config.expectations or extra:
+        from tasks.validation import check_user_expectations  # GX: imported only when needed
+
+        try:
+            check_user_expectations(config)
+            check_user_expectations(
+                config.model_copy(update={"expectations": extra}), label=file_label
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    config = config.model_copy(
+        update={"expectations": [*config.expectations, *extra], "expectations_file": None}
+    )
+    return settings.model_copy(update={"validation": config})
 
 
 def _resolve_features(settings: Settings, schema: pa.Schema, *, path: Path) -> Settings:

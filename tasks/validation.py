@@ -392,19 +392,24 @@ def _require_columns(table: pa.Table, *, columns: Iterable[str], what: str) -> N
 # User expectations --------------------------------------------------------------------------------
 
 
-def check_user_expectations(config: ValidationConfig) -> None:
-    """Check `validation.expectations` at settings-load time.
+def check_user_expectations(
+    config: ValidationConfig, *, label: str = "validation.expectations"
+) -> None:
+    """Check `validation.expectations` at settings-load time; errors name `label[i]`.
 
     Raises:
         ConfigError: an entry is not `{type, kwargs, meta}`, names no GX expectation (the message
             suggests the close name), or GX rejects its arguments (the message names them).
     """
     if config.expectations:  # GX takes seconds to import: only when there is something to check
-        _user_configs(config, columns=None)
+        _user_configs(config, columns=None, label=label)
 
 
 def _user_configs(
-    config: ValidationConfig, *, columns: Sequence[str] | None
+    config: ValidationConfig,
+    *,
+    columns: Sequence[str] | None,
+    label: str = "validation.expectations",
 ) -> list[dict[str, Any]]:
     """The user's expectations as suite configs; with `columns`, each named column must be one."""
     _gx()
@@ -413,7 +418,7 @@ def _user_configs(
     known = sorted(list_registered_expectation_implementations())
     out = []
     for i, entry in enumerate(config.expectations):
-        where = f"validation.expectations[{i}]"
+        where = f"{label}[{i}]"
         name, kwargs, meta = _user_entry(entry, where=where, known=known)
         for column in _columns_of(kwargs) if columns is not None else ():
             if column not in (columns or ()):

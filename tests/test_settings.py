@@ -156,3 +156,67 @@ def test_a_bad_environment_value_names_the_key(
     monkeypatch.setenv("DRIFTLOOP_TRAINING__EPOCHS", "many")
     with pytest.raises(ConfigError, match=r"training\.epochs"):
         load_settings(write_config(project, BASE))
+
+
+# User expectations: checked by GX when the settings load -----------------------------------------
+
+RULE = "{type: expect_column_values_to_be_between, kwargs: {column: tenure, min_value: 0}}"
+
+
+def test_user_expectations_from_the_config_and_a_file_are_joined(project: Path) -> None:
+    (project / "rules.yaml").write_text(
+        "- type: expect_column_values_to_not_be_null\n  kwargs: {column: contract, mostly: 0.5}\n"
+    )
+    settings = load_settings(
+        write_config(
+            project,
+            BASE + f"validation:\n  expectations: [{RULE}]\n  expectations_file: rules.yaml\n",
+        )
+    )
+    names = [e["type"] for e in settings.validation.expectations]
+    assert names == ["expect_column_values_to_be_between", "expect_column_values_to_not_be_null"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "says"),
+    [
+        (
+            "[{type: expect_column_values_to_be_betwen, kwargs: {column: tenure}}]",
+            "validation.expectations[0].type: unknown expectation 'expect_column_values_to_be_"
+            "betwen' (did you mean 'expect_column_values_to_be_between'",
+        ),
+        (
+            "[{type: expect_column_values_to_be_between, kwargs: {colum: tenure}}]",
+            "validation.expectations[0] (expect_column_values_to_be_between)",
+        ),
+    ],
+)
+def test_a_mistyped_user_expectation_fails_when_the_settings_load(
+    project: Path, rules: str, says: str
+) -> None:
+    config = write_config(project, BASE + f"validation:\n  expectations: {rules}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert str(caught.value).startswith(f"{config}: ")
+    assert says in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "cannot read it"),
+        ("- [unclosed", "not valid YAML or JSON"),
+        ("type: expect_column_to_exist\n", "must hold a list of {type, kwargs, meta} entries"),
+        ("- type: expect_column_to_exsit\n  kwargs: {column: tenure}\n", "did you mean"),
+    ],
+)
+def test_a_bad_expectations_file_is_a_config_error_naming_it(
+    project: Path, content: str | None, says: str
+) -> None:
+    if content is not None:
+        (project / "rules.yaml").write_text(content)
+    config = write_config(project, BASE + "validation:\n  expectations_file: rules.yaml\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert f"validation.expectations_file: {project / 'rules.yaml'}" in str(caught.value)
+    assert says in str(caught.value)
