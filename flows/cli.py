@@ -197,16 +197,23 @@ def demo(
     directory: Annotated[Path, typer.Argument(help="Where the demo's config and data live.")] = (
         Path(".")
     ),
+    stack: Annotated[
+        bool, typer.Option(help="Start the local stack (or reuse it) so runs show in the UI.")
+    ] = True,
 ) -> None:
     """Run the whole loop end to end on synthetic data (writes a config first if none exists)."""
     config = directory / CONFIG_FILE
     if not config.exists():
         init(directory=directory)
     _settings(config)
+    if stack:
+        up(config=config)
     _connect_to_stack(config)
     from flows.demo import demo as demo_flow
 
     typer.echo(demo_flow(config=str(config)))
+    if stack:
+        typer.echo("The stack keeps running for the UI; `driftloop down` stops it.")
 
 
 def _settings(config: Path) -> Settings:
