@@ -223,7 +223,7 @@ def _settings(config: Path) -> Settings:
 def _stack_settings(config: Path) -> tuple[Path, StackConfig]:
     settings = load_settings(config, check_source=False) if config.exists() else None
     if settings is not None:
-        return settings.home, settings.stack
+        return Path(settings.home), settings.stack
     return Path(os.environ.get("DRIFTLOOP_HOME", ".driftloop")), StackConfig()
 
 

@@ -15,7 +15,14 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tasks import data
@@ -81,6 +88,9 @@ class ValidationConfig(_Strict):
     )  # |corr| or accuracy at which a feature leaks
     expectations: list[dict[str, Any]] = []  # extra GX expectations: {type: ..., kwargs: {...}}
     expectations_file: str | None = None  # a YAML/JSON list of the same, relative to the config
+    # Parquet (file, folder or URI) whose profile the suite learns ranges, nulls and domains from.
+    # None: the champion's training sample, or on a first run the data itself (contract checks only)
+    reference: str | None = None
 
 
 class TrainingConfig(_Strict):
@@ -112,6 +122,7 @@ class EvaluationConfig(BaseModel):
     missing_share: float = Field(0.1, ge=0, le=1)  # share of feature values blanked to null
     unseen_share: float = Field(0.1, ge=0, le=1)  # share of categories swapped to rare/unseen ones
     seed: int = 0  # perturbations are seeded: the same model always gets the same score
+    production_rows: int = Field(5_000, ge=1)  # most recent labelled production rows judged on
 
 
 class GateConfig(BaseModel):
@@ -148,7 +159,9 @@ class Settings(BaseSettings):
         env_prefix="DRIFTLOOP_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    home: Path = Path(".driftloop")  # DRIFTLOOP_HOME: registry, predictions, reports, Ray, Prefect
+    # DRIFTLOOP_HOME: registry, predictions, reports, Ray, Prefect. A folder, or a URI (file://,
+    # s3://, gs://) that a team shares; `location()` joins paths under it either way.
+    home: str = ".driftloop"
     dataset: DatasetConfig
     split: SplitConfig = SplitConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -179,6 +192,20 @@ class Settings(BaseSettings):
         if ds.features and ds.target in ds.features.all:
             raise ValueError(f"dataset.features lists the target column {ds.target!r}")
         return self
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _home_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, os.PathLike) else value
+
+    @property
+    def home_is_local(self) -> bool:
+        """False for an object-store home (s3://, gs://); file:// and paths are local."""
+        return "://" not in self.home or self.home.startswith("file://")
+
+    def location(self, *parts: str) -> str:
+        """A path or URI under the home: `location("registry", "churn")`."""
+        return "/".join([self.home.rstrip("/"), *parts])
 
     @property
     def features(self) -> Features:
@@ -259,11 +286,21 @@ def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
 
 
 def _resolve_source(settings: Settings, *, base: Path) -> Settings:
-    source = settings.dataset.source
-    if "://" in source or Path(source).is_absolute():
-        return settings
-    dataset = settings.dataset.model_copy(update={"source": str((base / source).resolve())})
-    return settings.model_copy(update={"dataset": dataset})
+    """Relative data paths (the source, the validation reference) are relative to the config."""
+    dataset = settings.dataset.model_copy(
+        update={"source": _relative_to(settings.dataset.source, base)}
+    )
+    reference = settings.validation.reference
+    validation = settings.validation.model_copy(
+        update={"reference": reference and _relative_to(reference, base)}
+    )
+    return settings.model_copy(update={"dataset": dataset, "validation": validation})
+
+
+def _relative_to(location: str, base: Path) -> str:
+    if "://" in location or Path(location).is_absolute():
+        return location
+    return str((base / location).resolve())
 
 
 def _load_user_expectations(settings: Settings, *, base: Path, path: Path) -> Settings:

@@ -217,7 +217,7 @@ def train_model(
     connect_ray()
     use_gpu = resolve_use_gpu(config.use_gpu, ray.cluster_resources())
     name = name or _run_name(settings.dataset.name)
-    storage = Path(storage_path or settings.home / "ray").resolve()
+    storage = Path(storage_path or settings.location("ray")).resolve()
     run_dir = storage / name
 
     # Data: encoded once, sharded by row group

@@ -71,7 +71,7 @@ def test_defaults_fill_every_section_the_file_leaves_out(project: Path) -> None:
     settings = load_settings(write_config(project, BASE))
     assert settings.training.num_workers == 2
     assert settings.training.use_gpu == "auto"
-    assert settings.home == Path(".driftloop")
+    assert settings.home == ".driftloop"
 
 
 def test_environment_variables_override_the_file(
@@ -83,7 +83,7 @@ def test_environment_variables_override_the_file(
     settings = load_settings(write_config(project, text))
     assert settings.training.epochs == 3
     assert settings.training.batch_size == 64  # the file's other keys survive the merge
-    assert settings.home == project / "state"
+    assert settings.home == str(project / "state")
 
 
 @pytest.mark.parametrize(
