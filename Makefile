@@ -49,5 +49,7 @@ status: install ## Show what runs and where
 bench: install ## Run the benchmarks under bench/ (ratios against baselines, in one run)
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
-clean: ## Remove the venv, caches and local state (.driftloop)
+# `down` first: .driftloop/run/stack.json is how it finds what `up` started, and the venv runs it.
+clean: ## Stop the local stack, then remove the venv, caches and local state (.driftloop)
+	-@if [ -x $(DL) ]; then $(DL) down; fi
 	rm -rf $(VENV) .driftloop .pytest_cache .mypy_cache .ruff_cache
