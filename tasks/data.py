@@ -119,27 +119,43 @@ def fingerprint(table: pa.Table) -> str:
 
     Row order does not matter (a folder read in another order is the same data set).
     """
-    rows = pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy()
-    digest = hashlib.sha256(table.schema.to_string(show_schema_metadata=False).encode())
-    digest.update(np.sort(rows).tobytes())
+    schema = pa.schema([field.with_type(_canonical(field.type)) for field in table.schema])
+    text = schema.to_string(show_schema_metadata=False, show_field_metadata=False)
+    digest = hashlib.sha256(text.encode())
+    digest.update(np.sort(row_hashes(table)).tobytes())
     return digest.hexdigest()[:16]
+
+
+def row_hashes(table: pa.Table) -> np.ndarray:
+    """A 64-bit hash of each row over every column (uint64), computed from the Arrow values.
+
+    Lossless where a pandas conversion is not: 2**53 and 2**53 + 1 differ, a null differs from
+    NaN and from the string "None", and list, map and struct columns hash like any other.
+    """
+    out = np.zeros(table.num_rows, dtype=np.uint64)
+    if table.num_rows == 0:
+        return out
+    for index, column in enumerate(table.columns):
+        values = np.concatenate([_value_hashes(chunk) for chunk in column.chunks])
+        out = _mix(out ^ _mix(values + np.uint64(index)))
+    return out
 
 
 def split(table: pa.Table, *, dataset: DatasetConfig, config: SplitConfig) -> Splits:
     """A deterministic train / validation / holdout split.
 
-    Each unit (an id where ids repeat, otherwise a distinct row) gets a seeded hash score, so the
-    assignment does not depend on row order and duplicate rows never straddle two splits. Units
-    are ranked by score within each stratum (the class for classification, a target decile for
-    regression), so every split keeps the class balance.
+    Each unit (an id, or a distinct row where there is no id or the id is null) gets a seeded
+    hash score, so the assignment does not depend on row order, no id spans two splits and
+    duplicate rows never straddle two splits. Units are ranked by score within each stratum (the
+    class for classification, a target decile for regression), so every split keeps the class
+    balance.
+
+    Raises:
+        DataError: a part would be empty (too few distinct units for the fractions).
     """
-    frame = table.to_pandas()
-    if dataset.id is not None and frame[dataset.id].duplicated().any():
-        keys = pd.util.hash_pandas_object(frame[dataset.id], index=False).to_numpy()
-    else:
-        keys = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    keys = _unit_keys(table, id_column=dataset.id)
     unit_keys, unit_of_row = np.unique(keys, return_inverse=True)
-    strata = _strata(frame[dataset.target], task=dataset.task)
+    strata = _strata(table[dataset.target].to_pandas(), task=dataset.task)
     unit_stratum = pd.Series(strata).groupby(unit_of_row).min().to_numpy()
     score = _mix(unit_keys ^ np.uint64(config.seed))
     rank = pd.Series(score).groupby(unit_stratum).rank(method="first", pct=True).to_numpy()
@@ -147,8 +163,34 @@ def split(table: pa.Table, *, dataset: DatasetConfig, config: SplitConfig) -> Sp
         rank <= config.holdout, 2, np.where(rank <= config.holdout + config.validation, 1, 0)
     )
     row_split = unit_split[unit_of_row]
-    parts = [table.filter(pa.array(row_split == i)) for i in range(3)]
-    return Splits(*parts)
+    parts = Splits(*[table.filter(pa.array(row_split == i)) for i in range(3)])
+    _check_parts(parts, units=len(unit_keys), id_column=dataset.id, config=config)
+    return parts
+
+
+def _unit_keys(table: pa.Table, *, id_column: str | None) -> np.ndarray:
+    """One key per row: its id's hash; where there is no id (or it is null), the row's own."""
+    if id_column is None:
+        return row_hashes(table)
+    ids = row_hashes(table.select([id_column]))
+    null = table[id_column].is_null().to_numpy(zero_copy_only=False)
+    if null.any():
+        ids[null] = _mix(row_hashes(table.filter(pa.array(null))) ^ _NULL_ID)
+    return ids
+
+
+def _check_parts(parts: Splits, *, units: int, id_column: str | None, config: SplitConfig) -> None:
+    """An empty part would train, gate or judge on nothing: refuse it, with the counts."""
+    sizes = {name: part.num_rows for name, part in zip(parts._fields, parts, strict=True)}
+    if all(sizes.values()):
+        return
+    unit = f"distinct {id_column!r} values (a null id counts per row)" if id_column else "rows"
+    shown = ", ".join(f"{name} {rows}" for name, rows in sizes.items())
+    raise DataError(
+        f"split: {sum(sizes.values())} rows with {units} {unit} give {shown} rows; each part "
+        f"needs at least one (split.validation {config.validation}, split.holdout "
+        f"{config.holdout}): more data is needed"
+    )
 
 
 def _strata(target: pd.Series, *, task: str) -> np.ndarray:
@@ -168,6 +210,110 @@ def _mix(x: np.ndarray) -> np.ndarray:
         x *= np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
     return x
+
+
+_NULL = np.uint64(0x9E3779B97F4A7C15)  # the hash of a null value, of any type
+_SALT = np.uint64(0x2545F4914F6CDD1D)  # splitmix maps 0 to 0: move valid values off that point
+_NULL_ID = np.uint64(0xD6E8FEB86659FD93)  # salts the row key of a row whose id is null
+
+
+def _canonical(kind: pa.DataType) -> pa.DataType:
+    """The type without the name of list items, which Parquet changes ("item" -> "element")."""
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(_canonical(field.type)) for field in kind])
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(_canonical(kind.value_type), kind.list_size)
+    if pa.types.is_large_list(kind):
+        return pa.large_list(_canonical(kind.value_type))
+    if pa.types.is_list(kind):
+        return pa.list_(_canonical(kind.value_type))
+    return kind
+
+
+def _value_hashes(array: pa.Array) -> np.ndarray:
+    """A uint64 per value, from the Arrow bits (nulls get `_NULL`, whatever their slot holds)."""
+    array = array.storage if isinstance(array, pa.ExtensionArray) else array
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        array = array.dictionary_decode()
+    elif (
+        pa.types.is_fixed_size_list(kind)
+        or pa.types.is_list_view(kind)
+        or pa.types.is_large_list_view(kind)
+    ):
+        array = array.cast(pa.large_list(kind.value_field))
+    elif pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        array = array.cast(pa.large_binary())
+    kind = array.type
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    if len(array) == 0 or pa.types.is_null(kind):
+        values = np.zeros(len(array), dtype=np.uint64)
+    elif pa.types.is_struct(kind):
+        values = np.zeros(len(array), dtype=np.uint64)
+        for index, child in enumerate(array.flatten()):
+            values = _mix(values ^ _mix(_value_hashes(child) + np.uint64(index)))
+    elif isinstance(array, pa.ListArray | pa.LargeListArray):  # maps too
+        values = _list_hashes(array)
+    elif _byte_width(kind) is None:  # strings, binary and anything exotic
+        values = _object_hashes(array)
+    else:
+        values = _fixed_width_hashes(array)
+    return np.where(valid, _mix(values ^ _SALT), _NULL)
+
+
+def _byte_width(kind: pa.DataType) -> int | None:
+    """Bytes per value of a fixed-width type (booleans: 0, they are bit-packed); None otherwise."""
+    try:
+        bits = int(kind.bit_width)
+    except ValueError:
+        return None
+    return bits // 8 if bits % 8 == 0 or bits == 1 else None
+
+
+def _fixed_width_hashes(array: pa.Array) -> np.ndarray:
+    """The raw bits of each value (ints, floats, decimals, timestamps...) folded into 64."""
+    width = _byte_width(array.type)
+    if not width:  # boolean
+        return array.fill_null(False).to_numpy(zero_copy_only=False).astype(np.uint64)
+    raw = np.frombuffer(
+        array.buffers()[1], dtype=np.uint8, count=(array.offset + len(array)) * width
+    )
+    rows = raw[array.offset * width :].reshape(len(array), width)
+    padded = np.zeros((len(array), -(-width // 8) * 8), dtype=np.uint8)
+    padded[:, :width] = rows
+    words = padded.view("<u8")
+    out = words[:, 0].copy()
+    for k in range(1, words.shape[1]):
+        out = _mix(out) ^ words[:, k]
+    return out
+
+
+def _list_hashes(array: pa.ListArray | pa.LargeListArray) -> np.ndarray:
+    """Order-sensitive: each element's hash mixed with its position, summed per list."""
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    lengths = np.diff(offsets)
+    first, last = int(offsets[0]), int(offsets[-1])
+    child = _value_hashes(array.values.slice(first, last - first))
+    owner = np.repeat(np.arange(len(array)), lengths)
+    position = np.arange(first, last) - offsets[:-1][owner]
+    element = _mix(child ^ _mix(position.astype(np.uint64) + _NULL))
+    total = np.concatenate([[np.uint64(0)], np.cumsum(element, dtype=np.uint64)])
+    with np.errstate(over="ignore"):
+        sums = total[offsets[1:] - first] - total[offsets[:-1] - first]
+    return _mix(sums ^ lengths.astype(np.uint64))
+
+
+def _object_hashes(array: pa.Array) -> np.ndarray:
+    """Strings and binary by their bytes (pandas' seeded SipHash); other types by their repr."""
+    filled = array
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        filled = array.fill_null("")
+    elif pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+        filled = array.fill_null(b"")
+    else:
+        filled = pa.array([repr(v) for v in array.to_pylist()], pa.string())
+    values = filled.to_numpy(zero_copy_only=False).astype(object)
+    return pd.util.hash_array(values, categorize=True)
 
 
 def _starts_like_parquet(fs: pafs.FileSystem, path: str) -> bool:

@@ -150,6 +150,58 @@ def test_the_fingerprint_changes_when_any_row_changes() -> None:
     )
 
 
+def test_the_fingerprint_tells_apart_values_a_pandas_conversion_would_merge() -> None:
+    def one_row(column: pa.Array) -> str:
+        return data.fingerprint(pa.table({"x": column}))
+
+    big = pa.array([2**53, None], pa.int64())  # nullable: pandas would make it float64
+    assert one_row(big) != one_row(pa.array([2**53 + 1, None], pa.int64()))
+    assert one_row(pa.array([float("nan")])) != one_row(pa.array([None], pa.float64()))
+    assert one_row(pa.array(["None"])) != one_row(pa.array([None], pa.string()))
+    assert one_row(pa.array([0.0])) != one_row(pa.array([None], pa.float64()))
+
+
+def nested_table(rows: int = 500) -> pa.Table:
+    rng = np.random.default_rng(3)
+    return pa.table(
+        {
+            "customer_id": pa.array([f"c{i}" for i in range(rows)]),
+            "tags": pa.array([[f"t{j}" for j in range(i % 3)] or None for i in range(rows)]),
+            "address": pa.array([{"zip": int(z), "city": f"city{z % 7}"} for z in range(rows)]),
+            "visits": pa.array([2**53 + int(i) if i % 5 else None for i in range(rows)]),
+            "churned": (rng.random(rows) < 0.2).astype(np.int64),
+        }
+    )
+
+
+def test_list_and_struct_columns_get_a_stable_fingerprint_that_sees_each_element(
+    tmp_path: Path,
+) -> None:
+    table = nested_table()
+    pq.write_table(table, tmp_path / "nested.parquet")
+    reread = data.read_table(str(tmp_path / "nested.parquet"))
+    shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
+    assert data.fingerprint(reread) == data.fingerprint(table)
+    assert data.fingerprint(shuffled) == data.fingerprint(table)
+
+    tags = table["tags"].to_pylist()
+    tags[2] = list(reversed(tags[2]))  # the same elements in another order
+    reordered = table.set_column(1, "tags", pa.array(tags))
+    visits = table["visits"].to_pylist()
+    visits[1] += 1  # 2**53 + 2: a float64 round trip would not see it
+    bumped = table.set_column(3, "visits", pa.array(visits))
+    prints = {data.fingerprint(t) for t in (table, reordered, bumped)}
+    assert len(prints) == 3
+
+
+def test_a_table_with_nested_columns_splits_by_row_or_by_id() -> None:
+    table = nested_table(2000)
+    for id_column in (None, "customer_id"):
+        parts = data.split(table, dataset=config(id=id_column), config=SplitConfig())
+        assert sum(p.num_rows for p in parts) == table.num_rows
+        assert all(p.num_rows > 200 for p in parts)
+
+
 # Split -------------------------------------------------------------------------------------------
 
 
@@ -214,3 +266,27 @@ def test_duplicate_rows_never_straddle_two_splits() -> None:
     assert not ids[0] & ids[1]
     assert not ids[0] & ids[2]
     assert not ids[1] & ids[2]
+
+
+def test_a_split_that_would_leave_a_part_empty_is_refused_with_the_counts() -> None:
+    table = make_table(200).set_column(
+        0, "customer_id", pa.array([f"c{i % 4}" for i in range(200)])
+    )  # 200 rows, 4 customers: a part would get no customer
+    with pytest.raises(data.DataError) as caught:
+        data.split(table, dataset=config(), config=SplitConfig())
+    message = str(caught.value)
+    assert "200 rows with 4 distinct 'customer_id' values" in message
+    assert "holdout 0" in message
+    assert "\n" not in message
+
+
+def test_rows_with_a_null_id_are_each_their_own_unit() -> None:
+    table = make_table(1000)
+    ids = table["customer_id"].to_pylist()
+    ids[:300] = [None] * 300
+    table = table.set_column(0, "customer_id", pa.array(ids, pa.string()))
+    parts = data.split(table, dataset=config(), config=SplitConfig())
+    nulls = [p["customer_id"].null_count for p in parts]
+    assert sum(nulls) == 300
+    assert nulls[1] == pytest.approx(45, abs=15)  # about 15% of them, like every other row
+    assert nulls[2] == pytest.approx(45, abs=15)
