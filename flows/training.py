@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import data, registry, validation
-from tasks.evaluate import EvaluationReport, evaluate_task, gate_task, promote_task
+from tasks import data, registry, traffic, validation
+from tasks.evaluate import champion_task, evaluate_task, gate_task, promote_task
 from tasks.model import load_model
 from tasks.settings import Settings, load_settings
 from tasks.synthetic import write_parquet
@@ -36,6 +36,17 @@ def read_source(source: str) -> pa.Table:
 def split_data(table: pa.Table, *, settings: Settings) -> data.Splits:
     """The deterministic train / validation / holdout split."""
     return data.split(table, dataset=settings.dataset, config=settings.split)
+
+
+@task(name="read-labelled-traffic", cache_policy=NO_CACHE)
+def read_labelled_traffic(*, settings: Settings) -> pa.Table | None:
+    """The most recent production rows that have a label by now (None until feedback arrives)."""
+    return traffic.labelled(
+        home=settings.home,
+        model=settings.dataset.name,
+        target=settings.dataset.target,
+        limit=settings.evaluation.production_rows,
+    )
 
 
 @flow(name="training-pipeline")
@@ -65,19 +76,26 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
     parts = split_data(table, settings=settings)
     result = train_task(train=parts.train, validation=parts.validation, settings=settings)
 
-    # Evaluate the challenger and the champion on the same holdout, then gate ---------------------
+    # Evaluate the challenger and the champion on the same rows, then gate ---------------------
+    recent = read_labelled_traffic(settings=settings)
     challenger = evaluate_task(
-        load_model(result.model_dir), parts.holdout, dataset=ds, config=settings.evaluation
-    )
-    champion = champion_report(parts.holdout, settings=settings)
+        load_model(result.model_dir), parts.holdout, dataset=ds, config=settings.evaluation,
+        production=recent,
+    )  # fmt: skip
+    champion = champion_task(
+        parts.holdout, root=settings.home, dataset=ds, config=settings.evaluation,
+        production=recent,
+    )  # fmt: skip
     decision = gate_task(
         challenger=challenger, champion=champion, config=settings.gate, model=ds.name
     )
-    version = promote_task(
+
+    # Register the challenger with its decision; it becomes champion only if the gate passed ----
+    promotion = promote_task(
         decision=decision,
         report=challenger,
         dataset=ds,
-        root=str(settings.home),
+        root=settings.home,
         model_dir=str(result.model_dir),
         metadata={
             "data_fingerprint": fingerprint,
@@ -85,6 +103,7 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
             "train_rows": parts.train.num_rows,
             "best_epoch": result.best_epoch,
             "validation_metric": {result.metric_name: result.best_metric},
+            "production_rows": challenger.production_rows,
         },
         extra_files={
             "reference.parquet": str(reference_sample(parts.train, directory=reports)),
@@ -94,12 +113,14 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
     )
     return {
         "model": ds.name,
-        "decision": "promoted" if decision.promote else "rejected",
-        "version": version,
+        "decision": "promoted" if promotion.promoted else "rejected",
+        "version": promotion.version,
+        "champion": promotion.version if promotion.promoted else promotion.previous,
+        "reason": promotion.reason,
         decision.primary_metric: round(decision.challenger_value, 4),
         "champion_" + decision.primary_metric: decision.champion_value,
         "data_fingerprint": fingerprint,
-        "failed_rules": [r.rule for r in decision.rules if not r.passed],
+        "failed_rules": [r.rule for r in decision.failed],
     }
 
 
@@ -112,24 +133,6 @@ def reference_suite(table: pa.Table, *, settings: Settings) -> Any:
         if suite_path.exists():
             return validation.load_suite(suite_path)
     return validation.build_suite(table, settings=settings)
-
-
-def champion_report(holdout: pa.Table, *, settings: Settings) -> EvaluationReport | None:
-    """The champion measured on the challenger's holdout rows, or None when there is none."""
-    root, model = str(settings.home), settings.dataset.name
-    if "champion" not in registry.aliases(root=root, model=model):
-        return None
-    predictor = load_model(registry.resolve(root=root, model=model, ref="champion"))
-    try:
-        return evaluate_task(
-            predictor, holdout, dataset=settings.dataset, config=settings.evaluation,
-            role="champion",
-        )  # fmt: skip
-    except Exception as exc:  # e.g. the schema changed and the champion cannot read the new data
-        get_run_logger().warning(
-            "the champion cannot score this holdout (%s): gating on floors", exc
-        )
-        return None
 
 
 def reference_sample(train: pa.Table, *, directory: Path) -> Path:

@@ -480,8 +480,9 @@ class GateDecision:
     promote: bool
     primary_metric: str
     challenger_value: float  # the primary metric on the holdout
-    champion_value: float | None  # None: there was no champion
+    champion_value: float | None  # None: there was no champion (or it could not be scored)
     rules: list[RuleResult]
+    champion_version: int | None = None  # the champion judged against: promotion expects it
 
     @property
     def failed(self) -> list[RuleResult]:
@@ -503,13 +504,23 @@ class GateDecision:
 
 
 def gate(
-    *, challenger: EvaluationReport, champion: EvaluationReport | None, config: GateConfig
+    *,
+    challenger: EvaluationReport,
+    champion: EvaluationReport | None,
+    config: GateConfig,
+    champion_version: int | None = None,
+    champion_error: str | None = None,
 ) -> GateDecision:
-    """Decide whether `challenger` replaces `champion` (None: there is no champion yet)."""
+    """Decide whether `challenger` replaces `champion` (None: there is no champion yet).
+
+    `champion_error` says why a champion that exists could not be measured on these rows (a
+    schema change, say): the challenger is then rejected, never waved through as a first model.
+    """
     primary = primary_metric(challenger.task, config)
     if champion is not None:
         _check_pair(challenger, champion)
     rules = [
+        *_comparable_rules(champion_version, champion_error),
         *_floor_rules(challenger, champion, config),
         *_gain_rules(challenger, champion, config, primary),
         *_slice_rules(challenger, champion, config, primary),
@@ -523,6 +534,7 @@ def gate(
         challenger_value=challenger.metrics[primary],
         champion_value=champion.metrics[primary] if champion is not None else None,
         rules=rules,
+        champion_version=champion_version,
     )
 
 
@@ -603,6 +615,17 @@ def _rule(
         and bool(compare(observed, threshold))
     )
     return RuleResult(rule, champion, challenger, observed, op, threshold, passed, detail, relative)
+
+
+def _comparable_rules(version: int | None, error: str | None) -> list[RuleResult]:
+    if error is None:
+        return []
+    detail = (
+        f"champion v{version} could not score these rows ({error}); compare the two by hand and "
+        "make this version champion with `driftloop deploy --version N` if it should serve"
+    )
+    return [RuleResult("champion: measured on the same rows", None, None, None, "", None, False,
+                       detail)]  # fmt: skip
 
 
 def _skipped(rule: str, detail: str) -> RuleResult:
@@ -765,7 +788,7 @@ def gate_table_markdown(decision: GateDecision) -> str:
     for r in decision.rules:
         threshold = f"{r.op} {_fmt_threshold(r)}" if r.threshold is not None else "–"
         result = "pass" if r.passed else "**FAIL**"
-        if r.threshold is None:
+        if r.threshold is None and r.passed:
             result = "n/a"
         cells = [r.rule, _fmt(r.champion), _fmt(r.challenger), threshold, result, r.detail]
         lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
@@ -880,37 +903,107 @@ def evaluate_task(
     role: str = "challenger",
 ) -> EvaluationReport:
     """Measure a model on the holdout; publish its metrics as a table artifact."""
+    report = evaluate(predictor, holdout, dataset=dataset, config=config, production=production)
+    _publish_metrics(report, model=dataset.name, role=role)
+    return report
+
+
+def _publish_metrics(report: EvaluationReport, *, model: str, role: str) -> None:
     from prefect.artifacts import create_table_artifact
 
-    report = evaluate(predictor, holdout, dataset=dataset, config=config, production=production)
     rows = [{"metric": k, "holdout": v, **{k2: m[k] for k2, m in report.robustness.items()}}
             for k, v in report.metrics.items()]  # fmt: skip
     create_table_artifact(
         table=events.jsonable(rows),
-        key=f"evaluation-{_slug(dataset.name)}-{_slug(role)}",
-        description=f"{dataset.name} ({role}): metrics on {report.rows} holdout rows",
+        key=f"evaluation-{_slug(model)}-{_slug(role)}",
+        description=f"{model} ({role}): metrics on {report.rows} holdout rows",
     )
-    return report
 
 
 @task(name="promotion-gate", cache_policy=NO_CACHE)
 def gate_task(
     *,
     challenger: EvaluationReport,
-    champion: EvaluationReport | None,
+    champion: Champion,
     config: GateConfig,
     model: str,
 ) -> GateDecision:
     """Apply the gate's rules; publish the gate table (markdown artifact `gate-<model>`)."""
     from prefect.artifacts import create_markdown_artifact
 
-    decision = gate(challenger=challenger, champion=champion, config=config)
+    decision = gate(
+        challenger=challenger, champion=champion.report, config=config,
+        champion_version=champion.version, champion_error=champion.error,
+    )  # fmt: skip
     create_markdown_artifact(
         markdown=gate_table_markdown(decision),
         key=f"gate-{_slug(model)}",
         description=f"{model}: {decision.summary()}"[:500],
     )
     return decision
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The champion measured on the challenger's rows, or why it could not be."""
+
+    version: int | None  # None: no champion yet
+    report: EvaluationReport | None
+    error: str | None = None
+
+
+def measure_champion(
+    holdout: pa.Table,
+    *,
+    root: str,
+    dataset: DatasetConfig,
+    config: EvaluationConfig,
+    production: pa.Table | None = None,
+) -> Champion:
+    """The champion measured on the challenger's rows; its error when it cannot score them."""
+    from tasks.model import load_model
+
+    version = registry.aliases(root=root, model=dataset.name).get(registry.CHAMPION)
+    if version is None:
+        return Champion(version=None, report=None)
+    try:
+        predictor = load_model(registry.resolve(root=root, model=dataset.name, ref=version))
+        report = evaluate(predictor, holdout, dataset=dataset, config=config, production=production)
+    except (DriftloopError, KeyError, ValueError) as exc:  # e.g. a column it needs is gone
+        return Champion(version=version, report=None, error=f"{type(exc).__name__}: {exc}")
+    return Champion(version=version, report=report)
+
+
+@task(name="evaluate-champion", cache_policy=NO_CACHE)
+def champion_task(
+    holdout: pa.Table,
+    *,
+    root: str,
+    dataset: DatasetConfig,
+    config: EvaluationConfig,
+    production: pa.Table | None = None,
+) -> Champion:
+    """Measure the champion on the challenger's holdout (and production rows), if there is one."""
+    from prefect import get_run_logger
+
+    champion = measure_champion(
+        holdout, root=root, dataset=dataset, config=config, production=production
+    )
+    if champion.report is not None:
+        _publish_metrics(champion.report, model=dataset.name, role="champion")
+    if champion.error is not None:
+        get_run_logger().warning("champion v%s: %s", champion.version, champion.error)
+    return champion
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What became of a challenger: its registry version, and whether it is champion now."""
+
+    version: int
+    promoted: bool
+    previous: int | None  # the champion before
+    reason: str
 
 
 @task(name="promote-model", cache_policy=NO_CACHE)
@@ -923,49 +1016,59 @@ def promote_task(
     model_dir: str,
     metadata: Mapping[str, Any],
     extra_files: Mapping[str, str | bytes] | None = None,
-) -> int | None:
-    """Register the challenger and make it champion when the gate passed; report it either way.
+) -> Promotion:
+    """Register the challenger with its decision; make it champion when the gate passed.
 
-    Publishes the model card (markdown artifact `model-card-<model>`) and emits
-    `driftloop.model.promoted` or `driftloop.model.rejected` with the figures. A rejection is a
-    normal outcome: it returns None and registers nothing.
+    Every candidate becomes a registry version (weights, evaluation, gate table, card), so a
+    rejection is kept with its reasons and a person can still deploy it by hand. The champion
+    alias moves by compare-and-set against the champion the gate judged against: if another run
+    promoted a model meanwhile, this one stays a plain version. Publishes the model card
+    (`model-card-<model>`) and emits `driftloop.model.promoted` or `driftloop.model.rejected`.
     """
     from prefect.artifacts import create_markdown_artifact
 
-    model = dataset.name
-
-    def card(version: int | None) -> str:
-        return model_card(
-            dataset=dataset, report=report, decision=decision, version=version,
-            data_fingerprint=metadata.get("data_fingerprint"), params=metadata.get("params"),
-        )  # fmt: skip
-
-    previous = registry.aliases(root=root, model=model).get(registry.CHAMPION)
-    version = None
-    if decision.promote:
-        files: dict[str, str | bytes] = {
+    model, previous = dataset.name, decision.champion_version
+    card = model_card(
+        dataset=dataset, report=report, decision=decision,
+        data_fingerprint=metadata.get("data_fingerprint"), params=metadata.get("params"),
+    )  # fmt: skip
+    gate_record = {
+        "passed": decision.promote,
+        "summary": decision.summary(),
+        "judged_against": previous,
+    }
+    version = registry.register(
+        root=root, model=model, model_dir=model_dir,
+        metadata={**metadata, "metrics": report.to_dict()["metrics"], "gate": gate_record},
+        extra_files={
             **(extra_files or {}),
             "evaluation.json": json.dumps(report.to_dict(), indent=1).encode(),
             "gate.json": json.dumps(decision.to_dict(), indent=1).encode(),
-            "model_card.md": card(None).encode(),
-        }
-        record = {**metadata, "metrics": report.to_dict()["metrics"], "gate": decision.summary()}
-        version = registry.register(
-            root=root, model=model, model_dir=model_dir, metadata=record, extra_files=files
-        )
-        registry.set_alias(
-            root=root, model=model, alias=registry.CHAMPION, version=version,
-            reason=f"gate: {decision.summary()}"[:300],
-        )  # fmt: skip
+            "model_card.md": card.encode(),
+        },
+    )  # fmt: skip
+    promotion = Promotion(version=version, promoted=False, previous=previous,
+                          reason=decision.summary())  # fmt: skip
+    if decision.promote:
+        try:
+            registry.set_alias(
+                root=root, model=model, alias=registry.CHAMPION, version=version,
+                reason=f"gate: {decision.summary()}"[:300], expect=previous,
+            )  # fmt: skip
+            promotion = replace(promotion, promoted=True)
+        except registry.AliasMoved as exc:
+            promotion = replace(promotion, reason=f"reject: {exc}")
+    verdict = "promoted to champion" if promotion.promoted else "registered, not promoted"
     create_markdown_artifact(
-        markdown=card(version),
+        markdown=card.replace(f"# Model card: {model}", f"# Model card: {model} v{version}", 1),
         key=f"model-card-{_slug(model)}",
-        description=f"{model}: " + (f"promoted as v{version}" if version else "rejected"),
+        description=f"{model} v{version}: {verdict}",
     )
-    name = events.MODEL_PROMOTED if version is not None else events.MODEL_REJECTED
+    name = events.MODEL_PROMOTED if promotion.promoted else events.MODEL_REJECTED
     payload = decision_payload(decision, version=version, previous=previous)
+    payload.update(promote=promotion.promoted, reason=promotion.reason)
     events.emit(name, model=model, payload=payload)
-    return version
+    return promotion
 
 
 def decision_payload(

@@ -37,8 +37,10 @@ a time, e.g. run promotions under a Prefect global concurrency limit `registry-<
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import getpass
+import hashlib
 import json
 import os
 import re
@@ -75,6 +77,17 @@ PathOrUri = str | os.PathLike[str]
 
 class RegistryError(DriftloopError, ValueError):
     """The registry cannot do what was asked; the message names the model and the reason."""
+
+
+class AliasMoved(RegistryError):
+    """A compare-and-set lost: the alias no longer points where the caller saw it."""
+
+
+class _Any(enum.Enum):
+    ANY = "any"
+
+
+ANY = _Any.ANY  # `set_alias(expect=ANY)`: move the alias wherever it points now
 
 
 @dataclass(frozen=True)
@@ -157,12 +170,14 @@ def register(
         else:
             extra_fs, extra_path = data.resolve(os.fspath(source))
             _copy(extra_fs, extra_path, place.fs, f"{stage}/{name}")
+    names = sorted([*MODEL_FILES, *extras])
     record = {
         "model": model,
         "created_at": _now(),
         "code_version": code_version(),
         "flow_run_id": _flow_run_id(),
-        "files": sorted([*MODEL_FILES, *extras]),
+        "files": names,
+        "sha256": {name: _sha256(place.fs, f"{stage}/{name}") for name in names},
         **metadata,
     }
     _write(place.fs, f"{stage}/{METADATA}", _dumps(events.jsonable(record)))
@@ -177,8 +192,15 @@ def set_alias(
     version: int,
     reason: str,
     actor: str | None = None,
+    expect: int | _Any | None = ANY,
 ) -> AliasChange:
-    """Point `alias` at `version` (which must be complete) and record the move in the history."""
+    """Point `alias` at `version` (which must be complete) and record the move in the history.
+
+    With `expect` (a version, or None for "no such alias yet") the move is a compare-and-set: it
+    raises `AliasMoved` and changes nothing when the alias points elsewhere by the time the lock
+    is held. A promotion passes the champion it was judged against, so a challenger never replaces
+    a newer champion it was never compared with.
+    """
     place = _place(root, model)
     if not _ALIAS_NAME.match(alias):
         raise RegistryError(
@@ -187,7 +209,17 @@ def set_alias(
     with _lock(place):
         if version not in list_versions(root=root, model=model):
             raise RegistryError(f"{model}: no version {version} to point {alias!r} at")
+        current = _read_aliases(place).aliases.get(alias)
+        if expect is not ANY and current != expect:
+            raise AliasMoved(
+                f"{model}: {alias!r} points at {_name(current)} now, not {_name(expect)}: "
+                f"v{version} was judged against {_name(expect)} and is not moved in"
+            )
         return _move(place, alias=alias, to=version, action="set", reason=reason, actor=actor)
+
+
+def _name(version: int | _Any | None) -> str:
+    return "no version" if version is None or version is ANY else f"v{version}"
 
 
 def rollback(
@@ -229,6 +261,22 @@ def get_version(*, root: PathOrUri, model: str, version: int) -> dict[str, Any]:
     except FileNotFoundError:
         raise RegistryError(f"{model}: no version {version}") from None
     return {**record, "version": version, "path": place.uri(path)}
+
+
+def check_version(*, root: PathOrUri, model: str, version: int) -> None:
+    """Raise `RegistryError` naming each file of the version whose content is not what was
+    registered (missing, or a different SHA-256 than metadata.json records)."""
+    meta = get_version(root=root, model=model, version=version)
+    place = _place(root, model)
+    folder = place.path(str(version))
+    bad = []
+    for name, expected in sorted(meta.get("sha256", {}).items()):
+        if not _exists(place.fs, f"{folder}/{name}"):
+            bad.append(f"{name} (missing)")
+        elif _sha256(place.fs, f"{folder}/{name}") != expected:
+            bad.append(f"{name} (changed)")
+    if bad:
+        raise RegistryError(f"{model}: version {version} is damaged: {', '.join(bad)}")
 
 
 def aliases(*, root: PathOrUri, model: str) -> dict[str, int]:
@@ -453,6 +501,15 @@ def _copy(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) 
     pafs.copy_files(
         src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs, use_threads=False
     )
+
+
+def _sha256(fs: pafs.FileSystem, path: str) -> str:
+    """Of the staged copy, so a reader can check that a version's files are the ones written."""
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _exists(fs: pafs.FileSystem, path: str) -> bool:

@@ -434,6 +434,53 @@ def test_the_first_model_is_judged_against_the_floors(
     assert failed_rules(strict) == ["floor: roc_auc"]
 
 
+def test_a_champion_that_cannot_score_the_new_rows_blocks_promotion_instead_of_waving_it_through(
+    real_report: ev.EvaluationReport,
+) -> None:
+    error = "ModelError: column 'tenure_months' is missing"
+    decision = ev.gate(
+        challenger=real_report, champion=None, config=GATE, champion_version=3,
+        champion_error=error,
+    )  # fmt: skip
+    assert not decision.promote  # the floors pass; it is not judged as a first model
+    assert failed_rules(decision) == ["champion: measured on the same rows"]
+    assert "champion v3 could not score" in decision.summary()
+    assert "driftloop deploy --version" in decision.summary()
+    assert "**FAIL**" in ev.gate_table_markdown(decision)
+
+
+def test_a_champion_that_cannot_score_the_new_rows_is_reported_not_raised(
+    tmp_path: Path, train: pa.Table, holdout: pa.Table
+) -> None:
+    from tasks import model
+    from tasks.settings import TrainingConfig
+
+    home = str(tmp_path / "home")
+    features = Features(numeric=NUMERIC, categorical=CATEGORICAL)
+    pre = model.Preprocessor.fit(train, features=features, target="churned", task="classification")
+    spec = model.ModelSpec.build(pre, TrainingConfig(hidden_layers=[8]))
+    saved = model.save_model(tmp_path / "m", model=model.TabularMLP(spec), spec=spec,
+                             preprocessor=pre)  # fmt: skip
+    version = registry.register(root=home, model="churn", model_dir=str(saved), metadata={})
+    registry.set_alias(root=home, model="churn", alias="champion", version=version, reason="")
+    without = holdout.drop_columns([NUMERIC[0]])  # the new data no longer has a column it needs
+    champion = ev.measure_champion(
+        without, root=home, dataset=dataset_config(), config=EvaluationConfig()
+    )
+    assert (champion.version, champion.report) == (version, None)
+    assert champion.error is not None
+    assert NUMERIC[0] in champion.error
+    measured = ev.measure_champion(
+        holdout, root=home, dataset=dataset_config(), config=EvaluationConfig()
+    )
+    assert measured.report is not None
+    assert measured.report.rows == holdout.num_rows
+    none_yet = ev.measure_champion(
+        holdout, root=str(tmp_path / "empty"), dataset=dataset_config(), config=EvaluationConfig()
+    )
+    assert none_yet == ev.Champion(version=None, report=None)
+
+
 def test_the_gate_refuses_to_compare_reports_on_different_rows(
     real: Linear, holdout: pa.Table, real_report: ev.EvaluationReport
 ) -> None:
@@ -516,13 +563,15 @@ def test_the_tasks_promote_a_better_model_reject_a_worse_one_and_tell_prefect(
     models = {"real": real, "weak": weak}
 
     @flow(name="gate-under-test")
-    def run(challenger: str, champion: str | None) -> int | None:
+    def run(challenger: str, champion: str | None) -> ev.Promotion:
         new = ev.evaluate_task(models[challenger], holdout, dataset=ds, config=cfg)
-        old = None
+        old = ev.Champion(version=None, report=None)
         if champion is not None:
-            old = ev.evaluate_task(
+            now = registry.aliases(root=home, model="churn")["champion"]
+            measured = ev.evaluate_task(
                 models[champion], holdout, dataset=ds, config=cfg, role="champion"
             )
+            old = ev.Champion(version=now, report=measured)
         decision = ev.gate_task(challenger=new, champion=old, config=GATE, model="churn")
         return ev.promote_task(
             decision=decision, report=new, dataset=ds, root=home,
@@ -531,12 +580,22 @@ def test_the_tasks_promote_a_better_model_reject_a_worse_one_and_tell_prefect(
             extra_files={"suite.json": b"{}"},
         )  # fmt: skip
 
-    first, second, third = run("weak", None), run("real", "weak"), run("weak", "real")
-    assert (first, second, third) == (1, 2, None)
+    outcomes = [run("weak", None), run("real", "weak"), run("weak", "real")]
+    assert [(p.version, p.promoted, p.previous) for p in outcomes] == [
+        (1, True, None),
+        (2, True, 1),
+        (3, False, 2),  # rejected, yet kept as a version with its reasons
+    ]
     assert registry.aliases(root=home, model="churn") == {"champion": 2}
     meta = registry.get_version(root=home, model="churn", version=2)
     assert meta["data_fingerprint"] == "f00d"
     assert meta["metrics"]["roc_auc"] > 0.8
+    assert meta["gate"]["passed"] is True
+    assert meta["gate"]["judged_against"] == 1
+    assert meta["flow_run_id"]  # the run that made it, to find it in the UI
+    rejected_meta = registry.get_version(root=home, model="churn", version=3)
+    assert rejected_meta["gate"]["passed"] is False
+    assert "gain is significant" in rejected_meta["gate"]["summary"]
     folder = Path(registry.resolve(root=home, model="churn", ref="champion"))
     assert {"model_card.md", "evaluation.json", "gate.json", "suite.json"} <= {
         p.name for p in folder.iterdir()
@@ -562,6 +621,8 @@ def test_the_tasks_promote_a_better_model_reject_a_worse_one_and_tell_prefect(
     assert rejected.resource.id == "driftloop.model.churn"
     assert rejected.payload["champion"] > rejected.payload["challenger"]
     assert "roc_auc: gain is significant" in [f["rule"] for f in rejected.payload["failed"]]
+    assert rejected.payload["version"] == 3
+    assert rejected.payload["promote"] is False
     promoted = max(by_name[events.MODEL_PROMOTED], key=lambda e: e.payload["version"])
     assert promoted.payload["previous_champion"] == 1
     assert promoted.payload["version"] == 2

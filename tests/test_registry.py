@@ -4,6 +4,7 @@ The crash and race tests use real processes (forked from a fork server, so they 
 milliseconds) writing to a real folder, killed with SIGKILL at random moments.
 """
 
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -196,6 +197,36 @@ def test_a_move_interrupted_before_the_pointer_swap_leaves_no_trace(
     assert [c.reason for c in registry.history(root=root, model=MODEL)] == ["ok", "next"]
 
 
+def test_a_compare_and_set_move_fails_and_changes_nothing_when_the_alias_moved_meanwhile(
+    home: Path, tmp_path: Path
+) -> None:
+    root = str(home)
+    for tag in "abc":
+        add_version(home, tmp_path, tag)
+    registry.set_alias(root=root, model=MODEL, alias="champion", version=1, reason="", expect=None)
+    registry.set_alias(root=root, model=MODEL, alias="champion", version=2, reason="", expect=1)
+    with pytest.raises(registry.AliasMoved, match=r"points at v2 now, not v1"):
+        registry.set_alias(root=root, model=MODEL, alias="champion", version=3, reason="", expect=1)
+    with pytest.raises(registry.AliasMoved, match="not no version"):
+        registry.set_alias(root=root, model=MODEL, alias="champion", version=3, reason="",
+                           expect=None)  # fmt: skip
+    assert registry.aliases(root=root, model=MODEL) == {"champion": 2}
+    assert [c.to_version for c in registry.history(root=root, model=MODEL)] == [1, 2]
+
+
+def test_a_version_whose_files_were_changed_after_registration_is_reported_damaged(
+    home: Path, tmp_path: Path
+) -> None:
+    root = str(home)
+    version = add_version(home, tmp_path, "a", extra_files={"suite.json": b"{}"})
+    registry.check_version(root=root, model=MODEL, version=version)  # whole: no error
+    folder = Path(registry.resolve(root=root, model=MODEL, ref=version))
+    (folder / "weights.safetensors").write_bytes(b"tampered")
+    (folder / "suite.json").unlink()
+    with pytest.raises(registry.RegistryError, match=r"suite.json \(missing\), weights"):
+        registry.check_version(root=root, model=MODEL, version=version)
+
+
 def test_leftovers_of_writers_that_died_long_ago_are_swept(home: Path, tmp_path: Path) -> None:
     add_version(home, tmp_path, "a")
     staging = home / "registry" / MODEL / ".staging" / "dead"
@@ -222,12 +253,14 @@ def processes() -> ForkServerContext:
 
 
 def promote_forever(root: str, model_dir: str) -> None:
-    """Register, promote, now and then roll back: until killed."""
-    sample = os.urandom(1 << 16)
+    """Register, promote, now and then roll back: until killed. Every version has weights and a
+    sample of its own, so a version mixing two writes' files shows in its checksums."""
+    own = Path(f"{model_dir}-{os.getpid()}")
     while True:
+        make_model_dir(own, tag=os.urandom(8).hex(), size=WEIGHTS_BYTES)
         version = registry.register(
-            root=root, model=MODEL, model_dir=model_dir, metadata={"pid": os.getpid()},
-            extra_files={"reference.parquet": sample},
+            root=root, model=MODEL, model_dir=str(own), metadata={"pid": os.getpid()},
+            extra_files={"reference.parquet": os.urandom(1 << 16)},
         )  # fmt: skip
         registry.set_alias(root=root, model=MODEL, alias="champion", version=version, reason="loop")
         if version % 4 == 0:
@@ -250,22 +283,18 @@ def register_many(root: str, model_dir: str, count: int, start: Any) -> None:
         )
 
 
-def assert_consistent(root: str, model_dir: Path) -> dict[str, int]:
-    """What any reader must always find, whenever a writer died."""
+def assert_consistent(root: str) -> dict[str, int]:
+    """What any reader must always find, whenever a writer died: whole versions (every file the
+    one registered, by checksum) and a pointer at one of them, agreeing with the history."""
     folder = Path(root) / "registry" / MODEL
     pointer = folder / "aliases.json"
     table = json.loads(pointer.read_text())["aliases"] if pointer.exists() else {}
     assert table == registry.aliases(root=root, model=MODEL)
-    weights = (model_dir / "weights.safetensors").read_bytes()
-    for version in registry.list_versions(root=root, model=MODEL):
-        path = folder / str(version)
-        meta = json.loads((path / "metadata.json").read_text())
-        assert set(meta["files"]) <= {p.name for p in path.iterdir()}
-        assert (path / "weights.safetensors").read_bytes() == weights
+    versions = registry.list_versions(root=root, model=MODEL)
+    for version in versions:
+        registry.check_version(root=root, model=MODEL, version=version)
     if "champion" in table:
-        champion = Path(registry.resolve(root=root, model=MODEL, ref="champion"))
-        assert (champion / "metadata.json").is_file()
-        assert (champion / "weights.safetensors").read_bytes() == weights
+        assert table["champion"] in versions
     changes = registry.history(root=root, model=MODEL)
     assert [c.seq for c in changes] == list(range(1, len(changes) + 1))
     if changes:
@@ -282,13 +311,17 @@ def test_a_writer_killed_at_random_moments_leaves_the_registry_readable_and_whol
     trials, mid_write, deadline = 0, 0, time.monotonic() + 30
     seen: set[Path] = set()
     while trials < 40 and time.monotonic() < deadline:
+        before = registry.aliases(root=root, model=MODEL).get("champion")
+        newest = max(registry.list_versions(root=root, model=MODEL), default=0)
         child = processes.Process(target=promote_forever, args=(root, str(model_dir)))
         child.start()
         time.sleep(rng.uniform(0.02, 0.4))
         child.kill()  # SIGKILL: no cleanup, no finally blocks
         child.join()
         trials += 1
-        assert_consistent(root, model_dir)
+        after = assert_consistent(root).get("champion")
+        # the old champion, or one this child registered: never anything else
+        assert after == before or (after is not None and after > newest)
         folder = tmp_path / "home" / "registry" / MODEL
         leftovers = {*folder.glob(".staging/*"), *folder.glob("**/.*.tmp")}
         mid_write += bool(leftovers - seen)  # this kill interrupted a write
@@ -300,12 +333,11 @@ def test_a_writer_killed_at_random_moments_leaves_the_registry_readable_and_whol
     assert mid_write >= 1  # and some died in the middle of a write
 
 
-def read_while_written(root: str, weights: bytes) -> None:
+def read_while_written(root: str) -> None:
     """What a reader racing a live writer must find: each read whole, each pointer valid."""
     table = registry.aliases(root=root, model=MODEL)  # one read of the pointer
     if "champion" in table:
-        meta = registry.get_version(root=root, model=MODEL, version=table["champion"])
-        assert Path(meta["path"], "weights.safetensors").read_bytes() == weights
+        registry.check_version(root=root, model=MODEL, version=table["champion"])
     changes = registry.history(root=root, model=MODEL)
     assert [c.seq for c in changes] == list(range(1, len(changes) + 1))
     for version in registry.list_versions(root=root, model=MODEL)[-3:]:
@@ -327,14 +359,13 @@ def test_readers_never_see_a_half_written_registry_while_a_writer_works(
     writer = processes.Process(target=promote_forever, args=(root, str(model_dir)))
     writer.start()
     reads, errors = 0, []
-    weights = (model_dir / "weights.safetensors").read_bytes()
     try:
         wait_for(lambda: registry.history(root=root, model=MODEL), seconds=60)
         before = len(registry.history(root=root, model=MODEL))
         stop = time.monotonic() + 3
         while time.monotonic() < stop:
             try:
-                read_while_written(root, weights)
+                read_while_written(root)
                 reads += 1
             except Exception as exc:  # collect, to report them all at once
                 errors.append(repr(exc))
@@ -371,6 +402,41 @@ def test_concurrent_promotions_serialise_and_the_history_records_every_one(
     switches = sum(a.to_version != b.to_version for a, b in itertools.pairwise(changes))
     assert switches >= 1  # the two really interleaved
     assert registry.aliases(root=root, model=MODEL)["champion"] == changes[-1].to_version
+
+
+def challenge_rounds(root: str, model_dir: str, rounds: int, start: Any) -> None:
+    """A training run in a loop: note the champion, register a challenger, promote it by
+    compare-and-set against the champion it noted."""
+    start.wait()
+    for _ in range(rounds):
+        seen = registry.aliases(root=root, model=MODEL).get("champion")
+        version = registry.register(root=root, model=MODEL, model_dir=model_dir, metadata={})
+        with contextlib.suppress(registry.AliasMoved):
+            registry.set_alias(root=root, model=MODEL, alias="champion", version=version,
+                               reason=f"judged against {seen}", expect=seen)  # fmt: skip
+
+
+def test_racing_promotions_never_replace_a_champion_they_were_not_judged_against(
+    processes: ForkServerContext, tmp_path: Path
+) -> None:
+    root, rounds = str(tmp_path / "home"), 25
+    dirs = [make_model_dir(tmp_path / f"m{i}", tag=str(i)) for i in range(2)]
+    start = processes.Event()
+    workers = [processes.Process(target=challenge_rounds, args=(root, str(d), rounds, start))
+               for d in dirs]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    changes = registry.history(root=root, model=MODEL)
+    assert len(registry.list_versions(root=root, model=MODEL)) == 2 * rounds
+    # each move replaced exactly the champion its run had been judged against
+    assert all(c.reason == f"judged against {c.from_version}" for c in changes)
+    lost = 2 * rounds - len(changes)
+    print(f"{len(changes)} promotions, {lost} lost their race and stayed plain versions")
+    assert lost >= 1  # the runs really raced
 
 
 def test_concurrent_registrations_never_share_a_version_number(

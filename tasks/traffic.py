@@ -1,0 +1,122 @@
+"""The prediction log and the feedback labels: the Parquet layout that serving writes and the
+gate and the drift monitor read.
+
+    append(home=home, model="churn", kind="predictions", rows=served)  # request_id, features...
+    append(home=home, model="churn", kind="feedback", rows=labels)  # request_id, <target>
+    recent = labelled(home=home, model="churn", target="churned", limit=5_000)
+
+Under `DRIFTLOOP_HOME` (a folder or a URI, through `pyarrow.fs`):
+
+    predictions/<model>/date=YYYY-MM-DD/<uuid>.parquet   request_id, predicted_at, model_version,
+                                                         the features, prediction
+    feedback/<model>/date=YYYY-MM-DD/<uuid>.parquet      request_id, <target>, received_at
+
+Each append is one new file, written beside its final name and moved into place, so a reader never
+sees half of one. Labels arrive later than predictions and may arrive twice: the newest label of a
+request id wins.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tasks import data
+
+Kind = Literal["predictions", "feedback"]
+REQUEST_ID, PREDICTED_AT, RECEIVED_AT = "request_id", "predicted_at", "received_at"
+_TIME = {"predictions": PREDICTED_AT, "feedback": RECEIVED_AT}
+
+
+class TrafficError(data.DataError):
+    """Rows that cannot join the log; the message names the column and what is wrong."""
+
+
+def append(*, home: str, model: str, kind: Kind, rows: pa.Table) -> str | None:
+    """Add rows to the prediction log or the feedback labels; returns the file written (or None
+    for no rows). A missing time column is stamped with now (UTC)."""
+    if REQUEST_ID not in rows.column_names:
+        raise TrafficError(
+            f"{kind}: no {REQUEST_ID!r} column; columns: {', '.join(rows.column_names)}"
+        )
+    if rows[REQUEST_ID].null_count:
+        raise TrafficError(f"{kind}: {rows[REQUEST_ID].null_count} row(s) have no {REQUEST_ID}")
+    if rows.num_rows == 0:
+        return None
+    rows = _stamped(rows, column=_TIME[kind])
+    fs, base = data.resolve(location(home=home, model=model, kind=kind))
+    day = pc.min(rows[_TIME[kind]]).as_py().date().isoformat()
+    folder = f"{base}/date={day}"
+    fs.create_dir(folder, recursive=True)
+    name = uuid.uuid4().hex
+    tmp, final = f"{folder}/.{name}.tmp", f"{folder}/{name}.parquet"
+    with fs.open_output_stream(tmp) as out:
+        pq.write_table(rows, out)
+    fs.move(tmp, final)
+    return final
+
+
+def read(*, home: str, model: str, kind: Kind) -> pa.Table | None:
+    """Every row of the log or the labels (None when there are none yet)."""
+    fs, base = data.resolve(location(home=home, model=model, kind=kind))
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return None
+    files = [
+        i.path
+        for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+    ]
+    if not files:
+        return None
+    table = pads.dataset(files, filesystem=fs, format="parquet").to_table()
+    return table.drop_columns([c for c in ("date",) if c in table.column_names])
+
+
+def labelled(*, home: str, model: str, target: str, limit: int) -> pa.Table | None:
+    """The most recent `limit` predictions that have a label, with the label as `target`, newest
+    first; None when no prediction has one yet."""
+    served = read(home=home, model=model, kind="predictions")
+    labels = read(home=home, model=model, kind="feedback")
+    if served is None or labels is None:
+        return None
+    if target not in labels.column_names:
+        raise TrafficError(f"feedback/{model}: no {target!r} column (the target) in the labels")
+    labels = _newest_per_request(labels.filter(pc.is_valid(labels[target])), target=target)
+    served = served.drop_columns([c for c in (target,) if c in served.column_names])
+    joined = served.join(labels.select([REQUEST_ID, target]), keys=REQUEST_ID, join_type="inner")
+    if joined.num_rows == 0:
+        return None
+    newest = joined.sort_by([(PREDICTED_AT, "descending"), (REQUEST_ID, "ascending")])
+    return newest.slice(0, limit)
+
+
+def location(*, home: str, model: str, kind: Kind) -> str:
+    """`<home>/<kind>/<model>`: a path or a URI."""
+    return "/".join([home.rstrip("/"), kind, model])
+
+
+def _stamped(rows: pa.Table, *, column: str) -> pa.Table:
+    if column in rows.column_names:
+        if not pa.types.is_timestamp(rows.schema.field(column).type):
+            raise TrafficError(
+                f"{column}: must be a timestamp, not {rows.schema.field(column).type}"
+            )
+        return rows
+    now = pa.array([datetime.now(timezone.utc)] * rows.num_rows, pa.timestamp("us", tz="UTC"))
+    return rows.append_column(column, now)
+
+
+def _newest_per_request(labels: pa.Table, *, target: str) -> pa.Table:
+    """One label per request id: the one received last."""
+    frame = labels.select([REQUEST_ID, RECEIVED_AT, target]).to_pandas()
+    frame = frame.sort_values(RECEIVED_AT, kind="stable").drop_duplicates(REQUEST_ID, keep="last")
+    schema = labels.schema
+    fields = [schema.field(REQUEST_ID), schema.field(RECEIVED_AT), schema.field(target)]
+    return pa.Table.from_pandas(frame, schema=pa.schema(fields), preserve_index=False)
