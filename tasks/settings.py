@@ -8,10 +8,11 @@ the key and says what is allowed; nothing deeper in the code reads the environme
 """
 
 import difflib
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import pyarrow as pa
 import yaml
@@ -23,7 +24,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from tasks import data
 from tasks.errors import DriftloopError
@@ -56,9 +62,16 @@ class Features(_Strict):
 class DatasetConfig(_Strict):
     """The user's data contract."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # also the model's registry name
-    source: str  # a Parquet file, a directory of Parquet files, or a URI (file://, s3://, gs://)
-    target: str
+    # The descriptions finish "<key>: required: ..." when a key is left out.
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="the data set's name, also the model's name in the registry (e.g. churn)",
+    )
+    source: str = Field(
+        description="the Parquet file, folder of Parquet files or URI (file://, s3://, gs://) "
+        "to train on"
+    )
+    target: str = Field(description="the column to predict")
     task: Literal["classification", "regression"] = "classification"
     features: Features | None = None  # None: inferred from the schema
     id: str | None = None
@@ -162,7 +175,9 @@ class Settings(BaseSettings):
     # DRIFTLOOP_HOME: registry, predictions, reports, Ray, Prefect. A folder, or a URI (file://,
     # s3://, gs://) that a team shares; `location()` joins paths under it either way.
     home: str = ".driftloop"
-    dataset: DatasetConfig
+    dataset: DatasetConfig = Field(
+        description="the data contract: a `dataset:` section with name, source and target"
+    )
     split: SplitConfig = SplitConfig()
     validation: ValidationConfig = ValidationConfig()
     training: TrainingConfig = TrainingConfig()
@@ -183,14 +198,8 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
     @model_validator(mode="after")
-    def _columns_are_distinct(self) -> "Settings":
-        ds = self.dataset
-        roles = {"id": ds.id, "timestamp": ds.timestamp}
-        for role, column in roles.items():
-            if column == ds.target:
-                raise ValueError(f"dataset.{role} is the target column {column!r}")
-        if ds.features and ds.target in ds.features.all:
-            raise ValueError(f"dataset.features lists the target column {ds.target!r}")
+    def _columns_have_one_role(self) -> "Settings":
+        _check_roles(self.dataset)
         return self
 
     @field_validator("home", mode="before")
@@ -227,6 +236,8 @@ def load_settings(path: Path | None = None, *, check_source: bool = True) -> Set
         settings = Settings(**raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
+    except SettingsError as exc:  # an environment value that is not the JSON a list needs
+        raise ConfigError(_describe_environment(exc, os.environ)) from None
     settings = _resolve_source(settings, base=path.parent)
     settings = _load_user_expectations(settings, base=path.parent, path=path)
     if not check_source:
@@ -249,6 +260,50 @@ def _check_environment(environ: Mapping[str, str]) -> None:
                 raise ConfigError(f"environment: {name}: unknown setting; allowed: {choices}")
 
 
+def _describe_environment(exc: SettingsError, environ: Mapping[str, str]) -> str:
+    """Name the `DRIFTLOOP_*` variable pydantic-settings could not parse, and the form it takes."""
+    for name, value in sorted(environ.items()):
+        if not name.startswith("DRIFTLOOP_"):
+            continue
+        loc = name.removeprefix("DRIFTLOOP_").lower().split("__")
+        shape = _complex_shape(loc)
+        if shape is None:
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            example = '\'["a", "b"]\'' if shape == "list" else '\'{"key": "value"}\''
+            return (
+                f"environment: {name}={value!r}: {'.'.join(loc)} takes a {shape}, written as "
+                f"JSON, e.g. {name}={example}"
+            )
+    return f"environment: {exc}"
+
+
+def _complex_shape(loc: list[str]) -> str | None:
+    """ "list" or "mapping" when the setting at `loc` is one (its env value must be JSON)."""
+    model: type[BaseModel] | None = Settings
+    annotation: Any = None
+    for part in loc:
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = (annotation, *get_args(annotation))
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    if model is not None:
+        return "mapping"
+    for candidate in (annotation, *get_args(annotation)):
+        origin = get_origin(candidate) or candidate
+        if origin in (list, tuple, set):
+            return "list"
+        if origin is dict:
+            return "mapping"
+    return None
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file (run `driftloop init` to write one)")
@@ -267,22 +322,65 @@ def _describe(exc: ValidationError, path: Path) -> str:
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(err["loc"][:-1])
+            allowed = list(_section(err["loc"][:-1]).model_fields)
             hint = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
             why = f"unknown key{f' (did you mean {hint[0]!r}?)' if hint else ''}"
             lines.append(f"{key}: {why}; allowed: {', '.join(allowed)}")
+        elif err["type"] == "missing":
+            field = _section(err["loc"][:-1]).model_fields.get(str(err["loc"][-1]))
+            what = field.description if field is not None and field.description else None
+            lines.append(f"{key}: required" + (f": {what}" if what else ""))
+        elif not key:  # a check across keys: its message names them
+            lines.append(str(err["msg"]).removeprefix("Value error, "))
         else:
             lines.append(f"{key}: {err['msg']}")
     return f"{path}: " + "; ".join(lines)
 
 
-def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+def _section(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The settings model at a dotted location (`("dataset",)` -> DatasetConfig)."""
     model: type[BaseModel] = Settings
     for part in loc:
         annotation = model.model_fields[str(part)].annotation
         candidates = [annotation, *getattr(annotation, "__args__", ())]
         model = next(c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel))
-    return list(model.model_fields)
+    return model
+
+
+def _check_roles(ds: DatasetConfig) -> None:
+    """Each column plays one role: the target, the id, the timestamp or one kind of feature."""
+    roles = {"dataset.target": ds.target, "dataset.id": ds.id, "dataset.timestamp": ds.timestamp}
+    named = [(key, column) for key, column in roles.items() if column is not None]
+    for i, (key, column) in enumerate(named):
+        for other, same in named[:i]:
+            if same == column:
+                what = "the target column" if other == "dataset.target" else f"also {other}"
+                raise ValueError(
+                    f"{key} is {what} {column!r}; target, id and timestamp are three columns"
+                )
+    if ds.features is not None:
+        for kind, names in ds.features.model_dump().items():
+            key = f"dataset.features.{kind}"
+            for column in names:
+                role = next((k for k, c in named if c == column), None)
+                if role is not None:
+                    raise ValueError(
+                        f"{key}: {column!r} is {role}, which cannot also be a feature; "
+                        "features are the columns the model reads to predict the target"
+                    )
+                if names.count(column) > 1:
+                    raise ValueError(f"{key}: {column!r} is listed twice")
+        both = set(ds.features.numeric) & set(ds.features.categorical)
+        if both:
+            raise ValueError(
+                f"dataset.features: {sorted(both)[0]!r} is under both numeric and categorical; "
+                "a feature has one kind"
+            )
+    if ds.target in ds.slices:
+        raise ValueError(
+            f"dataset.slices: {ds.target!r} is the target (dataset.target); slices are the other "
+            "columns whose values the evaluation judges separately"
+        )
 
 
 def _resolve_source(settings: Settings, *, base: Path) -> Settings:
@@ -369,9 +467,11 @@ def _resolve_features(settings: Settings, schema: pa.Schema, *, path: Path) -> S
         for column in names:
             if column not in columns:
                 raise missing(f"dataset.features.{kind}", column)
+            _check_kind(schema.field(column), key=f"dataset.features.{kind}", path=path)
     for column in ds.slices:
         if column not in columns:
             raise missing("dataset.slices", column)
+        _check_kind(schema.field(column), key="dataset.slices", path=path)
     if not features.all:
         raise ConfigError(f"{path}: dataset.features: no feature columns found in {ds.source}")
     resolved = ds.model_copy(update={"features": features})
@@ -389,3 +489,29 @@ def _check_target_type(field: pa.Field, *, task: str, path: Path) -> None:
             f"{path}: dataset.target: column {field.name!r} has type {field.type}, which does not "
             f"fit task {task!r}; allowed: {' or '.join(sorted(allowed[task]))} columns"
         )
+
+
+# Column kinds each role takes, and where a column of another kind belongs instead.
+_KINDS: dict[str, tuple[set[str], str]] = {
+    "dataset.features.numeric": ({"integer", "float", "boolean"}, "numeric features"),
+    "dataset.features.categorical": ({"string", "boolean", "integer"}, "categorical features"),
+    "dataset.slices": ({"string", "boolean", "integer"}, "slices (evaluated per value)"),
+}
+_BELONGS = {
+    "string": "list it under dataset.features.categorical",
+    "float": "list it under dataset.features.numeric",
+    "timestamp": "name it as dataset.timestamp",
+}
+
+
+def _check_kind(field: pa.Field, *, key: str, path: Path) -> None:
+    """A declared column must have a type its role can use: no strings as numbers, no lists."""
+    kind = data.column_kind(field.type)
+    allowed, role = _KINDS[key]
+    if kind in allowed:
+        return
+    hint = _BELONGS.get(kind) if key.startswith("dataset.features") else None
+    raise ConfigError(
+        f"{path}: {key}: column {field.name!r} has type {field.type}; {role} must be "
+        f"{', '.join(sorted(allowed))} columns{f' ({hint})' if hint else ''}"
+    )

@@ -25,6 +25,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "has_partner": [True, False, True, False],
             "churned": [0, 1, 0, 1],
             "spend": [1.5, 2.5, 3.5, 4.5],
+            "tags": [["new"], [], None, ["gold", "new"]],  # a list: never a feature
         }
     )
     (tmp_path / "data").mkdir()
@@ -109,6 +110,43 @@ def test_environment_variables_override_the_file(
         (BASE.replace("classification", "clustering") + "  task: clustering\n", "dataset.task"),
         (BASE + "training:\n  num_workers: 0\n", "training.num_workers"),
         (BASE.replace("id: customer_id", "id: churned"), "dataset.id is the target column"),
+        (
+            BASE.replace("  target: churned\n", ""),
+            "dataset.target: required: the column to predict",
+        ),
+        (
+            BASE + "  features:\n    numeric: [contract]\n",
+            "dataset.features.numeric: column 'contract' has type string; numeric features must "
+            "be boolean, float, integer columns (list it under dataset.features.categorical)",
+        ),
+        (
+            BASE + "  features:\n    categorical: [tags]\n",
+            "dataset.features.categorical: column 'tags' has type list<element: string>; "
+            "categorical features must be boolean, integer, string columns",
+        ),
+        (
+            BASE + "  features:\n    numeric: [tenure]\n    categorical: [customer_id]\n",
+            "dataset.features.categorical: 'customer_id' is dataset.id, which cannot also be a "
+            "feature",
+        ),
+        (
+            BASE + "  features:\n    numeric: [event_time]\n",
+            "dataset.features.numeric: 'event_time' is dataset.timestamp",
+        ),
+        (
+            BASE + "  features:\n    numeric: [tenure]\n    categorical: [tenure]\n",
+            "dataset.features: 'tenure' is under both numeric and categorical; a feature has one "
+            "kind",
+        ),
+        (BASE + "  slices: [churned]\n", "dataset.slices: 'churned' is the target"),
+        (
+            BASE + "  slices: [spend]\n",
+            "dataset.slices: column 'spend' has type double; slices (evaluated per value) must be",
+        ),
+        (
+            BASE.replace("timestamp: event_time", "timestamp: customer_id"),
+            "dataset.timestamp is also dataset.id 'customer_id'",
+        ),
         ("- just\n- a list\n", "expected a mapping"),
         ("dataset: [unclosed\n", "not valid YAML"),
     ],
@@ -116,10 +154,15 @@ def test_environment_variables_override_the_file(
 def test_bad_configuration_fails_at_load_time_naming_the_key(
     project: Path, text: str, expected: str
 ) -> None:
+    config = write_config(project, text)
     with pytest.raises(ConfigError) as caught:
-        load_settings(write_config(project, text))
-    assert expected in str(caught.value)
-    assert "\n" not in str(caught.value)
+        load_settings(config)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+    assert message.startswith(f"{config}: ")
+    assert ": : " not in message  # every problem names its key
+    assert "Value error" not in message
 
 
 def test_an_unreadable_source_is_a_config_error_naming_the_file(project: Path) -> None:
@@ -156,6 +199,31 @@ def test_a_bad_environment_value_names_the_key(
     monkeypatch.setenv("DRIFTLOOP_TRAINING__EPOCHS", "many")
     with pytest.raises(ConfigError, match=r"training\.epochs"):
         load_settings(write_config(project, BASE))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("DRIFTLOOP_DATASET__SLICES", "contract", "dataset.slices takes a list, written as JSON"),
+        ("DRIFTLOOP_GATE__FLOORS", "roc_auc=0.7", "gate.floors takes a mapping, written as JSON"),
+    ],
+)
+def test_a_malformed_environment_value_names_the_variable_and_the_form_it_takes(
+    project: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_config(project, BASE))
+    message = str(caught.value)
+    assert message.startswith(f"environment: {name}={value!r}: {says}")
+    assert "\n" not in message
+
+
+def test_a_well_formed_list_in_the_environment_is_taken(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_DATASET__SLICES", '["contract"]')
+    assert load_settings(write_config(project, BASE)).dataset.slices == ["contract"]
 
 
 # User expectations: checked by GX when the settings load -----------------------------------------
