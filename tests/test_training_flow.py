@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tasks import events, registry, synthetic, validation
+from tasks import events, registry, synthetic, traffic, validation
 
 pytestmark = pytest.mark.integration
 
@@ -74,13 +74,39 @@ def test_a_first_model_is_promoted_and_an_identical_retrain_is_rejected(
     assert first["decision"] == "promoted"
     assert registry.aliases(root=home, model="churn") == {"champion": 1}
     version = Path(registry.resolve(root=home, model="churn", ref="champion"))
-    for name in ("weights.safetensors", "metadata.json", "suite.json", "reference.parquet"):
+    for name in ("weights.safetensors", "metadata.json", "suite.json", "reference.parquet",
+                 "model_card.md", "gate.json", "evaluation.json", "dataset_card.md"):  # fmt: skip
         assert (version / name).exists(), name
+    meta = registry.get_version(root=home, model="churn", version=1)
+    assert meta["flow_run_id"]  # the run in the Prefect UI that made it
+    assert meta["code_version"] not in ("", "unknown")
+    assert meta["params"]["epochs"] == 3
+    assert meta["data_fingerprint"] == first["data_fingerprint"]
     assert first["roc_auc"] > 0.75  # the synthetic churn signal is learnable
+    assert meta["metrics"]["roc_auc"] == pytest.approx(first["roc_auc"], abs=1e-4)
+    registry.check_version(root=home, model="churn", version=1)
+
+    # Served traffic whose labels came back: the next run is judged on it too
+    recent = synthetic.generate(rows=400, seed=11)
+    ids = [f"req-{i}" for i in range(recent.num_rows)]
+    logged = recent.drop_columns(["churned"]).append_column(traffic.REQUEST_ID, pa.array(ids))
+    traffic.append(home=home, model="churn", kind="predictions", rows=logged)
+    labels = pa.table({traffic.REQUEST_ID: ids, "churned": recent["churned"]})
+    traffic.append(home=home, model="churn", kind="feedback", rows=labels)
 
     second = training_pipeline(config=str(config))  # same data, same seeds: no better model
     assert second["decision"] == "rejected"
-    assert second["version"] is None
+    assert second["version"] == 2  # kept, with the reasons, but not champion
+    assert second["champion"] == 1
+    assert "roc_auc: gain is significant" in second["failed_rules"]
     assert registry.aliases(root=home, model="churn") == {"champion": 1}
+    kept = registry.get_version(root=home, model="churn", version=2)
+    assert kept["gate"]["passed"] is False
+    assert kept["gate"]["judged_against"] == 1
+    assert kept["production_rows"] == 400
+    rules = json.loads((Path(kept["path"]) / "gate.json").read_text())["rules"]
+    production = [r for r in rules if r["rule"].startswith("production rows")]
+    assert production
+    assert production[0]["passed"]  # the same model does no worse on the recent rows
     assert read_events(events.MODEL_PROMOTED)
     assert read_events(events.MODEL_REJECTED)
