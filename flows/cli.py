@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tasks.errors import DriftloopError
-from tasks.settings import CONFIG_FILE, Settings, StackConfig, load_settings
+from tasks.settings import (
+    CONFIG_FILE,
+    Settings,
+    StackConfig,
+    load_settings,
+    load_stack_settings,
+)
 
 if TYPE_CHECKING:
     from tasks.stack import StackStatus
@@ -69,6 +75,49 @@ def init(
 
 
 @app.command()
+def generate(
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="clean, covariate_shift, prior_shift, concept_drift, unseen_categories, "
+            "missing_spike or schema_break."
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Parquet file to write (default: data/<scenario>.parquet).")
+    ] = None,
+    rows: Annotated[int, typer.Option(min=1, help="Rows in the batch.")] = 5_000,
+    seed: Annotated[int, typer.Option(min=0, help="Seed (init's data uses 0).")] = 1,
+    severity: Annotated[float, typer.Option(help="Strength; 1.0 is the documented one.")] = 1.0,
+    kind: Annotated[
+        str | None, typer.Option(help="schema_break only: drop, rename or retype.")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="classification or regression (default: the config's).")
+    ] = None,
+    config: ConfigPath = Path(CONFIG_FILE),
+) -> None:
+    """Write a "production" batch of a drift scenario, from the same generator as `init`'s data."""
+    from tasks import synthetic
+
+    if task is None:
+        task = load_settings(config, check_source=False).dataset.task if config.exists() else None
+    try:
+        table = synthetic.generate(
+            rows=rows,
+            seed=seed,
+            task=task or "classification",  # type: ignore[arg-type]  # checked by generate
+            scenario=scenario,
+            severity=severity,
+            kind=kind,
+        )
+    except ValueError as exc:
+        raise Failure(f"generate: {exc}") from None
+    path = synthetic.write_parquet(table, out or Path("data") / f"{scenario}.parquet")
+    typer.echo(f"wrote {path} ({table.num_rows:,} rows of scenario {scenario}, seed {seed})")
+
+
+@app.command()
 def up(config: ConfigPath = Path(CONFIG_FILE)) -> None:
     """Start the local stack: Prefect server + UI and a Ray head, all on 127.0.0.1."""
     from tasks import stack
@@ -84,12 +133,21 @@ def up(config: ConfigPath = Path(CONFIG_FILE)) -> None:
 
 
 @app.command()
-def down(config: ConfigPath = Path(CONFIG_FILE)) -> None:
+def down(
+    config: ConfigPath = Path(CONFIG_FILE),
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Also when the state file is corrupt: stop every process the stack started "
+            "under this home, found by the mark it gave them."
+        ),
+    ] = False,
+) -> None:
     """Stop what `driftloop up` started, and only that."""
     from tasks import stack
 
     home, _ = _stack_settings(config)
-    stopped = stack.down(home=home)
+    stopped = stack.down(home=home, force=force)
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
@@ -171,11 +229,17 @@ def deploy(
         raise Failure("give exactly one of --version N or --alias NAME")
     settings = load_settings(config, check_source=False)
     root, model = str(settings.home), settings.dataset.name
-    target = (
-        version if version is not None else registry.aliases(root=root, model=model).get(str(alias))
-    )
-    if target is None or target not in registry.list_versions(root=root, model=model):
-        raise Failure(f"no such version or alias in the {model!r} registry: {version or alias}")
+    known = registry.aliases(root=root, model=model)
+    versions = registry.list_versions(root=root, model=model)
+    target = version if version is not None else known.get(str(alias))
+    if target is None or target not in versions:
+        asked = f"version {version}" if version is not None else f"alias {alias!r}"
+        listed = ", ".join(str(v) for v in versions) or "none yet"
+        names = ", ".join(sorted(known)) or "none yet"
+        raise Failure(
+            f"the {model!r} registry under {settings.home} has no {asked}; "
+            f"versions: {listed}; aliases: {names}"
+        )
     change = registry.set_alias(
         root=root, model=model, alias="champion", version=target, reason="driftloop deploy"
     )
@@ -221,22 +285,32 @@ def _settings(config: Path) -> Settings:
 
 
 def _stack_settings(config: Path) -> tuple[Path, StackConfig]:
-    settings = load_settings(config, check_source=False) if config.exists() else None
-    if settings is not None:
-        return Path(settings.home), settings.stack
-    return Path(os.environ.get("DRIFTLOOP_HOME", ".driftloop")), StackConfig()
+    """The stack's local home and ports (from the config, else DRIFTLOOP_* alone)."""
+    from tasks import stack
+
+    home, ports = load_stack_settings(config)
+    return stack.local_home(home), ports
 
 
 def _connect_to_stack(config: Path) -> None:
     """Point Prefect and Ray at the local stack when `driftloop up` runs it.
 
-    Variables the user set win: that is how the same commands reach a remote cluster.
+    A service whose address the user set (RAY_ADDRESS, PREFECT_API_URL) keeps the user's
+    variables: that is how the same commands reach a remote cluster.
     """
     from tasks import stack
 
-    home, _ = _stack_settings(config)
-    for name, value in stack.connection_env(home=home).items():
-        os.environ.setdefault(name, value)
+    home, _ = load_stack_settings(config)
+    if "://" in home and not home.startswith("file://"):
+        return  # an object-store home has no local stack
+    env = stack.connection_env(home=stack.local_home(home))
+    for prefix, address in (("RAY_", "RAY_ADDRESS"), ("PREFECT_", "PREFECT_API_URL")):
+        ours = {k: v for k, v in env.items() if k.startswith(prefix)}
+        if address in os.environ or not ours:
+            continue
+        if prefix == "RAY_":  # a token in the environment would win over the stack's token file
+            os.environ.pop("RAY_AUTH_TOKEN", None)
+        os.environ.update(ours)
 
 
 def _describe(state: "StackStatus") -> str:

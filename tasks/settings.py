@@ -31,7 +31,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from tasks import data
+from tasks import data, stack
 from tasks.errors import DriftloopError
 
 CONFIG_FILE = "driftloop.yaml"
@@ -160,9 +160,9 @@ class GateConfig(BaseModel):
 class StackConfig(_Strict):
     """Ports of the local stack (`driftloop up`); everything binds to 127.0.0.1."""
 
-    prefect_port: int = Field(4200, ge=1, le=65535)
-    ray_port: int = Field(6380, ge=1, le=65535)
-    dashboard_port: int = Field(8265, ge=1, le=65535)
+    prefect_port: int = Field(stack.PREFECT_PORT, ge=1, le=65535)
+    ray_port: int = Field(stack.RAY_PORT, ge=1, le=65535)
+    dashboard_port: int = Field(stack.DASHBOARD_PORT, ge=1, le=65535)
 
 
 class Settings(BaseSettings):
@@ -249,6 +249,37 @@ def load_settings(path: Path | None = None, *, check_source: bool = True) -> Set
     return _resolve_features(settings, schema, path=path)
 
 
+class _StackSettings(BaseSettings):
+    """The part of the settings the local stack needs, from the environment alone."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLOOP_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    home: str = Settings.model_fields["home"].default
+    stack: StackConfig = StackConfig()
+
+
+def load_stack_settings(path: Path | None = None) -> tuple[str, StackConfig]:
+    """The home and the stack's ports: from the config file when there is one (with its
+    environment overrides), else from `DRIFTLOOP_HOME` and `DRIFTLOOP_STACK__*` alone.
+
+    `driftloop up/down/status` work before `driftloop init` has written a config.
+    """
+    path = path or Path(CONFIG_FILE)
+    if path.exists():
+        settings = load_settings(path, check_source=False)
+        return settings.home, settings.stack
+    _check_environment(os.environ)
+    try:
+        found = _StackSettings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "environment")) from None
+    except SettingsError as exc:
+        raise ConfigError(_describe_environment(exc, os.environ)) from None
+    return found.home, found.stack
+
+
 def _check_environment(environ: Mapping[str, str]) -> None:
     """A misspelled `DRIFTLOOP_*` variable would be silently ignored: refuse it instead."""
     allowed = {name.upper() for name in Settings.model_fields} | {"CONFIG"}
@@ -316,7 +347,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _describe(exc: ValidationError, path: Path) -> str:
+def _describe(exc: ValidationError, path: Path | str) -> str:
     """One line per problem: the dotted key, what is wrong, and what is allowed."""
     lines = []
     for err in exc.errors():

@@ -8,6 +8,11 @@ Each service is a child process in its own session (process group), logging to
 `<home>/logs/<name>.log`, recorded in `<home>/run/stack.json` (written atomically). `down` stops
 those process groups and their descendants; it never runs a bare `ray stop`, which would end every
 Ray on the machine. A later stage adds a service by adding one `Service` to `stack_services`.
+
+Everything lives under the home: the Prefect server's SQLite (`<home>/prefect`), Ray's session
+files (`<home>/run/ray`) and Ray's auth token (`<home>/run/ray_auth_token`). Outside it: a symlink
+`/tmp/driftloop-<hash>` to `<home>/run/ray` when that path is too long for Ray's unix sockets
+(removed by `down`), and Ray's object store in shared memory (`/dev/shm`) while Ray runs.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +44,13 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 STATE_FILE = "stack.json"
+TOKEN_FILE = "ray_auth_token"
+# The one set of default ports (StackConfig uses them). Ray's own default, 6379, is left to a Ray
+# the user starts by hand.
+PREFECT_PORT, RAY_PORT, DASHBOARD_PORT = 4200, 6380, 8265
+# Marks every process the stack starts (`<service>@<home>`), so `down --force` finds them when
+# the state file is lost. Not DRIFTLOOP_*: settings refuse unknown variables of that prefix.
+_MARK = "_DRIFTLOOP_STACK"
 # Ray's longest unix socket is <temp>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store:
 # about 66 characters past the temp dir, and AF_UNIX allows 103 (macOS) to 107 (Linux).
 _RAY_TEMP_DIR_MAX = 36
@@ -58,6 +72,9 @@ class Service:
     env: Mapping[str, str] = field(default_factory=dict)  # set for the process
     connect: Mapping[str, str] = field(default_factory=dict)  # env a client process needs
     stop_grace_s: float = 15.0  # SIGTERM to the leader, then the whole group is killed
+    # Inherited variables (by prefix) the service must not see: they would point it elsewhere
+    drop_env: tuple[str, ...] = ()
+    cwd: str | None = None  # where it runs; None: the caller's folder
 
 
 @dataclass(frozen=True)
@@ -95,9 +112,9 @@ class StackStatus:
 def stack_services(
     *,
     home: Path,
-    prefect_port: int = 4200,
-    ray_port: int = 6379,
-    dashboard_port: int = 8265,
+    prefect_port: int = PREFECT_PORT,
+    ray_port: int = RAY_PORT,
+    dashboard_port: int = DASHBOARD_PORT,
     num_cpus: int | None = None,
 ) -> list[Service]:
     """The services `up` starts, in order."""
@@ -108,8 +125,13 @@ def stack_services(
 
 
 def prefect_service(*, home: Path, port: int) -> Service:
-    """`prefect server start` with its SQLite database under `<home>/prefect`."""
+    """`prefect server start` with its SQLite database under `<home>/prefect`.
+
+    It sees none of the caller's PREFECT_* variables (a user's database URL or profile must not
+    reach it) and runs in its home, away from any `.env` or `prefect.toml` in the caller's folder.
+    """
     base = f"http://{HOST}:{port}"
+    prefect_home = home.resolve() / "prefect"
     return Service(
         name="prefect",
         command=(_executable("prefect"), "server", "start", "--host", HOST, "--port", str(port)),
@@ -117,13 +139,15 @@ def prefect_service(*, home: Path, port: int) -> Service:
         url=base,
         probes=(f"{base}/api/health",),
         env={
-            "PREFECT_HOME": str(home.resolve() / "prefect"),
+            "PREFECT_HOME": str(prefect_home),
             "PREFECT_API_URL": f"{base}/api",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no internet: it only logs errors
             "DO_NOT_TRACK": "1",  # Prefect's client-side telemetry switch
         },
         connect={"PREFECT_API_URL": f"{base}/api"},
         stop_grace_s=10.0,
+        drop_env=("PREFECT_",),
+        cwd=str(prefect_home),
     )
 
 
@@ -136,6 +160,7 @@ def ray_service(
     cpus = num_cpus or max(4, os.cpu_count() or 1)  # logical: training, Serve and flows share them
     env = {
         "RAY_AUTH_MODE": "token",  # never run an unauthenticated head (CVE-2023-48022)
+        "RAY_AUTH_TOKEN_PATH": str(token_path(home=home)),  # not ~/.ray/auth_token
         # Without this Ray turns 127.0.0.1 into the host's public address, for the node and for
         # every driver: GCS, raylet and agents then listen on all interfaces.
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -143,9 +168,8 @@ def ray_service(
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    connect = {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    if "RAY_AUTH_TOKEN_PATH" in os.environ:  # a token kept elsewhere: drivers need its path too
-        connect["RAY_AUTH_TOKEN_PATH"] = os.environ["RAY_AUTH_TOKEN_PATH"]
+    keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    connect = {k: env[k] for k in keys}
     command = (
         *(_executable("ray"), "start", "--head", "--block", "--disable-usage-stats"),
         *("--node-ip-address", HOST, "--port", str(port), "--num-cpus", str(cpus)),
@@ -168,28 +192,74 @@ def ray_service(
         env=env,
         connect={"RAY_ADDRESS": f"{HOST}:{port}", **connect},
         stop_grace_s=20.0,
+        # Another cluster's address or token (RAY_AUTH_TOKEN wins over the token path)
+        drop_env=("RAY_ADDRESS", "RAY_AUTH_TOKEN"),
     )
 
 
 def ray_temp_dir(*, home: Path) -> Path:
-    """`<home>/run/ray` when short enough for Ray's unix sockets, else a short path in /tmp."""
+    """Ray's `--temp-dir`: `<home>/run/ray`, or a short symlink to it in /tmp when that path is
+    too long for Ray's unix sockets (`link_ray_temp_dir` makes it)."""
     path = home.resolve() / "run" / "ray"
     if len(str(path)) <= _RAY_TEMP_DIR_MAX:
         return path
     digest = hashlib.sha1(str(home.resolve()).encode()).hexdigest()[:10]
-    return Path("/tmp") / f"driftloop-ray-{digest}"
+    return Path("/tmp") / f"driftloop-{digest}"
 
 
-def ensure_ray_token() -> None:
-    """Create Ray's default auth token (`~/.ray/auth_token`) unless one is configured already."""
-    default = Path.home() / ".ray" / "auth_token"
-    if {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & os.environ.keys() or default.exists():
+def link_ray_temp_dir(*, home: Path) -> None:
+    """Create `<home>/run/ray` and, where Ray needs a short path, the /tmp symlink to it."""
+    target = home.resolve() / "run" / "ray"
+    target.mkdir(parents=True, exist_ok=True)
+    link = ray_temp_dir(home=home)
+    if link == target or (link.is_symlink() and link.readlink() == target):
         return
-    cmd = [_executable("ray"), "get-auth-token", "--generate"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    if done.returncode != 0 or not default.exists():
-        raise StackError(f"could not create Ray's auth token: {done.stderr.strip()[-500:]}")
-    default.chmod(0o600)  # Ray writes it world-readable
+    if link.exists() and not link.is_symlink():
+        raise StackError(f"{link} exists and is not driftloop's link to {target}; remove it")
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, link)  # also replaces a stale link of ours (a home that moved)
+
+
+def _unlink_ray_temp_dir(home: Path) -> None:
+    link = ray_temp_dir(home=home)
+    if link.is_symlink():
+        link.unlink(missing_ok=True)
+
+
+def token_path(*, home: Path) -> Path:
+    """Where the stack's Ray auth token lives: `<home>/run/ray_auth_token`."""
+    return home.resolve() / "run" / TOKEN_FILE
+
+
+def ensure_ray_token(*, home: Path) -> Path:
+    """Create the stack's Ray auth token (owner-only) unless it exists; return its path."""
+    path = token_path(home=home)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    os.replace(tmp, path)
+    return path
+
+
+def local_home(home: str | os.PathLike[str]) -> Path:
+    """The home as a local folder (file:// URIs too); the stack's processes cannot live in s3://."""
+    text = os.fspath(home)
+    if "://" not in text:
+        return Path(text)
+    parsed = urllib.parse.urlparse(text)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(urllib.parse.unquote(parsed.path))
+    raise StackError(
+        f"home {text!r} is not a local folder: the local stack (driftloop up/down/status) keeps "
+        "its processes' state on this machine; set DRIFTLOOP_HOME (or `home:`) to a path or a "
+        "file:// URI to use it"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,14 +269,15 @@ def ensure_ray_token() -> None:
 def up(
     *,
     home: Path,
-    prefect_port: int = 4200,
-    ray_port: int = 6379,
-    dashboard_port: int = 8265,
+    prefect_port: int = PREFECT_PORT,
+    ray_port: int = RAY_PORT,
+    dashboard_port: int = DASHBOARD_PORT,
     num_cpus: int | None = None,
     timeout_s: float = 120.0,
 ) -> StackStatus:
     """Start the Prefect server and the Ray head (reusing what runs) and wait until they answer."""
-    ensure_ray_token()
+    ensure_ray_token(home=home)
+    link_ray_temp_dir(home=home)
     services = stack_services(
         home=home,
         prefect_port=prefect_port,
@@ -214,7 +285,13 @@ def up(
         dashboard_port=dashboard_port,
         num_cpus=num_cpus,
     )
-    return start(home=home, services=services, timeout_s=timeout_s)
+    try:
+        return start(home=home, services=services, timeout_s=timeout_s)
+    except BaseException:
+        with contextlib.suppress(StackError):
+            if "ray" not in _read_state(home):  # no Ray of ours runs: the link is not needed
+                _unlink_ray_temp_dir(home)
+        raise
 
 
 def start(*, home: Path, services: Sequence[Service], timeout_s: float = 120.0) -> StackStatus:
@@ -248,13 +325,25 @@ def start(*, home: Path, services: Sequence[Service], timeout_s: float = 120.0) 
     return status(home=home)
 
 
-def down(*, home: Path) -> list[str]:
-    """Stop what `up` started under `home` (last started first); return the names it stopped."""
+def down(*, home: Path, force: bool = False) -> list[str]:
+    """Stop what `up` started under `home` (last started first); return the names it stopped.
+
+    With `force`, an unreadable state file is no obstacle: every process the stack marked as
+    started under this home is stopped (Linux: found through /proc), and the file is removed.
+    """
     with _locked(home):
-        state = _read_state(home)
+        try:
+            state = _read_state(home)
+        except StackError:
+            if not force:
+                raise
+            state = {}
         stopped = [name for name, rec in reversed(state.items()) if _owned(rec) and _stop(rec)]
         _prune(state)  # a crashed leader's orphans
+        if force:
+            stopped += [name for name in _stop_marked(home) if name not in stopped]
         _state_path(home).unlink(missing_ok=True)
+        _unlink_ray_temp_dir(home)
     if not stopped:
         log.info("nothing of driftloop's stack was running under %s", home)
     return stopped
@@ -292,7 +381,11 @@ def _launch(service: Service, *, home: Path) -> subprocess.Popen[bytes]:
     """Start one service in its own session, logging to `<home>/logs/<name>.log`."""
     logfile = _log_path(home, service.name)
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | dict(service.env)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(service.drop_env)}
+    mark = {_MARK: f"{service.name}@{home.resolve()}"}
+    env = inherited | dict(service.env) | mark
+    if service.cwd is not None:
+        Path(service.cwd).mkdir(parents=True, exist_ok=True)
     with logfile.open("a") as out:
         out.write(f"\n==== driftloop up {time.strftime('%Y-%m-%d %H:%M:%S')}: {service.name}\n")
         out.flush()
@@ -302,6 +395,7 @@ def _launch(service: Service, *, home: Path) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
+            cwd=service.cwd,
             start_new_session=True,  # its own process group: `down` stops exactly this
         )
 
@@ -328,7 +422,7 @@ def _wait_ready(
             rec = state[name]
             if proc.poll() is not None:
                 raise StackError(
-                    f"{name} exited with {proc.returncode} while starting:\n{_tail(rec)}"
+                    f"{name} exited with {proc.returncode} while starting; {_tail(rec)}"
                 )
             if all(_answers(url) for url in rec["probes"]):
                 took = time.time() - rec["started_at"]
@@ -336,7 +430,7 @@ def _wait_ready(
                 del pending[name]
         if pending and time.monotonic() > deadline:
             first = next(iter(pending))
-            raise StackError(f"{', '.join(pending)} did not answer in time:\n{_tail(state[first])}")
+            raise StackError(f"{', '.join(pending)} did not answer in time; {_tail(state[first])}")
         time.sleep(0.25 if pending else 0)
 
 
@@ -414,9 +508,46 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _tail(rec: dict[str, Any], lines: int = 25) -> str:
+def _tail(rec: dict[str, Any], lines: int = 3) -> str:
+    """The last lines of a service's log, on one line (the CLI's contract), and where it is."""
     text = Path(rec["log"]).read_text(errors="replace") if Path(rec["log"]).exists() else ""
-    return f"--- last lines of {rec['log']} ---\n" + "\n".join(text.splitlines()[-lines:])
+    last = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return f"its log ends: {' | '.join(last) or '(empty)'} (full log: {rec['log']})"
+
+
+def _stop_marked(home: Path) -> list[str]:
+    """Stop every process marked as started under `home`, leaders first; return their names."""
+    marked = _marked(home)
+    leaders = {pid: name for pid, name in marked.items() if _leads_group(pid)}
+    for pid, name in leaders.items():
+        log.info("stopping %s (pid %d), found by its mark", name, pid)
+        _stop({"name": name, "pid": pid, "stop_grace_s": 10.0})
+    for pid in _marked(home):  # strays in sessions of their own
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return list(dict.fromkeys(leaders.values()))
+
+
+def _marked(home: Path) -> dict[int, str]:
+    """pid -> service name of the live processes that carry this home's mark (from /proc)."""
+    suffix = f"@{home.resolve()}".encode()
+    found = {}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError, ValueError):
+            for entry in environ.read_bytes().split(b"\0"):
+                if entry.startswith(f"{_MARK}=".encode()) and entry.endswith(suffix):
+                    pid = int(environ.parent.name)
+                    if pid != os.getpid() and _alive(pid):
+                        found[pid] = entry.split(b"=", 1)[1].split(b"@", 1)[0].decode()
+                    break
+    return found
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,10 +606,14 @@ def _read_state(home: Path) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
     try:
-        services = json.loads(path.read_text())["services"]
+        services = dict(json.loads(path.read_text())["services"])
     except (ValueError, KeyError, TypeError) as err:
-        raise StackError(f"{path} is not a driftloop stack state file: {err}") from err
-    return dict(services)
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise StackError(
+            f"{path} is corrupt ({why}); `driftloop down --force` stops what the stack under "
+            f"{home} started and removes the file"
+        ) from None
+    return services
 
 
 def _write_state(home: Path, state: Mapping[str, dict[str, Any]]) -> None:

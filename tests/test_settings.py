@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.settings import ConfigError, load_settings
+from tasks.settings import ConfigError, StackConfig, load_settings, load_stack_settings
 
 
 @pytest.fixture
@@ -224,6 +224,31 @@ def test_a_well_formed_list_in_the_environment_is_taken(
 ) -> None:
     monkeypatch.setenv("DRIFTLOOP_DATASET__SLICES", '["contract"]')
     assert load_settings(write_config(project, BASE)).dataset.slices == ["contract"]
+
+
+def test_without_a_config_file_the_stack_settings_come_from_the_environment(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_stack_settings(project / "absent.yaml") == (".driftloop", StackConfig())
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(project / "state"))
+    monkeypatch.setenv("DRIFTLOOP_STACK__RAY_PORT", "7100")
+    home, ports = load_stack_settings(project / "absent.yaml")
+    assert home == str(project / "state")
+    assert ports.ray_port == 7100
+    assert ports.prefect_port == StackConfig().prefect_port
+    monkeypatch.setenv("DRIFTLOOP_STACK__RAY_PORT", "many")
+    with pytest.raises(ConfigError, match=r"^environment: stack\.ray_port: "):
+        load_stack_settings(project / "absent.yaml")
+
+
+def test_with_a_config_file_the_stack_settings_are_the_files(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(project, BASE + "home: elsewhere\nstack:\n  prefect_port: 4300\n")
+    monkeypatch.setenv("DRIFTLOOP_STACK__DASHBOARD_PORT", "8300")
+    home, ports = load_stack_settings(config)
+    assert home == "elsewhere"
+    assert (ports.prefect_port, ports.dashboard_port) == (4300, 8300)
 
 
 # User expectations: checked by GX when the settings load -----------------------------------------

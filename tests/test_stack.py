@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -83,16 +84,25 @@ def _decode_address(hexaddr: str) -> str:
 
 
 def run_driver(env: dict[str, str], code: str) -> Any:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=90,  # a misconfigured Ray driver retries forever
-        check=False,
-    )
+    """Run `code` with only `env` for Ray and Prefect: none of this process's RAY_*/PREFECT_*
+    variables, and a fresh HOME (no ~/.ray/auth_token to fall back on)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PREFECT_"))}
+    with tempfile.TemporaryDirectory() as home:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**base, "HOME": home, **env},
+            capture_output=True,
+            text=True,
+            timeout=90,  # a misconfigured Ray driver retries forever
+            check=False,
+        )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +115,27 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("driftloop-home")
 
 
+# What a user's shell may hold that must not reach the local stack's services
+ELSEWHERE = {
+    "PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/elsewhere",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "true",
+    "RAY_AUTH_TOKEN": "a-token-of-another-cluster",
+}
+
+
 @pytest.fixture(scope="module")
-def running(home: Path, ports: dict[str, int]) -> Iterator[stack.StackStatus]:
+def user_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """HOME while `up` runs: nothing of the stack may land in it (no ~/.ray/auth_token)."""
+    return tmp_path_factory.mktemp("user-home")
+
+
+@pytest.fixture(scope="module")
+def running(home: Path, ports: dict[str, int], user_home: Path) -> Iterator[stack.StackStatus]:
     started = time.monotonic()
-    status = stack.up(home=home, **ports)
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {**ELSEWHERE, "HOME": str(user_home)}.items():
+            env.setenv(name, value)
+        status = stack.up(home=home, **ports)
     print(f"stack up in {time.monotonic() - started:.1f} s")
     yield status
     stack.down(home=home)
@@ -152,6 +179,37 @@ def test_a_flow_client_with_the_connection_env_talks_to_the_stacks_prefect(
         "print(json.dumps(PREFECT_API_URL.value()))"
     )
     assert run_driver(stack.connection_env(home=home), code) == running.prefect_api_url
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the environment from /proc")
+def test_the_prefect_server_keeps_sqlite_in_the_home_with_analytics_off(
+    running: stack.StackStatus, home: Path
+) -> None:
+    pid = running.services["prefect"].pid
+    assert pid
+    environ = environ_of(pid)
+    assert environ["PREFECT_HOME"] == str(home.resolve() / "prefect")
+    assert environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in environ  # the user's shell had one
+    assert [p.name for p in (home / "prefect").glob("*.db")] == ["prefect.db"]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the environment from /proc")
+def test_rays_session_files_and_token_stay_in_the_home(
+    running: stack.StackStatus, home: Path, user_home: Path
+) -> None:
+    pid = running.services["ray"].pid
+    assert pid
+    token = home.resolve() / "run" / "ray_auth_token"
+    assert stack.connection_env(home=home)["RAY_AUTH_TOKEN_PATH"] == str(token)
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert len(token.read_text()) == 64
+    environ = environ_of(pid)
+    assert environ["RAY_AUTH_TOKEN_PATH"] == str(token)
+    assert "RAY_AUTH_TOKEN" not in environ  # it would win over the token file
+    assert list((home / "run" / "ray").glob("session_*/logs"))
+    assert stack.ray_temp_dir(home=home).resolve() == home.resolve() / "run" / "ray"
+    assert not (user_home / ".ray").exists()
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listeners from /proc")
@@ -235,6 +293,7 @@ def test_down_stops_what_up_started_and_leaves_another_ray_alone(
     assert not [pid for pid in family if alive(pid)]
     assert not [port for port in ports.values() if accepts(port)]
     assert not (home / "run" / "stack.json").exists()
+    assert not stack.ray_temp_dir(home=home).is_symlink()  # the /tmp link goes with the stack
     assert stack.connection_env(home=home) == {}
     assert ray.get(ray.remote(lambda: "still here").remote()) == "still here"
 
@@ -266,6 +325,7 @@ def test_a_taken_port_fails_fast_naming_the_port_and_service_and_starts_nothing(
             )
         assert time.monotonic() - started < 5
     assert stack.status(home=tmp_path).services == {}
+    assert not stack.ray_temp_dir(home=tmp_path).is_symlink()
 
 
 def test_a_service_that_exits_while_starting_reports_the_tail_of_its_log(
@@ -278,7 +338,7 @@ def test_a_service_that_exits_while_starting_reports_the_tail_of_its_log(
         url="",
         probes=(f"http://127.0.0.1:{free_port()}/",),
     )
-    with pytest.raises(StackError, match=r"(?s)broken exited with 3 while starting.*no such table"):
+    with pytest.raises(StackError, match=r"broken exited with 3 while starting.*no such table"):
         stack.start(home=tmp_path, services=[broken], timeout_s=30)
     assert stack.status(home=tmp_path).services == {}
 
@@ -293,7 +353,7 @@ def test_a_service_that_never_answers_times_out_and_is_stopped(tmp_path: Path) -
         stop_grace_s=2,
     )
     started = time.monotonic()
-    with pytest.raises(StackError, match=r"(?s)silent did not answer in time.*waiting"):
+    with pytest.raises(StackError, match=r"silent did not answer in time.*waiting"):
         stack.start(home=tmp_path, services=[silent], timeout_s=1.5)
     assert time.monotonic() - started < 10
     assert stack.status(home=tmp_path).services == {}
@@ -320,6 +380,70 @@ def test_a_recorded_pid_now_used_by_another_process_is_not_treated_as_ours(
     assert stack.connection_env(home=tmp_path) == {}
     assert stack.down(home=tmp_path) == []
     assert not (tmp_path / "run" / "stack.json").exists()
+
+
+def sleeper(name: str) -> Service:
+    """A real long-running process that answers at once (it has no probes)."""
+    return Service(
+        name=name,
+        command=(sys.executable, "-c", "import time; time.sleep(120)", name),
+        ports={},
+        url="",
+        stop_grace_s=2,
+    )
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds marked processes through /proc")
+def test_a_corrupt_state_file_says_how_to_recover_and_down_force_stops_the_stack(
+    tmp_path: Path,
+) -> None:
+    started = stack.start(home=tmp_path, services=[sleeper("one"), sleeper("two")])
+    pids = [s.pid for s in started.services.values()]
+    assert all(pids)
+    (tmp_path / "run" / "stack.json").write_text('{"version": 1, "services": ')  # cut short
+
+    for attempt in (stack.status, stack.down, stack.connection_env):
+        with pytest.raises(StackError) as caught:
+            attempt(home=tmp_path)
+        assert "stack.json is corrupt" in str(caught.value)
+        assert "`driftloop down --force`" in str(caught.value)
+        assert "\n" not in str(caught.value)
+    assert all(alive(pid) for pid in pids if pid)  # nothing was stopped by guesswork
+
+    assert sorted(stack.down(home=tmp_path, force=True)) == ["one", "two"]
+    assert not [pid for pid in pids if pid and alive(pid)]
+    assert not (tmp_path / "run" / "stack.json").exists()
+    assert stack.status(home=tmp_path).services == {}
+
+
+def test_down_force_leaves_another_homes_stack_alone(tmp_path: Path) -> None:
+    other = stack.start(home=tmp_path / "other", services=[sleeper("other")])
+    try:
+        assert stack.down(home=tmp_path / "mine", force=True) == []
+        assert other.services["other"].pid
+        assert alive(other.services["other"].pid)
+    finally:
+        assert stack.down(home=tmp_path / "other") == ["other"]
+
+
+@pytest.mark.parametrize(
+    ("home", "local"),
+    [
+        (".driftloop", Path(".driftloop")),
+        ("/srv/driftloop", Path("/srv/driftloop")),
+        ("file:///srv/drift%20loop", Path("/srv/drift loop")),
+        ("file://localhost/srv/dl", Path("/srv/dl")),
+        ("s3://bucket/driftloop", None),
+        ("gs://bucket/driftloop", None),
+    ],
+)
+def test_the_stack_needs_a_local_home(home: str, local: Path | None) -> None:
+    if local is not None:
+        assert stack.local_home(home) == local
+        return
+    with pytest.raises(StackError, match="is not a local folder") as caught:
+        stack.local_home(home)
+    assert "\n" not in str(caught.value)
 
 
 # --- helpers -----------------------------------------------------------------------------------
