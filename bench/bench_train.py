@@ -80,7 +80,7 @@ def timed_fit(**kwargs: Any) -> tuple[float, list[float]]:
 
 
 def plain_epochs(
-    train_path: Path, val_path: Path, *, pre: Preprocessor, cfg: TrainingConfig
+    train_path: str, val_path: str, *, pre: Preprocessor, cfg: TrainingConfig
 ) -> list[float]:
     """The worker loop's own functions, in this process, no Ray: train, validate, checkpoint."""
     torch.set_num_threads(int(cfg.cpus_per_worker))
@@ -201,7 +201,7 @@ def bench_devices(home: Path, train: pa.Table, val: pa.Table) -> dict[str, Any]:
 # 3. Ingest ---------------------------------------------------------------------------------------
 
 
-def pyarrow_into_tensors(path: Path) -> float:
+def pyarrow_into_tensors(path: str) -> float:
     """Seconds to read a whole Parquet file with pyarrow into tensors (any layout)."""
     t0 = time.perf_counter()
     table = pq.read_table(path)

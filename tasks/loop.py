@@ -15,19 +15,20 @@ same Parquet with pyarrow straight into tensors: the first epoch (read + shuffle
 0.43x, later epochs 1.45x (the tensors are reused), Ray Data's `get_dataset_shard` +
 `iter_torch_batches` 0.015x (0.12-0.21x in STACK.md with larger batches). The price is that a
 worker's shard must fit in its memory, which holds for the tabular sizes driftloop targets
-(1M rows x 20 features is 80 MB of float32). The storage folder must be visible to every node
-(a shared path, or later an object-store URI), which Ray Train requires for checkpoints anyway.
+(1M rows x 20 features is 80 MB of float32). The data lies under the run's Ray Train storage,
+which every node sees (a bucket URI or a shared folder; Ray Train requires it for checkpoints
+anyway), and is read through `pyarrow.fs`; the driver deletes it when the run ends.
 
 Recovery. Rank 0 reports a checkpoint every epoch (model directory, optimizer state, epoch, best
 metric, history). After a worker dies, Ray Train restarts the whole worker group (up to
-`training.max_failures` times) and the loop resumes from `ray.train.get_checkpoint()`. Epoch
-shuffles and dropout are seeded per (seed, epoch, rank), so a resumed run repeats what the lost
-epochs would have done.
+`training.max_failures` times) and the loop resumes from `ray.train.get_checkpoint()`; the
+state records the checkpoint epoch each attempt loaded. Epoch shuffles and dropout are seeded per
+(seed, epoch, rank), so a resumed run repeats what the lost epochs would have done, and two runs
+with the same seed and workers learn the same history.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -130,7 +131,6 @@ class LoopConfig:
     training: LoopTraining
     metric_mode: Mode
     fault: FaultInjection | None = None
-    progress_path: str | None = None  # rank 0 appends one JSON line per epoch here
 
 
 @dataclass
@@ -142,7 +142,7 @@ class _State:
     best_epoch: int = 0
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-    attempts: list[int] = field(default_factory=list)
+    attempts: list[int] = field(default_factory=list)  # the checkpoint epoch each attempt loaded
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
 
+    walls: list[float] = []  # this attempt's epochs, checkpoint and report included
     while state.epoch < hp.epochs and state.bad_epochs < hp.patience:
         epoch, started = state.epoch + 1, time.perf_counter()
         crash = (
@@ -227,9 +228,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 _write_checkpoint(Path(folder), ddp, optimizer, state, cfg)
                 saved = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=saved)
-        if rank == 0 and cfg.progress_path:
-            with contextlib.suppress(OSError), open(cfg.progress_path, "a") as progress:
-                progress.write(json.dumps(asdict(record)) + "\n")  # best effort: a log, no state
+        walls.append(time.perf_counter() - started)
 
     workers = _all_gather(_worker_info(rank, device), world)
     return {
@@ -239,6 +238,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "best_metric": state.best_metric,
         "stopped_early": state.bad_epochs >= hp.patience and state.epoch < hp.epochs,
         "workers": workers,
+        "epoch_seconds": walls,
     }
 
 

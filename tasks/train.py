@@ -13,19 +13,23 @@ The per-worker loop lives in `tasks.loop`; this module is its driver and the Pre
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +38,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks import data
 from tasks.errors import DriftloopError
 from tasks.loop import (
     EpochRecord,
@@ -51,6 +56,7 @@ from tasks.loop import (
 from tasks.model import Kind, ModelSpec, Preprocessor, load_model, save_model
 
 if TYPE_CHECKING:
+    import pyarrow.fs as pafs
     import ray.train
 
     from tasks.settings import Settings, TrainingConfig
@@ -58,11 +64,13 @@ if TYPE_CHECKING:
 __all__ = [  # the loop's pieces are re-exported: benchmarks and tests drive them from here
     "EpochRecord",
     "FaultInjection",
+    "Placement",
     "TrainResult",
     "TrainingFailed",
     "WorkerInfo",
     "auc_from_histograms",
     "evaluate",
+    "place_workers",
     "read_shard",
     "run_epoch",
     "train_model",
@@ -75,6 +83,10 @@ METRICS: dict[Kind, tuple[str, Mode]] = {
     "regression": ("val_rmse", "min"),
 }
 _ROWS_PER_GROUP = 131_072  # Parquet row group size cap: the unit a worker reads
+# Starting the worker group is retried this often after Ray Train's 60 s placement timeout
+# (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S): room for busy resources to free up, not forever.
+_START_RETRIES = 2
+logger = logging.getLogger(__name__)
 
 
 class TrainingFailed(DriftloopError, RuntimeError):
@@ -85,29 +97,114 @@ class TrainingFailed(DriftloopError, RuntimeError):
 class TrainResult:
     """What a training run produced; `model_dir` loads with `tasks.model.load_model`."""
 
-    model_dir: Path  # the best checkpoint's model, exported with `save_model`
+    model_dir: Path  # the best checkpoint's model, exported with `save_model` (a local folder)
     metric_name: str  # val_auc (binary), val_accuracy (multiclass) or val_rmse (regression)
     metric_mode: Mode
     best_metric: float
     best_epoch: int
     stopped_early: bool
     history: list[EpochRecord]  # one record per epoch, epochs redone after a restart included once
-    resumed_from_epoch: list[int]  # start epoch of each worker-group attempt: [0] if uninterrupted
+    resumed_from_epoch: list[int]  # the checkpoint epoch each worker-group attempt loaded (0: none)
     workers: list[WorkerInfo]  # the final attempt's workers
-    run_path: str  # Ray Train's folder for this run (checkpoints, state)
+    run_path: str  # Ray Train's folder for this run (checkpoints, state): a path or a URI
     checkpoints: list[str] = field(default_factory=list)  # the checkpoints Ray Train kept
+    # (resumed_from_epoch, epoch) of each checkpoint Ray Train registered, in order, as its
+    # controller reported them to the driver: which checkpoint a restart should have loaded
+    registered: list[tuple[int, int]] = field(default_factory=list)
+    # the final attempt's epochs as rank 0 timed them: train, validate, checkpoint and report
+    epoch_seconds: list[float] = field(default_factory=list)
     use_gpu: bool = False
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """GPU or CPU workers, and why when `use_gpu: auto` chose."""
+
+    use_gpu: bool
+    reason: str = ""
 
 
 # Driver -----------------------------------------------------------------------------------------
 
 
-def resolve_use_gpu(setting: bool | Literal["auto"], resources: Mapping[str, float]) -> bool:
-    """`auto` trains on GPUs when the Ray cluster has any (not merely the driver's machine)."""
-    if setting == "auto":
-        return resources.get("GPU", 0) > 0
-    return bool(setting)
+def place_workers(config: TrainingConfig, *, nodes: Sequence[Mapping[str, float]]) -> Placement:
+    """Choose GPU or CPU workers for the cluster's nodes, or fail now if they cannot be placed.
+
+    Ray Train would otherwise wait for resources that never come: without an autoscaler it
+    skips its own up-front check, times out after 60 s and tries again. `nodes` holds each
+    node's total resources (for an autoscaling cluster, one entry: the most it can grow to).
+    `auto` means GPUs only when every worker gets one. The Train controller needs no room: Ray
+    starts it with `num_cpus=0`.
+    """
+    n, gpus = config.num_workers, sum(node.get("GPU", 0.0) for node in nodes)
+    gpu_room = _room(nodes, cpus=config.cpus_per_worker, gpu=True)
+    if config.use_gpu == "auto":
+        use_gpu = gpu_room >= n
+        if use_gpu:
+            reason = f"use_gpu=auto: {n} GPU worker(s); the cluster has {gpus:g} GPU(s)"
+        elif gpus:
+            reason = (
+                f"use_gpu=auto: CPU workers; the cluster's {gpus:g} GPU(s) have room for "
+                f"{gpu_room} of the training.num_workers={n} workers, which need one GPU each"
+            )
+        else:
+            reason = "use_gpu=auto: CPU workers; the cluster has no GPU"
+    else:
+        use_gpu, reason = bool(config.use_gpu), ""
+    room = gpu_room if use_gpu else _room(nodes, cpus=config.cpus_per_worker, gpu=False)
+    if room < n:
+        cpus = sum(node.get("CPU", 0.0) for node in nodes)
+        each = f"{config.cpus_per_worker:g} CPU(s){' + 1 GPU' if use_gpu else ''}"
+        raise TrainingFailed(
+            f"training.num_workers={n} worker(s) of training.cpus_per_worker={each} each "
+            f"(training.use_gpu={str(config.use_gpu).lower()}) cannot be placed: the Ray "
+            f"cluster has {len(nodes)} node(s) with {cpus:g} CPU(s) and {gpus:g} GPU(s) in all, "
+            f"room for {room} such worker(s); lower training.num_workers or "
+            f"training.cpus_per_worker{', set training.use_gpu: false' if use_gpu else ''}, "
+            "or add nodes"
+        )
+    return Placement(use_gpu, reason)
+
+
+def _room(nodes: Sequence[Mapping[str, float]], *, cpus: float, gpu: bool) -> int:
+    """How many workers of `cpus` CPUs (plus one GPU each) fit, node by node."""
+    fits = 0
+    for node in nodes:
+        here = math.floor(node.get("CPU", 0.0) / cpus + 1e-9)
+        if gpu:
+            here = min(here, math.floor(node.get("GPU", 0.0) + 1e-9))
+        fits += here
+    return fits
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """Each alive node's total resources; for an autoscaling cluster, the most it can grow to."""
+    import ray
+    from ray._private.state import state  # what Ray Train's own up-front check reads
+
+    with contextlib.suppress(Exception):  # a private API: fall back to the nodes alive now
+        most = state.get_max_resources_from_cluster_config()
+        if most:
+            return [{k: float(v) for k, v in most.items()}]
+    return [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
+
+
+def _warn_if_busy(config: TrainingConfig, placement: Placement) -> None:
+    """The workers fit the cluster, but other work may hold what they need right now."""
+    import ray
+
+    free = ray.available_resources()
+    need = {"CPU": config.num_workers * config.cpus_per_worker}
+    if placement.use_gpu:
+        need["GPU"] = config.num_workers
+    short = {k: v for k, v in need.items() if free.get(k, 0.0) + 1e-9 < v}
+    if short:
+        logger.warning(
+            "the Ray cluster has %s free of the %s the workers need: training waits for other "
+            "work (or the autoscaler) to free them, at most %d x Ray Train's start timeout",
+            {k: free.get(k, 0.0) for k in short}, short, _START_RETRIES + 1,
+        )  # fmt: skip
 
 
 def connect_ray() -> None:
@@ -176,6 +273,100 @@ def _runtime_env(*, ship_code: bool) -> dict[str, Any]:
     return env
 
 
+def check_storage_is_shared(storage: str) -> None:
+    """Fail now if a local storage path is not the same folder on every node of the cluster.
+
+    Workers read their data there and Ray Train persists checkpoints there; on a node with
+    another disk they would fail only once training started. Buckets (s3://, gs://) are shared
+    by nature, and a single-node Ray runs on the driver's machine (unless reached by Ray Client).
+    """
+    import ray
+    from ray.util.client import ray as ray_client
+
+    if not _is_local(storage):
+        return
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2 and not ray_client.is_connected():
+        return
+    fs, folder = data.resolve(storage)
+    marker = f"{folder}/.driftloop-shared-{os.urandom(4).hex()}"
+    fs.create_dir(folder, recursive=True)
+    with fs.open_output_stream(marker):
+        pass
+    try:
+        missing = nodes_without_path(marker, node_ids=nodes)
+    finally:
+        with contextlib.suppress(OSError):
+            fs.delete_file(marker)
+    if missing:
+        raise TrainingFailed(
+            f"Ray Train storage {storage} is a local folder that {len(missing)} of {len(nodes)} "
+            f"node(s) of the cluster at RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '')} cannot "
+            f"see (node {missing[0]}); set DRIFTLOOP_HOME to a bucket (s3://, gs://) or to a "
+            "folder every node mounts at the same path"
+        )
+
+
+def nodes_without_path(path: str, *, node_ids: Sequence[str]) -> list[str]:
+    """The nodes on which `path` does not exist, asked by a zero-CPU task pinned to each."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_path_exists())
+    refs = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+            path
+        )
+        for node in node_ids
+    ]
+    try:
+        found = ray.get(refs, timeout=60)
+    except ray.exceptions.GetTimeoutError:
+        logger.warning("could not check within 60 s that every node sees %s; going on", path)
+        return []
+    return [node for node, ok in zip(node_ids, found, strict=True) if not ok]
+
+
+def _path_exists() -> Callable[[str], bool]:
+    """Built here so that cloudpickle ships it by value: the probe needs no driftloop code."""
+
+    def exists(path: str) -> bool:
+        import os
+
+        return os.path.exists(path)
+
+    return exists
+
+
+def progress_callback(path: str) -> ray.train.UserCallback:
+    """A Ray Train callback that appends each registered report of rank 0 to a JSON-lines file.
+
+    It runs in the Train controller, which Ray Train places on the driver's node, so `path` can
+    be a local file the driver follows: no actor, no shared storage. The class is built here so
+    that cloudpickle ships it by value: the controller need not import driftloop (or Prefect).
+    """
+    from ray.train import UserCallback
+
+    class ProgressLog(UserCallback):
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def after_report(
+            self,
+            run_context: Any,
+            metrics: list[dict[str, Any]],
+            checkpoint: ray.train.Checkpoint | None,
+        ) -> None:
+            import contextlib
+            import json
+
+            line = json.dumps({**metrics[0], "checkpoint": checkpoint is not None})
+            with contextlib.suppress(OSError), open(self.path, "a") as file:
+                file.write(line + "\n")  # best effort: a log, not state
+
+    return ProgressLog(path)
+
+
 def train_model(
     *,
     train: pa.Table,
@@ -192,13 +383,16 @@ def train_model(
         train: the training split (the preprocessing is fitted on it alone).
         validation: the split that early stopping and checkpoint ranking look at.
         settings: resolved settings (`load_settings`), for the dataset contract and `training`.
-        storage_path: Ray Train storage; default `<home>/ray`. Must be shared by all nodes.
+        storage_path: Ray Train storage, a folder or a URI; default `<home>/ray`. Every node
+            must see it: a bucket, or a folder on shared storage.
         name: the run's name; a new run with the name of an unfinished one resumes it.
-        on_epoch: called in the driver as epochs finish (live progress).
+        on_epoch: called in the driver as epochs finish (live progress), once per epoch.
         fault: a fault drill for tests and game days.
 
     Raises:
-        TrainingFailed: the run failed more often than `training.max_failures` allows.
+        TrainingFailed: the cluster cannot hold the workers the settings ask for, a local
+            storage folder is not shared by its nodes, or the run failed more often than
+            `training.max_failures` allows.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -206,6 +400,11 @@ def train_model(
 
     started = time.perf_counter()
     config = settings.training
+    if train.num_rows < config.num_workers or validation.num_rows == 0:
+        raise ValueError(
+            f"need at least {config.num_workers} training rows (one per worker) and one "
+            f"validation row; got {train.num_rows} and {validation.num_rows}"
+        )
     pre = Preprocessor.fit(
         train,
         features=settings.features,
@@ -214,81 +413,106 @@ def train_model(
     )
     spec = ModelSpec.build(pre, config)
     metric, mode = METRICS[pre.kind]
+
+    # Cluster: fail now on what it can never hold, or on storage its nodes cannot share
     connect_ray()
-    use_gpu = resolve_use_gpu(config.use_gpu, ray.cluster_resources())
+    placement = place_workers(config, nodes=cluster_nodes())
+    if placement.reason:
+        logger.info(placement.reason)
+    _warn_if_busy(config, placement)
+    storage = _storage_location(os.fspath(storage_path or settings.location("ray")))
+    check_storage_is_shared(storage)
     name = name or _run_name(settings.dataset.name)
-    storage = Path(storage_path or settings.location("ray")).resolve()
-    run_dir = storage / name
-
-    # Data: encoded once, sharded by row group
-    if train.num_rows < config.num_workers or validation.num_rows == 0:
-        raise ValueError(
-            f"need at least {config.num_workers} training rows (one per worker) and one "
-            f"validation row; got {train.num_rows} and {validation.num_rows}"
-        )
-    paths = {
-        part: write_encoded(
-            table, pre, run_dir / "data" / f"{part}.parquet", shards=config.num_workers, seed=i
-        )
-        for i, (part, table) in enumerate([("train", train), ("validation", validation)])
-    }
-    progress = _ProgressTail(run_dir / "progress.jsonl", on_epoch) if on_epoch else None
-    loop = LoopConfig(
-        train_path=str(paths["train"]),
-        validation_path=str(paths["validation"]),
-        spec=spec,
-        preprocessor=pre,
-        training=LoopTraining.of(config),
-        metric_mode=mode,
-        fault=fault,
-        progress_path=str(progress.path) if progress else None,
-    )
-
-    # Scaling, checkpoints, failures
-    scaling = ScalingConfig(
-        num_workers=config.num_workers,
-        use_gpu=use_gpu,
-        resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
-    )
-    checkpoints = CheckpointConfig(
-        num_to_keep=config.checkpoints_to_keep,
-        checkpoint_score_attribute="val_metric",
-        checkpoint_score_order=mode,
-    )
-    run = RunConfig(
-        name=name,
-        storage_path=str(storage),
-        checkpoint_config=checkpoints,
-        failure_config=FailureConfig(max_failures=config.max_failures),
-    )
-
-    # Train
-    # The controller polls workers every 2 s by default, so a short run idles up to 2 s after its
-    # last report before it is noticed; polling every 0.25 s is cheap. A user's value wins.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    trainer = TorchTrainer(
-        train_loop_per_worker,  # type: ignore[arg-type]  # Ray keeps rank 0's return value
-        train_loop_config={"loop": loop},
-        scaling_config=scaling,
-        run_config=run,
-    )
+    run_dir = _join(storage, name)
+    data_dir = _join(run_dir, "data")
+    progress = _ProgressTail(on_epoch)
     try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        raise TrainingFailed(_failure_message(exc, name=name, config=config)) from None
+        # Data: encoded once, sharded by row group, where every node reads it
+        paths = {
+            part: write_encoded(
+                table, pre, _join(data_dir, f"{part}.parquet"), shards=config.num_workers, seed=i
+            )
+            for i, (part, table) in enumerate([("train", train), ("validation", validation)])
+        }
+        loop = LoopConfig(
+            train_path=paths["train"],
+            validation_path=paths["validation"],
+            spec=spec,
+            preprocessor=pre,
+            training=LoopTraining.of(config),
+            metric_mode=mode,
+            fault=fault,
+        )
+
+        # Scaling, checkpoints, failures
+        gpu = {"GPU": 1} if placement.use_gpu else {}
+        scaling = ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=placement.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, **gpu},
+        )
+        checkpoints = CheckpointConfig(
+            num_to_keep=config.checkpoints_to_keep,
+            checkpoint_score_attribute="val_metric",
+            checkpoint_score_order=mode,
+        )
+        # mypy sees Train V1's classes behind `ray.train`; at run time they are V2's
+        failures = FailureConfig(
+            max_failures=config.max_failures,
+            controller_failure_limit=_START_RETRIES,  # type: ignore[call-arg]
+        )
+        run = RunConfig(
+            name=name,
+            storage_path=storage,
+            checkpoint_config=checkpoints,
+            failure_config=failures,
+            callbacks=[progress.callback],  # type: ignore[list-item]
+        )
+
+        # Train
+        # The controller polls workers every 2 s by default, so a short run idles up to 2 s after
+        # its last report before it is noticed; polling every 0.25 s is cheap. A user's value wins.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+        trainer = TorchTrainer(
+            train_loop_per_worker,  # type: ignore[arg-type]  # Ray keeps rank 0's return value
+            train_loop_config={"loop": loop},
+            scaling_config=scaling,
+            run_config=run,
+        )
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as exc:
+            raise TrainingFailed(_failure_message(exc, name=name, config=config)) from None
     finally:
-        if progress:
-            progress.close()
-    return _collect(result, metric=metric, mode=mode, run_dir=run_dir, use_gpu=use_gpu, t0=started)
+        progress.close()
+        _remove(data_dir)  # about 100 bytes a row; the checkpoints stay
+    trained = _collect(
+        result,
+        metric=metric,
+        mode=mode,
+        storage=storage,
+        model_dir=_model_dir(storage, name),
+        placement=placement,
+        registered=progress.registered,
+        t0=started,
+    )
+    progress.catch_up(trained.history)
+    return trained
 
 
 def write_encoded(
-    table: pa.Table, pre: Preprocessor, path: Path, *, shards: int, seed: int = 0
-) -> Path:
+    table: pa.Table,
+    pre: Preprocessor,
+    location: str | os.PathLike[str],
+    *,
+    shards: int,
+    seed: int = 0,
+) -> str:
     """Encode `table` and write it, rows shuffled, in row groups that split evenly over `shards`.
 
-    Columns: `numeric` and `categorical` (fixed-size lists, so a reader gets one contiguous
-    buffer per kind) and `target`.
+    `location` is a path or a URI (written through `pyarrow.fs`). Columns: `numeric` and
+    `categorical` (fixed-size lists, so a reader gets one contiguous buffer per kind) and
+    `target`. Written in place, not renamed: only this run's workers read it, after this returns.
     """
     encoded = pre.transform(table)
     target = pre.encode_target(table)
@@ -302,13 +526,45 @@ def write_encoded(
     encoded_table = pa.table(columns)
     groups = shards * max(1, -(-table.num_rows // (shards * _ROWS_PER_GROUP)))
     bounds = np.linspace(0, table.num_rows, groups + 1).astype(int)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with pq.ParquetWriter(tmp, encoded_table.schema) as writer:
+    where = os.fspath(location)
+    fs, path = data.resolve(where)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with pq.ParquetWriter(path, encoded_table.schema, filesystem=fs) as writer:
         for lo, hi in itertools.pairwise(bounds):
             writer.write_table(encoded_table.slice(lo, hi - lo), row_group_size=max(hi - lo, 1))
-    os.replace(tmp, path)
-    return path
+    return where
+
+
+def _is_local(location: str) -> bool:
+    return "://" not in location or location.startswith("file://")
+
+
+def _storage_location(location: str) -> str:
+    """Ray Train storage as Ray takes it: a URI as it is, a local path made absolute."""
+    return location.rstrip("/") if "://" in location else str(Path(location).resolve())
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _as_location(storage: str, fs_path: str) -> str:
+    """A path on the storage's file system as a location like `storage`: a path or a URI."""
+    return f"{storage.split('://')[0]}://{fs_path}" if "://" in storage else fs_path
+
+
+def _model_dir(storage: str, name: str) -> Path:
+    """Where the best model is exported: beside the run when storage is local, else a local
+    temporary folder (loading and registering a model read a local folder)."""
+    if _is_local(storage):
+        return Path(data.resolve(_join(storage, name, "model"))[1])
+    return Path(tempfile.mkdtemp(prefix=f"driftloop-{name}-")) / "model"
+
+
+def _remove(location: str) -> None:
+    fs, path = data.resolve(location)
+    with contextlib.suppress(OSError):
+        fs.delete_dir(path)
 
 
 def _run_name(dataset: str) -> str:
@@ -317,13 +573,21 @@ def _run_name(dataset: str) -> str:
 
 
 def _collect(
-    result: ray.train.Result, *, metric: str, mode: Mode, run_dir: Path, use_gpu: bool, t0: float
+    result: ray.train.Result,
+    *,
+    metric: str,
+    mode: Mode,
+    storage: str,
+    model_dir: Path,
+    placement: Placement,
+    registered: list[tuple[int, int]],
+    t0: float,
 ) -> TrainResult:
     """Export the best checkpoint's model and gather what the loop returned."""
+    run_path = _as_location(storage, str(result.path))
     best = result.get_best_checkpoint("val_metric", mode)
     if best is None:
-        raise TrainingFailed(f"training run {run_dir.name} finished without any checkpoint")
-    model_dir = run_dir / "model"
+        raise TrainingFailed(f"training run {run_path} finished without any checkpoint")
     with best.as_directory() as folder:
         predictor = load_model(Path(folder) / "model")
         save_model(
@@ -332,7 +596,11 @@ def _collect(
             spec=predictor.spec,
             preprocessor=predictor.preprocessor,
         )
-    summary: dict[str, Any] = getattr(result, "return_value", None) or {}  # Train V2 only
+    # Rank 0's return value (Train V2); else the newest checkpoint's state, which has the same
+    # history: the result never depends on what reached the driver live.
+    summary: dict[str, Any] = getattr(result, "return_value", None) or _checkpoint_state(
+        result.checkpoint
+    )
     return TrainResult(
         model_dir=model_dir,
         metric_name=metric,
@@ -343,26 +611,52 @@ def _collect(
         history=[EpochRecord(**r) for r in summary.get("history", [])],
         resumed_from_epoch=list(summary.get("attempts", [])),
         workers=[WorkerInfo(**w) for w in summary.get("workers", [])],
-        run_path=str(result.path),
-        checkpoints=[c.path for c, _ in result.best_checkpoints or []],
-        use_gpu=use_gpu,
+        run_path=run_path,
+        checkpoints=[_as_location(storage, c.path) for c, _ in result.best_checkpoints or []],
+        registered=list(registered),
+        epoch_seconds=list(summary.get("epoch_seconds", [])),
+        use_gpu=placement.use_gpu,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _checkpoint_state(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any]:
+    """The loop's state saved in a checkpoint (history, attempts, best epoch and metric)."""
+    if checkpoint is None:
+        return {}
+    fs: pafs.FileSystem = checkpoint.filesystem
+    with fs.open_input_stream(f"{checkpoint.path}/state.json") as file:
+        state: dict[str, Any] = json.loads(file.read())
+    return state
 
 
 def _failure_message(exc: Exception, *, name: str, config: TrainingConfig) -> str:
     from ray.train import ControllerError, WorkerGroupError
 
-    if isinstance(exc, WorkerGroupError) and exc.worker_failures:
-        what = _describe_worker_failures(exc.worker_failures)
-    elif isinstance(exc, ControllerError):
-        what = f"the Ray Train controller failed: {_describe_error(exc.controller_failure)}"
-    else:
-        what = _describe_error(exc)
-    return (
-        f"training run {name} failed after {config.max_failures} restart(s) "
-        f"(training.max_failures={config.max_failures}); {what}"
-    )
+    if isinstance(exc, ControllerError):
+        cause = exc.controller_failure
+        if type(cause).__name__ in (
+            "WorkerGroupStartupTimeoutError",
+            "WorkerGroupStartupFailedError",
+        ):
+            return (
+                f"training run {name} could not start its {config.num_workers} worker(s) in "
+                f"{_START_RETRIES + 1} attempts; {_describe_error(cause)}"
+            )
+        return (
+            f"training run {name} failed: the Ray Train controller failed: {_describe_error(cause)}"
+        )
+    if isinstance(exc, WorkerGroupError):
+        what = (
+            _describe_worker_failures(exc.worker_failures)
+            if exc.worker_failures
+            else _describe_error(exc)
+        )
+        return (
+            f"training run {name} failed after {config.max_failures} restart(s) "
+            f"(training.max_failures={config.max_failures}); {what}"
+        )
+    return f"training run {name} failed: {_describe_error(exc)}"
 
 
 def _describe_worker_failures(failures: Mapping[int, BaseException]) -> str:
@@ -389,14 +683,22 @@ def _describe_error(exc: BaseException) -> str:
 
 
 class _ProgressTail:
-    """Epoch records from rank 0 to a callback in the driver: rank 0 appends JSON lines to a file
-    in the run's storage folder (shared by all nodes), a driver thread follows it. No actor."""
+    """Epoch reports from the Train controller to a callback in the driver.
 
-    def __init__(self, path: Path, callback: Callable[[EpochRecord], None]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._offset = path.stat().st_size if path.exists() else 0  # a resumed run's old lines
-        self._callback = callback
+    `callback` (for `RunConfig`) appends each registered report to a JSON-lines file in a local
+    temporary folder; a driver thread follows it. Where the driver cannot see that file (Ray
+    Client: the controller runs on the cluster), nothing arrives live and `catch_up` delivers
+    the epochs from the final history instead, so `on_epoch` still sees every epoch once.
+    """
+
+    def __init__(self, on_epoch: Callable[[EpochRecord], None] | None) -> None:
+        self._folder = tempfile.mkdtemp(prefix="driftloop-progress-")
+        self.path = os.path.join(self._folder, "progress.jsonl")
+        self.callback = progress_callback(self.path)
+        self.registered: list[tuple[int, int]] = []
+        self._on_epoch = on_epoch
+        self._delivered: set[int] = set()
+        self._offset = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="train-progress", daemon=True)
         self._thread.start()
@@ -416,14 +718,39 @@ class _ProgressTail:
         complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written waits for the next read
         self._offset += len(complete)
         for line in complete.splitlines():
-            try:
-                self._callback(EpochRecord(**json.loads(line)))
-            except Exception:  # a logging hiccup must not end training
-                logging.getLogger(__name__).exception("progress callback failed")
+            report = json.loads(line)
+            if report.get("checkpoint"):
+                self.registered.append((report["resumed_from_epoch"], report["epoch"]))
+            self._deliver(EpochRecord(**{k: report[k] for k in _EPOCH_FIELDS}))
+
+    def _deliver(self, record: EpochRecord) -> None:
+        if self._on_epoch is None or record.epoch in self._delivered:
+            return
+        self._delivered.add(record.epoch)
+        try:
+            self._on_epoch(record)
+        except Exception:  # a logging hiccup must not end training
+            logger.exception("progress callback failed")
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def catch_up(self, history: list[EpochRecord]) -> None:
+        """Deliver the epochs that did not arrive live (the controller ran out of sight)."""
+        missed = [r for r in history if r.epoch not in self._delivered]
+        if missed and self._on_epoch is not None:
+            logger.info(
+                "%d epoch(s) did not reach the driver live (the Train controller runs where "
+                "this process cannot see its files); reporting them from the result",
+                len(missed),
+            )
+        for record in missed:
+            self._deliver(record)
+
+
+_EPOCH_FIELDS = [f.name for f in fields(EpochRecord)]
 
 
 # Prefect ----------------------------------------------------------------------------------------
@@ -436,8 +763,12 @@ def train_task(
     validation: pa.Table,
     settings: Settings,
     storage_path: str | None = None,
+    fault: FaultInjection | None = None,
 ) -> TrainResult:
-    """Train on Ray Train and show the learning curve in the Prefect UI."""
+    """Train on Ray Train and show the learning curve in the Prefect UI.
+
+    The task run fails with `TrainingFailed`'s one-line reason when training cannot finish.
+    """
     logger = get_run_logger()
     connect_ray()
     url = dashboard_url()
@@ -452,7 +783,7 @@ def train_task(
 
     result = train_model(
         train=train, validation=validation, settings=settings, storage_path=storage_path,
-        on_epoch=log_epoch,
+        on_epoch=log_epoch, fault=fault,
     )  # fmt: skip
     logger.info(
         "best %s %.4f at epoch %d of %d%s; model in %s",

@@ -26,7 +26,7 @@ def ray_local() -> Iterator[None]:
 
     ray.init(
         address="local",
-        num_cpus=4,  # 2 training workers plus the Train controller on a 2-core machine
+        num_cpus=4,  # 2 one-CPU training workers and room to spare (the Train controller takes 0)
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         log_to_driver=False,

@@ -1,7 +1,8 @@
 """Training on Ray Train: DDP that learns, early stopping, checkpoints, recovery, a 2-node cluster.
 
-Every run uses 2 workers on the session's real Ray (`ray_local`), a few thousand synthetic rows
-and a few epochs: Ray Train's fixed cost (about 15-25 s per `fit()` on 2 cores) dominates.
+Every run uses 2 CPU workers (`use_gpu` pinned off: the same on a GPU machine) on the session's
+real Ray (`ray_local`), a few thousand synthetic rows and a few epochs: Ray Train's fixed cost
+(about 15-25 s per `fit()` on 2 cores) dominates, so runs are shared by module fixtures.
 """
 
 import contextlib
@@ -31,9 +32,11 @@ from tasks.train import (
     FaultInjection,
     TrainingFailed,
     TrainResult,
+    _failure_message,
     auc_from_histograms,
     learning_curve_svg,
-    resolve_use_gpu,
+    nodes_without_path,
+    place_workers,
     train_model,
     train_task,
 )
@@ -42,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 
 
-def make_settings(home: Path, **training: object) -> Settings:
+def make_settings(home: Path | str, **training: object) -> Settings:
     features = Features(numeric=list(NUMERIC_FEATURES), categorical=list(CATEGORICAL_FEATURES))
     defaults: dict[str, object] = {
         "epochs": EPOCHS,
@@ -52,9 +55,10 @@ def make_settings(home: Path, **training: object) -> Settings:
         "num_workers": 2,
         "early_stopping_patience": 10,
         "checkpoints_to_keep": 2,
+        "use_gpu": False,  # the same CPU runs on a GPU machine
     }
     return Settings(
-        home=home,
+        home=str(home),
         dataset=DatasetConfig(name="churn", source="unused", target="churned", features=features),
         training=TrainingConfig(**(defaults | training)),
     )
@@ -70,35 +74,119 @@ def parts() -> Splits:
 def baseline(
     ray_local: None, parts: Splits, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[TrainResult, list[EpochRecord]]:
-    """One fault-free run that several tests look at, with the epochs seen live."""
+    """One fault-free run that several tests look at, with the epochs seen live. Its home is a
+    file:// URI: Ray Train storage, the encoded data and the checkpoints go through pyarrow.fs."""
     seen: list[EpochRecord] = []
     home = tmp_path_factory.mktemp("baseline")
     result = train_model(
         train=parts.train,
         validation=parts.validation,
-        settings=make_settings(home),
+        settings=make_settings(home.as_uri()),
         on_epoch=seen.append,
     )
     return result, seen
 
 
+@pytest.fixture(scope="module")
+def crashed(
+    ray_local: None, parts: Splits, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainResult, Path]:
+    """The baseline's run again, with worker 1 killed half-way through epoch 3 (os._exit)."""
+    home = tmp_path_factory.mktemp("crashed")
+    marker = home / "fault-fired"
+    result = train_model(
+        train=parts.train,
+        validation=parts.validation,
+        settings=make_settings(home),
+        fault=FaultInjection(epoch=3, rank=1, marker=str(marker)),
+    )
+    return result, marker
+
+
+def local(location: str) -> Path:
+    """The folder behind a path or a file:// URI."""
+    return Path(location.removeprefix("file://"))
+
+
+def learned(history: list[EpochRecord]) -> list[tuple[int, float, float, float]]:
+    """What a run learned per epoch, without its timings."""
+    return [(r.epoch, r.train_loss, r.val_loss, r.val_metric) for r in history]
+
+
 # Pure logic --------------------------------------------------------------------------------------
+
+GPU_NODE = {"CPU": 16.0, "GPU": 2.0}
 
 
 @pytest.mark.parametrize(
-    ("setting", "resources", "expected"),
+    ("setting", "workers", "nodes", "expected"),
     [
-        ("auto", {"CPU": 16.0, "GPU": 2.0}, True),
-        ("auto", {"CPU": 16.0}, False),
-        ("auto", {"CPU": 16.0, "GPU": 0.0}, False),
-        (True, {"CPU": 4.0}, True),
-        (False, {"CPU": 4.0, "GPU": 8.0}, False),
+        ("auto", 2, [GPU_NODE], True),
+        ("auto", 2, [{"CPU": 16.0, "GPU": 1.0}], False),  # a GPU for one of two workers: CPUs
+        ("auto", 2, [{"CPU": 16.0, "GPU": 1.0}, {"CPU": 16.0, "GPU": 1.0}], True),
+        ("auto", 2, [{"CPU": 16.0}], False),
+        ("auto", 1, [{"CPU": 16.0, "GPU": 0.0}], False),
+        (True, 2, [GPU_NODE], True),
+        (False, 2, [GPU_NODE], False),
     ],
 )
-def test_use_gpu_auto_follows_the_clusters_gpus(
-    setting: bool | str, resources: dict[str, float], expected: bool
+def test_use_gpu_auto_picks_gpus_only_when_every_worker_gets_one(
+    setting: bool | str, workers: int, nodes: list[dict[str, float]], expected: bool
 ) -> None:
-    assert resolve_use_gpu(setting, resources) is expected  # type: ignore[arg-type]
+    config = TrainingConfig(use_gpu=setting, num_workers=workers)
+    placement = place_workers(config, nodes=nodes)
+    assert placement.use_gpu is expected
+    if setting == "auto" and not expected:  # the log says why it fell back to CPUs
+        assert "CPU workers" in placement.reason
+
+
+def test_auto_says_how_many_gpus_were_too_few() -> None:
+    config = TrainingConfig(num_workers=2)
+    reason = place_workers(config, nodes=[{"CPU": 8.0, "GPU": 1.0}]).reason
+    assert reason.startswith("use_gpu=auto: CPU workers; the cluster's 1 GPU(s)")
+    assert "training.num_workers=2" in reason
+
+
+@pytest.mark.parametrize(
+    ("training", "nodes", "names"),
+    [
+        # more CPUs than the cluster has
+        ({"num_workers": 2, "cpus_per_worker": 3}, [{"CPU": 4.0}], ["cpus_per_worker=3 CPU(s)"]),
+        ({"num_workers": 5}, [{"CPU": 4.0, "GPU": 2.0}], ["num_workers=5", "room for 4"]),
+        # enough CPUs in all, but no node holds two 2-CPU workers: 2 fit, not 3
+        ({"num_workers": 3, "cpus_per_worker": 2}, [{"CPU": 3.0}, {"CPU": 3.0}], ["room for 2"]),
+        # GPUs asked for outright, none there
+        ({"use_gpu": True, "num_workers": 1}, [{"CPU": 4.0}], ["1 CPU(s) + 1 GPU", "use_gpu=true"]),
+    ],
+)
+def test_settings_the_cluster_cannot_hold_fail_now_naming_them(
+    training: dict[str, object], nodes: list[dict[str, float]], names: list[str]
+) -> None:
+    with pytest.raises(TrainingFailed) as info:
+        place_workers(TrainingConfig(**training), nodes=nodes)
+    message = str(info.value)
+    assert "training.num_workers=" in message
+    assert "training.cpus_per_worker=" in message
+    assert "training.use_gpu=" in message
+    assert f"the Ray cluster has {len(nodes)} node(s)" in message
+    for name in names:
+        assert name in message
+
+
+def test_fractional_cpus_per_worker_share_a_cpu() -> None:
+    config = TrainingConfig(num_workers=2, cpus_per_worker=0.5, use_gpu=False)
+    assert place_workers(config, nodes=[{"CPU": 1.0}]).use_gpu is False
+
+
+def test_a_worker_group_that_never_started_is_not_reported_as_restarts() -> None:
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    error = ControllerError(WorkerGroupStartupTimeoutError(num_workers=2))
+    message = _failure_message(error, name="run-1", config=TrainingConfig(max_failures=3))
+    assert "restart" not in message
+    assert message.startswith("training run run-1 could not start its 2 worker(s) in 3 attempts")
+    assert "WorkerGroupStartupTimeoutError: The worker group startup timed out" in message
 
 
 def test_the_all_reducible_auc_matches_sklearn() -> None:
@@ -130,7 +218,7 @@ def test_two_ddp_workers_learn_better_than_chance_and_the_prior(
     result, seen = baseline
     assert [w.rank for w in result.workers] == [0, 1]
     assert len({w.pid for w in result.workers}) == 2
-    assert [w.device for w in result.workers] == ["cpu", "cpu"]  # no GPU here: `auto` chose CPUs
+    assert [w.device for w in result.workers] == ["cpu", "cpu"]  # use_gpu pinned off
     assert result.use_gpu is False
     assert result.metric_name == "val_auc"
     assert result.best_metric > 0.75  # chance is 0.5
@@ -146,21 +234,45 @@ def test_two_ddp_workers_learn_better_than_chance_and_the_prior(
     assert [r.epoch for r in result.history] == list(range(1, EPOCHS + 1))
     assert seen == result.history  # progress reached the driver live, every epoch once
     assert result.resumed_from_epoch == [0]
+    assert len(result.epoch_seconds) == EPOCHS  # timed inside the worker
 
 
 @pytest.mark.integration
-def test_at_most_k_best_checkpoints_are_kept_plus_the_latest(
+def test_a_file_uri_home_keeps_checkpoints_and_deletes_the_encoded_data(
     baseline: tuple[TrainResult, list[EpochRecord]],
 ) -> None:
     result, _ = baseline
-    assert len(result.checkpoints) <= 2  # checkpoints_to_keep
-    on_disk = sorted(p for p in Path(result.run_path).iterdir() if p.name.startswith("checkpoint_"))
+    assert result.run_path.startswith("file:///")
+    run = local(result.run_path)
+    assert run.parent.name == "ray"  # settings.location("ray")
+    assert [p.name for p in run.iterdir() if p.name.startswith("checkpoint_")]
+    assert not (run / "data").exists()  # the encoded splits (~100 bytes a row) are gone
+    assert result.model_dir == run / "model"
+    assert all(c.startswith("file:///") for c in result.checkpoints)
+
+
+@pytest.mark.integration
+def test_the_kept_checkpoints_are_the_k_best_by_the_validation_metric_plus_the_latest(
+    baseline: tuple[TrainResult, list[EpochRecord]],
+) -> None:
+    result, _ = baseline
+    metric = {r.epoch: r.val_metric for r in result.history}
+    best_two = sorted(metric, key=metric.__getitem__, reverse=True)[:2]  # checkpoints_to_keep
+    run = local(result.run_path)
+    on_disk = [p for p in run.iterdir() if p.is_dir() and p.name.startswith("checkpoint_")]
+    # Each checkpoint's own state says which epoch it holds and what it scored.
+    states = [json.loads((p / "state.json").read_text()) for p in on_disk]
+    for state in states:
+        assert state["history"][-1]["val_metric"] == metric[state["epoch"]]
+    kept = {state["epoch"] for state in states}
     # Ray Train also keeps the newest checkpoint (for recovery) when it is not among the best.
-    assert len(on_disk) <= 3
-    assert {str(p) for p in on_disk} >= set(result.checkpoints)
-    best = max(result.history, key=lambda r: r.val_metric)
-    assert result.best_epoch == best.epoch
-    assert result.best_metric == best.val_metric
+    assert kept == {*best_two, EPOCHS}
+    ranked = {
+        int(json.loads((local(c) / "state.json").read_text())["epoch"]) for c in result.checkpoints
+    }
+    assert set(best_two) <= ranked <= kept
+    assert result.best_epoch == best_two[0]
+    assert result.best_metric == metric[best_two[0]]
 
 
 @pytest.mark.integration
@@ -176,24 +288,19 @@ def test_early_stopping_ends_the_run_when_the_metric_stops_improving(
 
 
 @pytest.mark.integration
-def test_a_worker_crash_resumes_from_the_last_checkpoint_and_finishes_alike(
-    ray_local: None,
-    parts: Splits,
-    baseline: tuple[TrainResult, list[EpochRecord]],
-    tmp_path: Path,
+def test_a_worker_crash_resumes_from_the_newest_registered_checkpoint_and_finishes_alike(
+    crashed: tuple[TrainResult, Path], baseline: tuple[TrainResult, list[EpochRecord]]
 ) -> None:
-    marker = tmp_path / "fault-fired"
-    result = train_model(
-        train=parts.train,
-        validation=parts.validation,
-        settings=make_settings(tmp_path),
-        fault=FaultInjection(epoch=3, rank=1, marker=str(marker)),
-    )
+    result, marker = crashed
     assert marker.exists()  # the worker really died (os._exit mid-epoch 3)
-    first, *restarts = result.resumed_from_epoch
-    assert first == 0
-    assert len(restarts) == 1
-    assert 1 <= restarts[0] <= 2  # after the last checkpoint registered, not from scratch
+    # What the controller registered, in order: the first attempt's checkpoints, then the
+    # restarted group's, each tagged with the checkpoint epoch its attempt loaded.
+    before = [epoch for loaded, epoch in result.registered if loaded == 0]
+    after = [epoch for loaded, epoch in result.registered if loaded != 0]
+    assert before, "no checkpoint was registered before the fault"
+    assert before[-1] <= 2  # epoch 3 never finished
+    assert result.resumed_from_epoch == [0, before[-1]]  # the newest one, not epoch 0
+    assert after == list(range(before[-1] + 1, EPOCHS + 1))  # nothing redone, nothing skipped
     assert [r.epoch for r in result.history] == list(range(1, EPOCHS + 1))
     fault_free = baseline[0]
     assert result.best_metric == pytest.approx(fault_free.best_metric, abs=0.01)
@@ -201,21 +308,54 @@ def test_a_worker_crash_resumes_from_the_last_checkpoint_and_finishes_alike(
 
 
 @pytest.mark.integration
-def test_a_crash_beyond_max_failures_fails_with_a_one_line_reason(
+def test_two_runs_with_the_same_seed_and_workers_learn_the_same_history(
+    crashed: tuple[TrainResult, Path], baseline: tuple[TrainResult, list[EpochRecord]]
+) -> None:
+    # The crashed run is the baseline's settings again; seeded shuffles and dropout per (seed,
+    # epoch, rank) make even its restarted epochs repeat the baseline's.
+    assert learned(crashed[0].history) == learned(baseline[0].history)
+
+
+@pytest.mark.integration
+def test_asking_for_more_cpus_than_the_cluster_has_fails_at_once_naming_the_settings(
     ray_local: None, parts: Splits, tmp_path: Path
 ) -> None:
-    settings = make_settings(tmp_path, max_failures=0)
+    settings = make_settings(tmp_path, cpus_per_worker=3)  # 2 x 3 CPUs; the session Ray has 4
+    started = time.perf_counter()
     with pytest.raises(TrainingFailed) as info:
-        train_model(
-            train=parts.train,
-            validation=parts.validation,
-            settings=settings,
-            fault=FaultInjection(epoch=1, rank=1, marker=str(tmp_path / "fired")),
-        )
+        train_model(train=parts.train, validation=parts.validation, settings=settings)
+    assert time.perf_counter() - started < 15  # not Ray Train's 60 s timeout, retried forever
     message = str(info.value)
     assert "\n" not in message
-    assert "failed after 0 restart(s) (training.max_failures=0)" in message
-    assert "worker rank 1 died (ActorDiedError" in message  # the cause, not rank 0's broken pipe
+    assert "training.num_workers=2 worker(s) of training.cpus_per_worker=3 CPU(s)" in message
+    assert "training.use_gpu=false" in message
+    assert "node(s) with 4 CPU(s)" in message
+    assert not (tmp_path / "ray").exists()  # refused before writing anything
+
+
+@pytest.mark.integration
+def test_the_storage_probe_names_the_nodes_that_cannot_see_a_path(
+    ray_local: None, tmp_path: Path
+) -> None:
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    here = tmp_path / "marker"
+    here.write_text("")
+    assert nodes_without_path(str(here), node_ids=[node]) == []
+    assert nodes_without_path(str(tmp_path / "elsewhere"), node_ids=[node]) == [node]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_trains_one_worker_on_the_gpu_when_there_is_one(
+    ray_local: None, parts: Splits, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, num_workers=1, use_gpu="auto", epochs=1)
+    result = train_model(train=parts.train, validation=parts.validation, settings=settings)
+    assert result.use_gpu is True
+    assert [w.device for w in result.workers] == ["cuda:0"]
+    assert result.best_metric > 0.6
 
 
 # A real 2-node cluster ---------------------------------------------------------------------------
@@ -367,3 +507,36 @@ def test_the_prefect_task_logs_epochs_and_publishes_the_learning_curve(
     # Called from sync code, `Artifact.get` returns the artifact (typed as maybe a coroutine).
     assert json.loads(str(getattr(table, "data", "null")))[1]["epoch"] == 2
     assert "data:image/svg+xml;base64," in str(getattr(chart, "data", ""))
+
+
+@pytest.mark.integration
+def test_a_crash_beyond_max_failures_fails_the_prefect_task_with_a_one_line_reason(
+    prefect_server: None, ray_local: None, parts: Splits, tmp_path: Path
+) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    settings = make_settings(tmp_path, max_failures=0)
+    fault = FaultInjection(epoch=1, rank=1, marker=str(tmp_path / "fired"))
+
+    @flow(name="train-task-failure-test")
+    def run() -> TrainResult:
+        return train_task(train=parts.train, validation=parts.validation, settings=settings,
+                          fault=fault)  # fmt: skip
+
+    flow_state = run(return_state=True)
+    assert flow_state.is_failed()
+    with get_client(sync_client=True) as client:
+        ids = FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])
+        (task_run,) = client.read_task_runs(flow_run_filter=FlowRunFilter(id=ids))
+    assert task_run.state is not None
+    assert task_run.state.is_failed()
+    message = str(task_run.state.message)  # what the Prefect UI shows for the task run
+    assert "\n" not in message
+    assert "TrainingFailed: training run churn-" in message
+    assert "failed after 0 restart(s) (training.max_failures=0)" in message
+    assert "worker rank 1 died (ActorDiedError" in message  # the cause, not rank 0's broken pipe
+    runs = list((tmp_path / "ray").iterdir())
+    assert len(runs) == 1
+    assert not (runs[0] / "data").exists()  # the encoded data goes on failure too
