@@ -217,7 +217,9 @@ def connect_ray() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     address = os.environ.get("RAY_ADDRESS")
     if address:  # a cluster: its workers cannot import this checkout, so ship the package
-        ray.init(address=address, runtime_env=_runtime_env(ship_code=True))
+        # Ray Client pickles the job config without cloudpickle: no setup hook by value there
+        client = address.startswith("ray://")
+        ray.init(address=address, runtime_env=_runtime_env(ship_code=True, hook=not client))
         return
     # The dashboard serves the State API that Train's placement-group cleaner polls; without it
     # the cleaner logs a warning every second. Loopback only: the dashboard can run code.
@@ -266,8 +268,8 @@ def worker_setup_hook() -> Callable[[], None]:
     return setup
 
 
-def _runtime_env(*, ship_code: bool) -> dict[str, Any]:
-    env: dict[str, Any] = {"worker_process_setup_hook": worker_setup_hook()}
+def _runtime_env(*, ship_code: bool, hook: bool = True) -> dict[str, Any]:
+    env: dict[str, Any] = {"worker_process_setup_hook": worker_setup_hook()} if hook else {}
     if ship_code:
         env["py_modules"] = [str(Path(__file__).resolve().parent)]
     return env
