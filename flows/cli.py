@@ -209,7 +209,7 @@ def models(config: ConfigPath = Path(CONFIG_FILE)) -> None:
         typer.echo(f"v{version:<4} {tags:<12} {meta.get('created_at', '')}  {shown}")
     for change in registry.history(root=root, model=model)[-5:]:
         typer.echo(
-            f"  {change.at} {change.alias}: v{change.from_version} -> v{change.to_version} "
+            f"  {change.at} {change.alias}: {_v(change.from_version)} -> {_v(change.to_version)} "
             f"({change.action}: {change.reason})"
         )
 
@@ -243,7 +243,7 @@ def deploy(
     change = registry.set_alias(
         root=root, model=model, alias="champion", version=target, reason="driftloop deploy"
     )
-    typer.echo(f"champion: v{change.from_version} -> v{change.to_version}")
+    typer.echo(f"champion: {_v(change.from_version)} -> {_v(change.to_version)}")
 
 
 @app.command()
@@ -253,7 +253,7 @@ def rollback(config: ConfigPath = Path(CONFIG_FILE)) -> None:
 
     settings = load_settings(config, check_source=False)
     change = registry.rollback(root=str(settings.home), model=settings.dataset.name)
-    typer.echo(f"champion: v{change.from_version} -> v{change.to_version}")
+    typer.echo(f"champion: {_v(change.from_version)} -> {_v(change.to_version)}")
 
 
 @app.command()
@@ -325,6 +325,10 @@ def _describe(state: "StackStatus") -> str:
     if state.dashboard_url:
         lines.append(f"Ray dashboard: {state.dashboard_url}")
     return "\n".join(lines)
+
+
+def _v(version: int | None) -> str:
+    return "none" if version is None else f"v{version}"
 
 
 def _example_yaml(dataset_yaml: str) -> str:

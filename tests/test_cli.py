@@ -1,0 +1,218 @@
+"""The `driftloop` command as a user sees it: real subprocesses, exit codes, one-line reasons.
+
+No Ray and no Prefect server here: these are the commands that answer on their own (init,
+generate, validate, models, deploy, rollback) and the stack commands' refusals.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tasks import registry
+from tasks.settings import load_settings
+
+DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Project:
+    """A folder made by `driftloop init`, with its own DRIFTLOOP_HOME."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = root / "home"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")}
+        self.env["DRIFTLOOP_HOME"] = str(self.home)
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [DRIFTLOOP, *args],
+            cwd=self.root,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+
+def fails_with_one_line(done: subprocess.CompletedProcess[str], says: str) -> None:
+    """Exit 1, and stderr is one line naming the problem: no traceback."""
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("driftloop: error: ")
+    assert says in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    made = Project(tmp_path_factory.mktemp("cli"))
+    done = made.run("init", "--rows", "3000")
+    assert done.returncode == 0, done.stderr
+    return made
+
+
+# init and generate -------------------------------------------------------------------------------
+
+
+def test_init_writes_a_config_that_loads_with_its_data(project: Project) -> None:
+    settings = load_settings(project.root / "driftloop.yaml")
+    assert settings.dataset.target == "churned"
+    assert Path(settings.dataset.source) == project.root / "data" / "churn.parquet"
+    assert "contract" in settings.features.categorical
+    assert "customer_id" not in settings.features.all
+
+
+def test_init_does_not_overwrite_a_config_without_force(project: Project) -> None:
+    before = (project.root / "driftloop.yaml").read_text()
+    fails_with_one_line(project.run("init"), "pass --force to overwrite it")
+    assert (project.root / "driftloop.yaml").read_text() == before
+
+
+def test_generate_writes_a_batch_of_the_named_scenario(project: Project) -> None:
+    done = project.run("generate", "--scenario", "schema_break", "--kind", "rename")
+    assert done.returncode == 0, done.stderr
+    schema = pq.read_schema(project.root / "data" / "schema_break.parquet")
+    assert "monthly_charges_v2" in schema.names
+    assert "monthly_charges" not in schema.names
+
+
+def test_generate_refuses_an_unknown_scenario_naming_the_allowed_ones(project: Project) -> None:
+    fails_with_one_line(
+        project.run("generate", "--scenario", "meteor_strike"),
+        "unknown scenario 'meteor_strike'; allowed: clean, covariate_shift",
+    )
+
+
+# validate ----------------------------------------------------------------------------------------
+
+
+def test_validate_passes_the_clean_source(project: Project) -> None:
+    done = project.run("validate")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "passed" in done.stdout.splitlines()[0]
+
+
+def test_validate_fails_a_missing_value_spike_in_one_line(project: Project) -> None:
+    made = project.run("generate", "--scenario", "missing_spike", "--out", "spike.parquet")
+    assert made.returncode == 0, made.stderr
+    done = project.run("validate", "--data", "spike.parquet")
+    fails_with_one_line(done, "validation failed")
+    assert "monthly_charges" in done.stdout  # the report names the columns, on stdout
+
+
+def test_validate_fails_a_corrupt_file_in_one_line(project: Project) -> None:
+    whole = (project.root / "data" / "churn.parquet").read_bytes()
+    (project.root / "cut.parquet").write_bytes(whole[: len(whole) // 2])
+    fails_with_one_line(project.run("validate", "--data", "cut.parquet"), "cut.parquet")
+
+
+def test_a_bad_environment_value_is_one_line_naming_the_variable(project: Project) -> None:
+    done = project.run("validate", DRIFTLOOP_DATASET__SLICES="contract")
+    fails_with_one_line(done, "DRIFTLOOP_DATASET__SLICES='contract': dataset.slices takes a list")
+
+
+# models, deploy, rollback ------------------------------------------------------------------------
+
+
+def register(project: Project, tag: str, roc_auc: float) -> int:
+    model_dir = project.root / f"model-{tag}"
+    model_dir.mkdir()
+    for name in registry.MODEL_FILES:
+        (model_dir / name).write_bytes(f"{name}:{tag}".encode())
+    return registry.register(
+        root=str(project.home),
+        model="churn",
+        model_dir=str(model_dir),
+        metadata={"metrics": {"roc_auc": roc_auc}},
+    )
+
+
+def champion(project: Project) -> int | None:
+    return registry.aliases(root=str(project.home), model="churn").get("champion")
+
+
+def test_models_deploy_and_rollback_move_the_champion(project: Project) -> None:
+    assert "no versions of 'churn'" in project.run("models").stdout
+    assert [register(project, "a", 0.71), register(project, "b", 0.74)] == [1, 2]
+    registry.set_alias(
+        root=str(project.home), model="churn", alias="candidate", version=1, reason="t"
+    )
+
+    listed = project.run("models")
+    assert listed.returncode == 0, listed.stderr
+    assert "roc_auc 0.7100" in listed.stdout
+    assert "roc_auc 0.7400" in listed.stdout
+
+    done = project.run("deploy", "--version", "2")
+    assert (done.returncode, done.stdout.strip()) == (0, "champion: none -> v2")
+    assert champion(project) == 2
+    done = project.run("deploy", "--alias", "candidate")
+    assert (done.returncode, done.stdout.strip()) == (0, "champion: v2 -> v1")
+    assert champion(project) == 1
+    done = project.run("rollback")
+    assert (done.returncode, done.stdout.strip()) == (0, "champion: v1 -> v2")
+    assert champion(project) == 2
+    assert "candidate" in project.run("models").stdout
+
+    fails_with_one_line(project.run("deploy", "--version", "0"), "has no version 0; versions: 1, 2")
+    fails_with_one_line(project.run("deploy", "--alias", "nope"), "has no alias 'nope'")
+    fails_with_one_line(project.run("deploy"), "give exactly one of --version N or --alias NAME")
+    assert champion(project) == 2  # no failed command moved it
+
+
+# usage errors and the stack's refusals -------------------------------------------------------
+
+
+def test_an_unknown_option_is_a_usage_error_with_exit_2(project: Project) -> None:
+    done = project.run("validate", "--colour", "blue")
+    assert done.returncode == 2
+    assert "--colour" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["up", "down", "status"])
+def test_the_stack_commands_refuse_an_object_store_home(project: Project, command: str) -> None:
+    fails_with_one_line(
+        project.run(command, DRIFTLOOP_HOME="s3://bucket/driftloop"), "is not a local folder"
+    )
+
+
+def test_a_corrupt_stack_state_says_how_to_recover_and_down_force_recovers(
+    project: Project,
+) -> None:
+    state = project.home / "run" / "stack.json"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text('{"services": {"prefect": ')
+    fails_with_one_line(project.run("status"), "`driftloop down --force`")
+    fails_with_one_line(project.run("down"), "is corrupt")
+    done = project.run("down", "--force")
+    assert (done.returncode, done.stdout.strip()) == (0, "nothing was running")
+    assert not state.exists()
+    assert "nothing runs under" in project.run("status").stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_clean_stops_the_stack_before_deleting_its_state() -> None:
+    done = subprocess.run(
+        ["make", "-n", "clean"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    steps = done.stdout.splitlines()
+    down = next(i for i, step in enumerate(steps) if "driftloop down" in step)
+    delete = next(i for i, step in enumerate(steps) if step.startswith("rm -rf"))
+    assert down < delete
+    assert ".driftloop" in steps[delete]
+
+
+def test_every_command_is_listed_in_help(project: Project) -> None:
+    done = project.run("--help")
+    assert done.returncode == 0
+    for command in ("init", "generate", "up", "down", "status", "validate", "train", "models"):
+        assert command in done.stdout
