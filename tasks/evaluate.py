@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
@@ -451,8 +450,7 @@ def _labelled(table: pa.Table, *, target: str, what: str) -> pa.Table:
 
 def rows_fingerprint(table: pa.Table) -> str:
     """A hash of the rows in their order: equal only for the same holdout, so reports can pair."""
-    rows = pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy()
-    return hashlib.sha256(rows.tobytes()).hexdigest()[:16]
+    return hashlib.sha256(data.row_hashes(table).tobytes()).hexdigest()[:16]
 
 
 # The gate -----------------------------------------------------------------------------------------
