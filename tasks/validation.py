@@ -1,77 +1,82 @@
 """Data validation with Great Expectations (GX 1.x): the first gate of every training run.
 
-    suite = build_suite(reference, settings=settings)          # contract + reference profile
-    save_suite(suite, report_root(settings) / fingerprint / SUITE_FILE)   # replayed later
+    suite = suite_for(table, settings=settings)                   # contract + reference profile
     report = validate(table, suite=suite, settings=settings)      # training data: every check
-    report = check_batch(batch, suite=suite, settings=settings)   # production: labels optional
+    report = check_batch(batch, suite=suite, settings=settings)   # production: drift is no error
+    validate_task(table, suite=suite, settings=settings, directory=report_location(settings, fp))
     driftloop validate --data PATH                                # validate_path(), from the CLI
+
+Where the profile comes from (`reference_profile`): `validation.reference` when set, else the
+champion's `reference.parquet` in the registry, else (a first run) the data being checked itself.
+The suite always follows the CURRENT settings (contract columns, features, tolerances, the user's
+expectations): only ranges, null shares and domains come from the profile, and a contract column
+the reference lacks gets the contract's checks only (present, a type its role allows, no nulls
+in the id or the target). Every report says where its profile came from.
 
 The suite is a plain GX `ExpectationSuite`, saved as its JSON configs. Each expectation carries
 `meta = {"check": <problem>, "scope": <scope>}`: the problem it detects (`CHECKS`) and where it
 applies (`data`: always; `labels`: only where the target column is there; `training`: only in
-`validate`, never on production batches). Built from `settings.dataset` and the reference table:
-- every contract column (id, timestamp, features, target) exists and has the reference's type
-  kind (integer, float, boolean, string, timestamp);
-- nulls per column: at most the reference's null share + `null_tolerance`, none in the target or
-  the id (`expect_column_proportion_of_non_null_values_to_be_between`: an aggregate, which GX runs
-  in a third of the time of the per-row `expect_column_values_to_not_be_null`);
-- numeric features: values inside the reference's [min, max] widened by `range_margin` x span;
-  categorical features: values inside the reference's domain (up to `MAX_DOMAIN` values). Both
-  allow `unseen_category_share` of the rows outside, so a heavy tail in a big batch is no error;
-- the target: present, the right type, no nulls, known classes and at least two of them
-  (classification) or inside the widened range (regression);
-- ids unique where `dataset.id` is declared and the reference's ids are unique (repeated ids in
-  the reference mean the id groups rows, as in `data.split`);
-- at least `min_rows` rows;
-- no target leakage: one `expect_no_target_leakage` over all features (see below);
+`validate`, never on production batches). A GX expectation costs about 5 ms however few rows it
+sees, so the per-column checks are table-level expectations that cover every column at once
+(one result row per column in the report):
+- `expect_table_columns_to_match_set` (GX): every contract column is there;
+- `expect_column_kinds_to_match`: each column has the reference's type kind (integer, float,
+  boolean, string, timestamp), or one its role allows where the reference lacks the column;
+- `expect_column_null_shares_to_be_at_most`: nulls up to the reference's share +
+  `null_tolerance`, none in the target or the id;
+- `expect_column_values_to_be_in_ranges`: numeric features (and a regression target) inside the
+  reference's [min, max] widened by `range_margin` x span;
+- `expect_column_values_to_be_in_sets`: categorical features inside the reference's domain (up to
+  `MAX_DOMAIN` values) and a classification target inside its known classes. Features allow
+  `unseen_category_share` of their values outside a range or domain; the target allows none;
+- `expect_column_proportion_of_unique_values_to_be_between` (GX): unique ids, where `dataset.id`
+  is declared and the reference's ids are unique (repeated ids mean the id groups rows);
+- `expect_table_row_count_to_be_between` (GX): at least `min_rows` rows;
+- `expect_column_unique_value_count_to_be_between` (GX): at least two classes;
+- `expect_no_target_leakage`: no feature reproduces the target (`leakage_score`);
 - the user's expectations from `settings.validation.expectations`, each a mapping
-  `{"type": "<GX expectation name>", "kwargs": {...}, "meta": {...}}` (`meta` optional), e.g.
-  `{"type": "expect_column_values_to_be_between", "kwargs": {"column": "age", "min_value": 18}}`.
-  `check_user_expectations` rejects an unknown name or bad arguments at settings-load time.
+  `{"type": "<GX expectation name>", "kwargs": {...}, "meta": {...}}` (`meta` optional).
+  `check_user_expectations` rejects an unknown name, bad arguments, an invalid regex or
+  `min_value` > `max_value` at settings-load time.
 
-Target leakage is a real GX custom expectation, `ExpectNoTargetLeakage` (a `BatchExpectation`
-over a table metric, both registered with GX on first use), whose per-feature scores come from
-numpy/pandas in `leakage_score`: |Pearson correlation| with the target (with each class, for
-classification), the target-purity of a feature's values (Goodman-Kruskal lambda: 1 when each
-value maps to one class), the correlation ratio of a categorical feature with a numeric target,
-or, for a high-cardinality text column, the correlation of its values parsed as numbers (the
-target smuggled in as strings). A feature leaks when its score reaches `leakage_threshold`; the
-failed row names the leaking features. Nonlinear reproductions below the threshold pass.
-
-Columns a check cannot use (a missing or retyped column, no labels in a production
-batch) make the check's row "skipped" with the reason, so a schema break fails once, on its
-column. Reports: JSON plus a self-rendered HTML table (not GX Data Docs, which want a file
-context) and a markdown dataset card, written atomically. `validate_task` wraps it all for
-Prefect: artifacts, the `driftloop.validation.failed` event, and `ValidationFailed` to fail the
-flow run. GX costs about 30 ms per run plus 3-20 ms per expectation here (see
-bench/bench_validation.py); the suite of a 20-column contract has about 80.
+Columns a check cannot use (a missing or retyped column, no labels in a production batch) make
+their rows "skipped" with the reason, so a schema break fails once, on its column. Production
+batches (`check_batch`) are judged for data quality, not drift: ranges there allow
+`BATCH_RANGE_SHARE` of the values outside (a covariate shift pushes some past the reference's
+range), and only the labels that have arrived are checked. Reports: JSON, GX's own HTML page
+(Data Docs' validation page) and a markdown dataset card, written through `pyarrow.fs` (a local
+folder or a URI home) atomically. `validate_task` wraps it for Prefect: artifacts, the
+`driftloop.validation.failed` event, and `ValidationFailed` to fail the flow run. See
+bench/bench_validation.py for what GX costs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
-import html
 import json
 import os
-import tempfile
+import re
 import threading
 import uuid
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, get_args
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 
-from tasks import data, events
+from tasks import data, events, registry
 from tasks.errors import DriftloopError
 from tasks.settings import ConfigError, Settings, ValidationConfig
 
@@ -90,6 +95,7 @@ Check = Literal[
     "user_expectation",
 ]
 Scope = Literal["data", "labels", "training"]
+Mode = Literal["training", "batch"]
 CHECKS: tuple[str, ...] = get_args(Check)
 SUITE_FILE, REPORT_JSON, REPORT_HTML, CARD_FILE = (
     "suite.json",
@@ -97,34 +103,48 @@ SUITE_FILE, REPORT_JSON, REPORT_HTML, CARD_FILE = (
     "validation.html",
     "dataset_card.md",
 )
+REFERENCE_FILE = "reference.parquet"  # the training sample kept with each registry version
+COLUMNS = "expect_table_columns_to_match_set"
+KINDS = "expect_column_kinds_to_match"
+NULLS = "expect_column_null_shares_to_be_at_most"
+RANGES = "expect_column_values_to_be_in_ranges"
+DOMAINS = "expect_column_values_to_be_in_sets"
+UNIQUE = "expect_column_proportion_of_unique_values_to_be_between"
 LEAKAGE = "expect_no_target_leakage"
+# driftloop's table-level expectations and the kwarg that maps each column to its expectation
+PER_COLUMN: dict[str, str] = {
+    KINDS: "kinds",
+    NULLS: "max_shares",
+    RANGES: "ranges",
+    DOMAINS: "value_sets",
+}
+BATCH_RANGE_SHARE = 0.10  # production batches: share of values a range allows outside it
 MAX_DOMAIN = 1000  # a categorical column with more distinct values gets no domain check
 _MAX_LEVELS = 50  # numeric columns with at most this many values are also checked for purity
-_MIN_SUPPORT = 20  # rows per value below which a column's purity says nothing
-_MAX_CLASSES = 20  # one-vs-rest correlations up to this many classes
-_TYPE_LISTS: dict[str, list[str]] = {  # GX type names of the pandas dtypes `to_frame` produces
-    "integer": [
-        *(f"{s}Int{b}Dtype" for s in ("", "U") for b in (8, 16, 32, 64)),
-        *(f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64)),
-    ],
-    "float": ["float16", "float32", "float64"],
-    "boolean": ["BooleanDtype", "bool"],
-    "string": ["StringDtype"],
-    "timestamp": [f"datetime64[{u}]" for u in ("s", "ms", "us", "ns")],
+_MIN_SUPPORT = 20  # rows per value (or per class) below which a score says nothing
+_ROLE_KINDS: dict[str, list[str]] = {  # what the contract allows where the reference says nothing
+    "id": ["integer", "string"],
+    "timestamp": ["timestamp"],
+    "numeric": ["integer", "float"],
+    "categorical": ["string", "boolean", "integer"],
+    "classification": ["integer", "boolean", "string"],
+    "regression": ["integer", "float"],
 }
 _USER_KEYS = ("type", "kwargs", "meta")
 _INTERNAL_KWARGS = {"id", "meta", "notes", "rendered_content", "batch_id", "description"}
+_TYPE_CHECKS = {"expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type"}
 
 
 class CheckResult(BaseModel):
-    """One expectation's outcome; `success` is None where it was skipped (`observed` says why)."""
+    """One expectation's outcome on one column (or the table); `success` is None where it was
+    skipped (`observed` says why)."""
 
     expectation: str
     column: str | None
     check: str
     success: bool | None
     observed: str  # one line a person reads
-    arguments: dict[str, Any] = {}  # the expectation's kwargs
+    arguments: dict[str, Any] = {}  # the expectation's kwargs (for this column)
     details: dict[str, Any] = {}  # GX's result, JSON-safe
 
 
@@ -132,7 +152,7 @@ class ValidationReport(BaseModel):
     """What one validation found: the verdict, every expectation's row, and which data it was."""
 
     dataset: str
-    mode: Literal["training", "batch"]
+    mode: Mode
     success: bool
     rows: int
     fingerprint: str
@@ -140,7 +160,9 @@ class ValidationReport(BaseModel):
     checked_at: datetime
     results: list[CheckResult]
     source: str | None = None
+    profile: str | None = None  # where the ranges, null shares and domains were learned from
     directory: str | None = None  # where the JSON/HTML report and the card were written
+    _gx_result: Any = PrivateAttr(default=None)  # GX's own result, for its HTML page
 
     @property
     def failures(self) -> list[CheckResult]:
@@ -161,23 +183,25 @@ class ValidationReport(BaseModel):
         verdict = "passed" if self.success else "FAILED"
         return (
             f"validation of {self.dataset} ({self.rows:,} rows, {self.fingerprint}) {verdict}: "
-            f"{len(ran) - len(self.failures)} of {len(ran)} expectations met"
+            f"{len(ran) - len(self.failures)} of {len(ran)} checks met"
             + (f"; problems: {', '.join(self.problems)}" if self.failures else "")
         )
 
 
 def summary(report: ValidationReport) -> str:
-    """For people: the one-line verdict, then one line per failed expectation, then the report."""
+    """For people: the verdict, one line per failed check, the profile's origin, the report."""
     lines = [report.summary()]
     lines += [f"  {r.expectation} on {r.column or 'table'}: {r.observed}" for r in report.failures]
+    if report.profile is not None:
+        lines.append(f"  profile: {report.profile}")
     if report.directory is not None:
-        lines.append(f"  report: {Path(report.directory) / REPORT_HTML}")
+        lines.append(f"  report: {_join(report.directory, REPORT_HTML)}")
     return "\n".join(lines)
 
 
 class ValidationFailed(DriftloopError):
     """The data broke its contract. The first line of the message is the verdict, then one line
-    per failed expectation (expectation, column, what was observed)."""
+    per failed check (expectation, column, what was observed)."""
 
     def __init__(self, report: ValidationReport) -> None:
         self.report = report
@@ -199,51 +223,96 @@ class ColumnProfile:
     top: tuple[tuple[Any, int], ...] = ()  # (value, count), most frequent first
 
 
+class Reference(NamedTuple):
+    """The table a suite learns ranges, null shares and domains from, and where it came from."""
+
+    table: pa.Table | None  # None: no reference yet, learn from the data being checked
+    source: str  # for people, e.g. "champion v3: <home>/registry/churn/3/reference.parquet"
+
+
+# Where the profile comes from ---------------------------------------------------------------------
+
+
+def reference_profile(settings: Settings) -> Reference:
+    """The profile's table: `validation.reference`, else the champion's training sample, else None.
+
+    Raises:
+        data.DataError: `validation.reference` (or the champion's sample) cannot be read; the
+            message names it.
+    """
+    configured = settings.validation.reference
+    if configured:
+        return Reference(_read_reference(configured, what="validation.reference"), configured)
+    root, model = settings.home, settings.dataset.name
+    version = registry.aliases(root=root, model=model).get(registry.CHAMPION)
+    if version is not None:
+        sample = _join(registry.resolve(root=root, model=model, ref=version), REFERENCE_FILE)
+        if _exists(sample):
+            table = _read_reference(sample, what=f"the champion's ({model} v{version}) sample")
+            return Reference(table, f"champion {model} v{version}: {sample}")
+    return Reference(None, "the data itself (first run: no validation.reference, no champion)")
+
+
+def suite_for(table: pa.Table, *, settings: Settings) -> ExpectationSuite:
+    """The suite to check `table` with: the current contract, ranges from `reference_profile`."""
+    reference = reference_profile(settings)
+    learned = reference.table if reference.table is not None else table
+    return build_suite(learned, settings=settings, profile_source=reference.source)
+
+
+def _read_reference(location: str, *, what: str) -> pa.Table:
+    try:
+        return data.read_table(location)
+    except data.DataError as exc:
+        raise data.DataError(f"{what}: {exc}") from None
+
+
 # Suites: build, save, load ------------------------------------------------------------------------
 
 
-def build_suite(reference: pa.Table, *, settings: Settings) -> ExpectationSuite:
-    """The expectation suite for a data set: its contract, the reference's profile, the user's."""
+def build_suite(
+    reference: pa.Table, *, settings: Settings, profile_source: str | None = None
+) -> ExpectationSuite:
+    """The expectation suite for a data set: the current contract, the reference's profile (for
+    the contract columns it has), the user's expectations. `profile_source` says for people where
+    `reference` came from (default: "the reference table")."""
     gx = _gx()
-    ds, cfg = settings.dataset, settings.validation
-    _require_columns(reference, columns=_contract_columns(settings), what="reference data")
-    profiles = {
-        p.name: p
-        for p in profile(reference, columns=_contract_columns(settings), top=MAX_DOMAIN + 1)
-    }
+    ds = settings.dataset
+    roles = _roles(settings)
+    known = [c for c in roles if c in reference.column_names]
+    profiles = {p.name: p for p in profile(reference, columns=known, top=MAX_DOMAIN + 1)}
+    kinds = {c: _expected_kinds(profiles.get(c), role=r, task=ds.task) for c, r in roles.items()}
     configs = [
-        *_column_checks(profiles, settings=settings),
-        _config(
-            "expect_table_row_count_to_be_between",
-            "too_few_rows",
-            "training",
-            min_value=cfg.min_rows,
+        _config(COLUMNS, "schema_break", "data", column_set=list(roles), exact_match=False),
+        _config(KINDS, "schema_break", "data", kinds=kinds),
+        *_per_column(NULLS, "missing_values", max_shares=_null_limits(profiles, settings=settings)),
+        *_per_column(RANGES, "out_of_range", ranges=_ranges(profiles, settings=settings)),
+        *_per_column(
+            DOMAINS, "unseen_categories", value_sets=_domains(profiles, settings=settings)
         ),
-        _config(
-            LEAKAGE,
-            "target_leakage",
-            "training",
-            features=settings.features.all,
-            target=ds.target,
-            task=ds.task,
-            threshold=cfg.leakage_threshold,
-        ),
-        *_user_configs(cfg, columns=reference.column_names),
+        *_id_checks(profiles.get(ds.id) if ds.id is not None else None),
+        *_training_checks(settings),
+        *_user_configs(settings.validation, columns=[*roles, *reference.column_names]),
     ]
-    meta = {"dataset": ds.name, "reference_rows": reference.num_rows, "target": ds.target}
+    meta = {
+        "dataset": ds.name,
+        "target": ds.target,
+        "profile": profile_source or "the reference table",
+        "reference_rows": reference.num_rows,
+    }
     return gx.ExpectationSuite(name=f"{ds.name}-contract", expectations=configs, meta=meta)
 
 
-def save_suite(suite: ExpectationSuite, path: str | os.PathLike[str]) -> Path:
+def save_suite(suite: ExpectationSuite, location: str | os.PathLike[str]) -> str:
     """Write the suite's expectation configs as JSON (atomically) so it can be replayed later."""
     body = events.jsonable(suite.to_json_dict())
-    return _write_atomic(Path(path), json.dumps(body, indent=2, sort_keys=True))
+    return _write_atomic(os.fspath(location), json.dumps(body, indent=2))  # column order kept
 
 
-def load_suite(path: str | os.PathLike[str]) -> ExpectationSuite:
-    """Read a suite written by `save_suite`."""
+def load_suite(location: str | os.PathLike[str]) -> ExpectationSuite:
+    """Read a suite written by `save_suite` (a path or a URI)."""
     gx = _gx()
-    raw = json.loads(Path(path).read_text())
+    raw = json.loads(_read_text(os.fspath(location)))
     expectations = [{k: e[k] for k in _USER_KEYS if k in e} for e in raw["expectations"]]
     return gx.ExpectationSuite(name=raw["name"], expectations=expectations, meta=raw.get("meta"))
 
@@ -256,110 +325,101 @@ def suite_configs(suite: ExpectationSuite) -> list[dict[str, Any]]:
     ]
 
 
-def _column_checks(
-    profiles: Mapping[str, ColumnProfile], *, settings: Settings
-) -> list[dict[str, Any]]:
-    ds, cfg = settings.dataset, settings.validation
-    out: list[dict[str, Any]] = []
+def _expected_kinds(p: ColumnProfile | None, *, role: str, task: str) -> list[str]:
+    """The reference's type kind, or the kinds the column's role allows where it has none."""
+    if p is not None and p.kind != "other":
+        return [p.kind]
+    return _ROLE_KINDS[task if role == "target" else role]
+
+
+def _null_limits(profiles: Mapping[str, ColumnProfile], *, settings: Settings) -> dict[str, float]:
+    """Most null share per column: none in the id or target, else the reference's + tolerance."""
+    limits: dict[str, float] = {}
     for column, role in _roles(settings).items():
-        p = profiles[column]
-        check: Check = "invalid_target" if role == "target" else "schema_break"
-        scope: Scope = "labels" if role == "target" else "data"
-        out.append(_config("expect_column_to_exist", check, scope, column=column))
-        if p.kind in _TYPE_LISTS:
-            out.append(
-                _config(
-                    "expect_column_values_to_be_in_type_list",
-                    check,
-                    scope,
-                    column=column,
-                    type_list=_TYPE_LISTS[p.kind],
-                    kind=p.kind,
-                )
-            )
-        # The aggregate `proportion_of_non_null` costs GX a third of the per-row `not_be_null`.
-        strict = role in ("target", "id")  # no nulls at all
-        least = 1.0 if strict else round(1 - p.nulls - cfg.null_tolerance, 6)
-        if least > 0:
-            out.append(
-                _config(
-                    "expect_column_proportion_of_non_null_values_to_be_between",
-                    "invalid_target" if role == "target" else "missing_values",
-                    scope,
-                    column=column,
-                    min_value=least,
-                )
-            )
-        out.extend(_value_checks(p, role=role, settings=settings))
-    if ds.id is not None and profiles[ds.id].distinct == profiles[ds.id].count:
-        out.append(
-            _config("expect_column_values_to_be_unique", "duplicate_ids", "data", column=ds.id)
-        )
+        p = profiles.get(column)
+        if role in ("id", "target"):
+            limits[column] = 0.0
+        elif p is not None and p.nulls + settings.validation.null_tolerance < 1:
+            limits[column] = round(p.nulls + settings.validation.null_tolerance, 6)
+    return limits
+
+
+def _ranges(
+    profiles: Mapping[str, ColumnProfile], *, settings: Settings
+) -> dict[str, dict[str, float]]:
+    """Numeric features (and a regression target): the reference's range, widened."""
+    cfg, task_ = settings.validation, settings.dataset.task
+    out = {}
+    for column, role in _roles(settings).items():
+        p = profiles.get(column)
+        numeric = role == "numeric" or (role == "target" and task_ == "regression")
+        if not numeric or p is None or p.kind not in ("integer", "float") or p.min is None:
+            continue
+        span = float(p.max) - float(p.min)
+        out[column] = {
+            "min_value": float(p.min) - cfg.range_margin * span,
+            "max_value": float(p.max) + cfg.range_margin * span,
+            "mostly": round(1 - cfg.unseen_category_share, 6),  # the target's tails too
+        }
     return out
 
 
-def _value_checks(p: ColumnProfile, *, role: str, settings: Settings) -> list[dict[str, Any]]:
-    """Range or domain checks for a feature or the target, from its reference profile."""
+def _domains(profiles: Mapping[str, ColumnProfile], *, settings: Settings) -> dict[str, Any]:
+    """Categorical features' domains (up to `MAX_DOMAIN` values) and a classification target's
+    classes."""
     cfg, task_ = settings.validation, settings.dataset.task
-    mostly = round(1 - cfg.unseen_category_share, 6)
-    if role == "target" and task_ == "classification":
-        classes = sorted(v for v, _ in p.top)
-        return [
-            _config(
-                "expect_column_values_to_be_in_set",
-                "invalid_target",
-                "labels",
-                column=p.name,
-                value_set=classes,
-            ),
-            _config(
-                "expect_column_unique_value_count_to_be_between",
-                "invalid_target",
-                "training",
-                column=p.name,
-                min_value=2,
-            ),
-        ]
-    numeric = role in ("numeric", "target") and p.kind in ("integer", "float") and p.min is not None
-    if numeric:
-        span = float(p.max) - float(p.min)
-        low, high = float(p.min) - cfg.range_margin * span, float(p.max) + cfg.range_margin * span
-        check: Check = "invalid_target" if role == "target" else "out_of_range"
-        scope: Scope = "labels" if role == "target" else "data"
-        return [
-            _config(
-                "expect_column_values_to_be_between",
-                check,
-                scope,
-                column=p.name,
-                min_value=low,
-                max_value=high,
-                mostly=mostly,
-            )
-        ]
-    known = p.distinct is not None and p.distinct <= MAX_DOMAIN
-    if role == "categorical" and p.kind in ("string", "integer") and known:
-        domain = sorted(v for v, _ in p.top)
-        return [
-            _config(
-                "expect_column_values_to_be_in_set",
-                "unseen_categories",
-                "data",
-                column=p.name,
-                value_set=domain,
-                mostly=mostly,
-            )
-        ]
-    return []
+    out = {}
+    for column, role in _roles(settings).items():
+        p = profiles.get(column)
+        if p is None or p.kind not in ("string", "integer") or not p.top:
+            continue
+        if role == "target" and task_ == "classification":
+            out[column] = {"value_set": sorted(v for v, _ in p.top), "mostly": 1.0}
+        elif role == "categorical" and p.distinct is not None and p.distinct <= MAX_DOMAIN:
+            out[column] = {
+                "value_set": sorted(v for v, _ in p.top),
+                "mostly": round(1 - cfg.unseen_category_share, 6),
+            }
+    return out
 
 
-def _config(
-    type_: str, check: Check, scope: Scope, *, kind: str | None = None, **kwargs: Any
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {"check": check, "scope": scope}
-    if kind is not None:
-        meta["kind"] = kind
-    return {"type": type_, "kwargs": kwargs, "meta": meta}
+def _training_checks(settings: Settings) -> list[dict[str, Any]]:
+    """What only training data must satisfy: enough rows, two classes, no leaked target."""
+    ds, cfg = settings.dataset, settings.validation
+    rows = "expect_table_row_count_to_be_between"
+    classes = "expect_column_unique_value_count_to_be_between"
+    leakage = {
+        "features": settings.features.all,
+        "target": ds.target,
+        "task": ds.task,
+        "threshold": cfg.leakage_threshold,
+    }
+    return [
+        _config(rows, "too_few_rows", "training", min_value=cfg.min_rows),
+        *(
+            [_config(classes, "invalid_target", "training", column=ds.target, min_value=2)]
+            if ds.task == "classification"
+            else []
+        ),
+        _config(LEAKAGE, "target_leakage", "training", **leakage),
+    ]
+
+
+def _id_checks(p: ColumnProfile | None) -> list[dict[str, Any]]:
+    """Unique ids, where the reference's ids are unique (the aggregate costs GX a fraction of the
+    per-row `expect_column_values_to_be_unique`)."""
+    if p is None or p.distinct is None or p.distinct != p.count:
+        return []
+    return [_config(UNIQUE, "duplicate_ids", "data", column=p.name, min_value=1.0)]
+
+
+def _per_column(type_: str, check: Check, **kwargs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One table-level expectation over every column in its map; none for an empty map."""
+    return [_config(type_, check, "data", **kwargs)] if any(kwargs.values()) else []
+
+
+def _config(type_: str, check: Check, scope: Scope, **kwargs: Any) -> dict[str, Any]:
+    return {"type": type_, "kwargs": kwargs, "meta": {"check": check, "scope": scope}}
 
 
 def _roles(settings: Settings) -> dict[str, str]:
@@ -376,19 +436,6 @@ def _roles(settings: Settings) -> dict[str, str]:
     return roles
 
 
-def _contract_columns(settings: Settings) -> list[str]:
-    return list(_roles(settings))
-
-
-def _require_columns(table: pa.Table, *, columns: Iterable[str], what: str) -> None:
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise data.DataError(
-            f"{what}: the data contract names column(s) {', '.join(map(repr, missing))}, which "
-            f"it lacks; columns: {', '.join(table.column_names)}"
-        )
-
-
 # User expectations --------------------------------------------------------------------------------
 
 
@@ -399,7 +446,8 @@ def check_user_expectations(
 
     Raises:
         ConfigError: an entry is not `{type, kwargs, meta}`, names no GX expectation (the message
-            suggests the close name), or GX rejects its arguments (the message names them).
+            suggests the close name), GX rejects its arguments (the message names them), a regex
+            does not compile, or `min_value` is above `max_value`.
     """
     if config.expectations:  # GX takes seconds to import: only when there is something to check
         _user_configs(config, columns=None, label=label)
@@ -457,7 +505,27 @@ def _user_entry(
         impl(**kwargs)
     except (ValueError, TypeError) as exc:  # GX raises pydantic (v1) ValidationErrors
         raise ConfigError(f"{where} ({name}): {_describe_gx_error(exc, impl)}") from None
+    problem = _value_problem(kwargs)
+    if problem is not None:  # GX itself would only fail when the suite runs
+        raise ConfigError(f"{where} ({name}): {problem}")
     return name, dict(kwargs), dict(meta)
+
+
+def _value_problem(kwargs: Mapping[str, Any]) -> str | None:
+    """What GX accepts at load time but fails on at run time: a bad regex, an empty range."""
+    patterns = [("regex", kwargs.get("regex"))]
+    patterns += [(f"regex_list[{i}]", p) for i, p in enumerate(kwargs.get("regex_list") or [])]
+    for key, pattern in patterns:
+        if isinstance(pattern, str):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                return f"kwargs.{key}: {pattern!r} is not a valid regular expression ({exc})"
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+    if numbers and low > high:  # type: ignore[operator]  # both are numbers here
+        return f"kwargs.min_value ({low}) is above kwargs.max_value ({high}): no value can pass"
+    return None
 
 
 def _describe_gx_error(exc: Exception, impl: type) -> str:
@@ -488,6 +556,9 @@ def _columns_of(kwargs: Mapping[str, Any]) -> list[str]:
     """The columns an expectation's arguments name."""
     names = [kwargs.get(k) for k in ("column", "column_A", "column_B", "target")]
     names += [*(kwargs.get("column_list") or []), *(kwargs.get("features") or [])]
+    names += [*(kwargs.get("column_set") or [])]
+    for key in PER_COLUMN.values():
+        names += list(kwargs.get(key) or {})
     return [n for n in names if isinstance(n, str)]
 
 
@@ -503,10 +574,11 @@ def validate(
     source: str | None = None,
 ) -> ValidationReport:
     """Run every expectation of the suite on training data (an unlabelled table fails)."""
-    results = _run(table, suite=suite, settings=settings, mode="training")
+    rows, result = _run(table, suite=suite, settings=settings, mode="training")
     return _report(
         table,
-        results,
+        rows,
+        result,
         mode="training",
         suite=suite,
         settings=settings,
@@ -522,17 +594,26 @@ def check_batch(
     settings: Settings,
     fingerprint: str | None = None,
     source: str | None = None,
+    range_share: float = BATCH_RANGE_SHARE,
 ) -> ValidationReport:
-    """Check a production batch against the training suite: data quality, not training fitness.
+    """Check a production batch against the training suite: data quality, not drift.
 
-    Labels may be absent (the target's checks are then skipped); the training-only checks (row
-    count, class count, leakage) do not run. `report.problems` names what went wrong:
-    `schema_break`, `missing_values`, `unseen_categories`, `out_of_range`, ...
+    Labels may be absent or partly in (feedback arrives later): only the labels present are
+    checked, and a missing target column skips the target's checks. Ranges allow `range_share`
+    of the values outside them, since a covariate shift moves some values past the reference's
+    range; the training-only checks (row count, class count, leakage) do not run.
+    `report.problems` names what went wrong: `schema_break`, `missing_values`,
+    `unseen_categories`, `out_of_range`, ...
     """
-    results = _run(table, suite=suite, settings=settings, mode="batch")
+    if not 0 <= range_share <= 1:
+        raise ValueError(f"range_share must lie in [0, 1], got {range_share}")
+    rows, result = _run(
+        table, suite=suite, settings=settings, mode="batch", range_share=range_share
+    )
     return _report(
         table,
-        results,
+        rows,
+        result,
         mode="batch",
         suite=suite,
         settings=settings,
@@ -547,35 +628,50 @@ def validate_path(
     settings: Settings,
     reports_dir: str | os.PathLike[str] | None = None,
 ) -> ValidationReport:
-    """`driftloop validate --data PATH`: check PATH against the suite of `dataset.source`.
+    """`driftloop validate --data PATH`: check PATH against the current contract.
 
-    Writes the suite under `<reports>/<reference fingerprint>/` and the report, its HTML and the
-    dataset card under `<reports>/<data fingerprint>/`, where `<reports>` defaults to
-    `<home>/reports/<dataset>`. Raises `data.DataError` (one line) when a file cannot be read.
+    The profile comes from `reference_profile` (the configured reference, else the champion's
+    sample); with neither, from `dataset.source` when PATH is another data set, else from PATH
+    itself. Writes the suite, the JSON and HTML report and the dataset card under
+    `<reports>/<data fingerprint>/`, where `<reports>` defaults to `<home>/reports/<dataset>`.
+    Raises `data.DataError` (one line) when a file cannot be read.
     """
+    location = os.fspath(path)
+    table = data.read_table(location)
+    reference = reference_profile(settings)
     source = settings.dataset.source
-    reference = data.read_table(source)
-    same = _same_path(str(path), source)
-    table = reference if same else data.read_table(str(path))
-    suite = build_suite(reference, settings=settings)
-    root = Path(reports_dir) if reports_dir is not None else report_root(settings)
-    reference_fp = data.fingerprint(reference)
-    fingerprint = reference_fp if same else data.fingerprint(table)
-    save_suite(suite, root / reference_fp / SUITE_FILE)
+    if reference.table is None and not _same_path(location, source):
+        reference = Reference(data.read_table(source), f"dataset.source: {source}")
+    learned = reference.table if reference.table is not None else table
+    suite = build_suite(learned, settings=settings, profile_source=reference.source)
+    fingerprint = data.fingerprint(table)
+    root = os.fspath(reports_dir) if reports_dir is not None else report_location(settings)
+    folder = _join(root, fingerprint)
+    save_suite(suite, _join(folder, SUITE_FILE))
     report = validate(
-        table, suite=suite, settings=settings, fingerprint=fingerprint, source=str(path)
+        table, suite=suite, settings=settings, fingerprint=fingerprint, source=location
     )
     write_reports(
-        report,
-        directory=root / fingerprint,
-        card=dataset_card(table, settings=settings, report=report),
+        report, directory=folder, card=dataset_card(table, settings=settings, report=report)
     )
     return report
 
 
+def report_location(settings: Settings, *parts: str) -> str:
+    """Where a data set's reports live: `<home>/reports/<dataset>[/<parts>]`, a path or a URI."""
+    return settings.location("reports", settings.dataset.name, *parts)
+
+
 def report_root(settings: Settings) -> Path:
-    """Where a data set's reports live: `<home>/reports/<dataset>`."""
-    return Path(settings.home) / "reports" / settings.dataset.name
+    """`report_location` as a local `Path` (for a local or file:// home).
+
+    Raises:
+        data.DataError: the home is an object store; use `report_location` there.
+    """
+    fs, path = data.resolve(report_location(settings))
+    if not isinstance(fs, pafs.LocalFileSystem):
+        raise data.DataError(f"{settings.home}: not a local home; use report_location()")
+    return Path(path)
 
 
 def _same_path(a: str, b: str) -> bool:
@@ -589,74 +685,129 @@ def _run(
     *,
     suite: ExpectationSuite,
     settings: Settings,
-    mode: Literal["training", "batch"],
-) -> list[CheckResult]:
-    """Run the suite's applicable expectations in GX; report the others as skipped, with why."""
+    mode: Mode,
+    range_share: float = 0.0,
+) -> tuple[list[CheckResult], Any]:
+    """Run the suite's applicable expectations in GX; report the columns they cannot use as
+    skipped, with why. Returns the rows (suite order) and GX's own result."""
     configs = suite_configs(suite)
     kinds = {f.name: data.column_kind(f.type) for f in table.schema}
-    expected = {c["kwargs"]["column"]: c["meta"]["kind"] for c in configs if "kind" in c["meta"]}
-    labelled = settings.dataset.target in kinds
-    rows: list[CheckResult | None] = [None] * len(configs)
+    expected: dict[str, list[str]] = next(
+        (c["kwargs"]["kinds"] for c in configs if c["type"] == KINDS), {}
+    )
+    usable = _Usable(
+        kinds=kinds,
+        expected=expected,
+        target=settings.dataset.target,
+        batch=mode == "batch",
+        range_share=range_share,
+    )
+    rows: list[list[CheckResult]] = [[] for _ in configs]
     runnable = []
     for i, config in enumerate(configs):
-        scope = config["meta"].get("scope", "data")
-        if mode == "batch" and scope == "training":
+        if mode == "batch" and config["meta"].get("scope") == "training":
             continue
-        if "features" in config["kwargs"]:  # leakage: check the features that are intact
-            usable = [f for f in config["kwargs"]["features"] if kinds.get(f) == expected.get(f)]
-            config = {**config, "kwargs": {**config["kwargs"], "features": usable}}
-        reason = _skip_reason(config, kinds=kinds, expected=expected)
-        if mode == "batch" and scope == "labels" and not labelled:
-            reason = f"skipped: no labels in this batch (no column {settings.dataset.target!r})"
-        if reason:
-            rows[i] = _result_row(config, success=None, observed=reason)
-        else:
-            runnable.append({**config, "meta": {**config["meta"], "row": i}})
-    for result in _run_gx(to_frame(table), runnable) if runnable else []:
-        i = int(result.expectation_config.meta["row"])
-        rows[i] = _gx_row({**configs[i], "kwargs": result.expectation_config.kwargs}, result)
-    return [r for r in rows if r is not None]
+        ready, skipped = usable.prepare(config)
+        rows[i].extend(skipped)
+        if ready is not None:
+            runnable.append({**ready, "meta": {**ready["meta"], "row": i}})
+    result = _run_gx(to_frame(table), runnable, name=suite.name)
+    for found in result.results:
+        i = int(found.expectation_config.meta["row"])
+        ran = {**configs[i], "kwargs": dict(found.expectation_config.kwargs)}
+        rows[i][:0] = _gx_rows(ran, found, target=settings.dataset.target)
+    return [r for group in rows for r in group], result
 
 
-def _skip_reason(
-    config: Mapping[str, Any], *, kinds: Mapping[str, str], expected: Mapping[str, str]
-) -> str | None:
-    """Why an expectation cannot say anything useful here: a missing or retyped column."""
-    if config["type"] == "expect_column_to_exist":
-        return None
-    for column in _columns_of(config["kwargs"]):
-        if column not in kinds:
+@dataclass(frozen=True)
+class _Usable:
+    """Trims a config to the columns it can judge in this table; the rest become skipped rows."""
+
+    kinds: Mapping[str, str]  # the table's columns and their type kinds
+    expected: Mapping[str, list[str]]  # the suite's kinds per contract column
+    target: str
+    batch: bool  # a production batch: labels optional, ranges tolerant
+    range_share: float
+
+    def prepare(self, config: dict[str, Any]) -> tuple[dict[str, Any] | None, list[CheckResult]]:
+        type_, kw = config["type"], config["kwargs"]
+        if type_ == COLUMNS:
+            keep = [c for c in kw["column_set"] if not self._unlabelled(c)]
+            skipped = [c for c in kw["column_set"] if self._unlabelled(c)]
+            ready = {**config, "kwargs": {**kw, "column_set": keep}}
+            return ready, [self._skip(config, c) for c in skipped]
+        if type_ in PER_COLUMN:
+            return self._per_column(config, key=PER_COLUMN[type_])
+        if type_ == LEAKAGE:
+            reason = self.reason(kw["target"])
+            if reason is not None:
+                return None, [_result_row(config, column=None, success=None, observed=reason)]
+            features = [f for f in kw["features"] if self.reason(f) is None]
+            return {**config, "kwargs": {**kw, "features": features}}, []
+        for column in _columns_of(kw):
+            reason = self.reason(column, kind_matters=type_ not in _TYPE_CHECKS)
+            if reason is not None:
+                return None, [_result_row(config, success=None, observed=reason)]
+        return config, []
+
+    def reason(self, column: str, *, kind_matters: bool = True) -> str | None:
+        """Why a check cannot judge `column` here (None: it can)."""
+        if self._unlabelled(column):
+            return f"skipped: no labels in this batch (no column {self.target!r})"
+        if column not in self.kinds:
             return f"skipped: column {column!r} is missing"
-        if (
-            config["type"] != "expect_column_values_to_be_in_type_list"
-            and column in expected
-            and kinds[column] != expected[column]
-        ):
+        allowed = self.expected.get(column)
+        if kind_matters and allowed and self.kinds[column] not in allowed:
             return (
-                f"skipped: column {column!r} holds {kinds[column]} values, not {expected[column]}"
+                f"skipped: column {column!r} holds {self.kinds[column]} values, "
+                f"not {' or '.join(allowed)}"
             )
-    return None
+        return None
+
+    def _per_column(
+        self, config: dict[str, Any], *, key: str
+    ) -> tuple[dict[str, Any] | None, list[CheckResult]]:
+        type_, spec = config["type"], dict(config["kwargs"][key])
+        skipped = []
+        for column in list(spec):
+            reason = self.reason(column, kind_matters=type_ != KINDS)
+            if reason is None and self.batch and type_ == NULLS and column == self.target:
+                reason = "skipped: labels arrive later in production; only those present count"
+            if reason is not None:
+                skipped.append(self._skip(config, column, reason))
+                del spec[column]
+        if self.batch and type_ == RANGES:  # drift moves some values past the reference's range
+            most = round(1 - self.range_share, 6)
+            spec = {c: {**s, "mostly": min(s["mostly"], most)} for c, s in spec.items()}
+        ready = {**config, "kwargs": {**config["kwargs"], key: spec}} if spec else None
+        return ready, skipped
+
+    def _unlabelled(self, column: str) -> bool:
+        return self.batch and column == self.target and column not in self.kinds
+
+    def _skip(self, config: dict[str, Any], column: str, reason: str | None = None) -> CheckResult:
+        return _result_row(
+            config,
+            column=column,
+            success=None,
+            observed=reason or self.reason(column) or "skipped",
+            target=self.target,
+        )
 
 
-def _run_gx(frame: pd.DataFrame, configs: list[dict[str, Any]]) -> list[Any]:
-    """Validate a frame in GX: pandas source, whole-frame batch, `Batch.validate(suite)`.
+def _run_gx(frame: pd.DataFrame, configs: list[dict[str, Any]], *, name: str) -> Any:
+    """Validate a frame in GX: `Batch.validate(suite)` on one cached whole-frame batch definition.
 
     `Batch.validate` runs the suite without the stores a `ValidationDefinition` writes to (they
-    serialise the suite and every result: a third of the time on small batches).
+    serialise the suite and every result), and reusing one data asset saves adding and deleting
+    one per run.
     """
     gx = _gx()
     with _GX_LOCK:  # one context per process, and GX contexts are not thread-safe
-        source = _context().data_sources.add_or_update_pandas("driftloop")
-        asset = source.add_dataframe_asset(f"frame-{uuid.uuid4().hex}")
-        try:
-            batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(
-                batch_parameters={"dataframe": frame}
-            )
-            suite = gx.ExpectationSuite(name="run", expectations=configs)
-            result_format = {"result_format": "BASIC", "partial_unexpected_count": 5}
-            return list(batch.validate(suite, result_format=result_format).results)
-        finally:
-            source.delete_asset(asset.name)
+        batch = _batch_definition().get_batch(batch_parameters={"dataframe": frame})
+        suite = gx.ExpectationSuite(name=name, expectations=configs)
+        result_format = {"result_format": "BASIC", "partial_unexpected_count": 5}
+        return batch.validate(suite, result_format=result_format)
 
 
 @functools.cache
@@ -669,22 +820,33 @@ def _context() -> Any:
         InMemoryStoreBackendDefaults,
         ProgressBarsConfig,
     )
+    from great_expectations.execution_engine import pandas_execution_engine
 
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),
     )
+    # GX hashes every frame below this many bytes for an optional batch marker (frames above it
+    # go without): 1.3 s of 1M rows. driftloop fingerprints its data itself, so never hash.
+    pandas_execution_engine.HASH_THRESHOLD = 0
     return gx.get_context(mode="ephemeral", project_config=config)
+
+
+@functools.cache
+def _batch_definition() -> Any:
+    """The one pandas data asset every run validates its frame through (under `_GX_LOCK`)."""
+    source = _context().data_sources.add_or_update_pandas("driftloop")
+    return source.add_dataframe_asset("frame").add_batch_definition_whole_dataframe("whole")
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
     """The pandas frame GX validates: one dtype per type kind, whatever the nulls.
 
     Integers become int64 (pandas' nullable Int64 where there are nulls), floats and decimals
-    float64, booleans bool (nullable boolean with nulls), strings pandas' string dtype, dates and
-    timestamps naive UTC datetimes; dictionaries are decoded. Plain numpy dtypes wherever
-    possible, because GX checks value ranges vectorised only on those.
+    float64, booleans bool (nullable boolean with nulls), strings pandas' pyarrow-backed string
+    dtype (no Python objects: near zero-copy), dates and timestamps naive UTC datetimes;
+    dictionaries are decoded.
     """
     series = {
         name: _series(column)
@@ -706,7 +868,8 @@ def _series(column: pa.ChunkedArray) -> pd.Series:
     elif pa.types.is_boolean(dtype) and nulls:
         mapper[dtype] = pd.BooleanDtype()
     elif pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
-        mapper[dtype] = pd.StringDtype()
+        dtype = pa.large_string()  # what pandas' pyarrow string dtype holds
+        mapper[dtype] = pd.StringDtype("pyarrow")
     elif pa.types.is_timestamp(dtype) or pa.types.is_date(dtype):
         dtype = pa.timestamp(dtype.unit if pa.types.is_timestamp(dtype) else "us")
     if dtype != column.type:
@@ -714,27 +877,46 @@ def _series(column: pa.ChunkedArray) -> pd.Series:
     return column.to_pandas(types_mapper=mapper.get)
 
 
+def frame_kind(dtype: Any) -> str:
+    """The type kind (as `data.column_kind` names them) of a column of a `to_frame` frame."""
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "integer"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if isinstance(dtype, pd.StringDtype):
+        return "string"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "timestamp"
+    return "other"
+
+
 def _report(
     table: pa.Table,
-    results: list[CheckResult],
+    rows: list[CheckResult],
+    result: Any,
     *,
-    mode: Literal["training", "batch"],
+    mode: Mode,
     suite: ExpectationSuite,
     settings: Settings,
     fingerprint: str | None,
     source: str | None,
 ) -> ValidationReport:
-    return ValidationReport(
+    report = ValidationReport(
         dataset=settings.dataset.name,
         mode=mode,
-        success=all(r.success is not False for r in results),
+        success=all(r.success is not False for r in rows),
         rows=table.num_rows,
         fingerprint=fingerprint or data.fingerprint(table),
         suite=suite.name,
         checked_at=datetime.now(timezone.utc),
-        results=results,
+        results=rows,
         source=source,
+        profile=(suite.meta or {}).get("profile"),
     )
+    report._gx_result = result
+    return report
 
 
 def _result_row(
@@ -742,14 +924,23 @@ def _result_row(
     *,
     success: bool | None,
     observed: str,
+    column: str | None = None,
+    target: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> CheckResult:
+    """One row; `column` picks one column of a table-level check (its own arguments only)."""
     kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
-    column = kwargs.get("column") or ", ".join(_columns_of(kwargs)) or None
+    check = config["meta"].get("check", "user_expectation")
+    if column is not None and config["type"] in (COLUMNS, *PER_COLUMN):
+        key = PER_COLUMN.get(config["type"])
+        kwargs = {key: {column: kwargs[key][column]}} if key else {"column": column}
+        check = "invalid_target" if column == target else check
+    elif column is None:
+        column = kwargs.get("column") or ", ".join(_columns_of(kwargs)) or None
     return CheckResult(
         expectation=config["type"],
         column=column,
-        check=config["meta"].get("check", "user_expectation"),
+        check=check,
         success=success,
         observed=observed,
         arguments=events.jsonable(kwargs),
@@ -757,19 +948,47 @@ def _result_row(
     )
 
 
-def _gx_row(config: Mapping[str, Any], result: Any) -> CheckResult:
+def _gx_rows(config: Mapping[str, Any], result: Any, *, target: str) -> list[CheckResult]:
+    """GX's result as report rows: one per column for the table-level checks, else one."""
     info = result.exception_info or {}
     if info.get("raised_exception"):
         message = str(info.get("exception_message") or "error").strip().splitlines()[0]
-        return _result_row(config, success=False, observed=f"error: {message}")
+        return [_result_row(config, success=False, observed=f"error: {message}")]
     found = events.jsonable(result.result or {})
+    type_, kw = config["type"], config["kwargs"]
+    if type_ == COLUMNS:
+        present = set(found.get("observed_value") or [])
+        return [
+            _result_row(
+                config,
+                column=c,
+                target=target,
+                success=c in present,
+                observed="present" if c in present else "column is missing",
+            )
+            for c in kw["column_set"]
+        ]
+    if type_ in PER_COLUMN:
+        verdicts = (found.get("details") or {}).get("columns") or {}
+        return [
+            _result_row(
+                config,
+                column=c,
+                target=target,
+                success=v["success"],
+                observed=v["observed"],
+                details=v,
+            )
+            for c, v in verdicts.items()
+        ]
     success = bool(result.success)
-    observed = _observed(config, found, success=success)
-    row = _result_row(config, success=success, observed=observed, details=found)
-    if config["type"] == LEAKAGE:  # name the leaking features, not every feature
+    row = _result_row(
+        config, success=success, observed=_observed(config, found, success=success), details=found
+    )
+    if type_ == LEAKAGE:  # name the leaking features, not every feature
         leaking = list((found.get("details") or {}).get("leaking") or {})
         row.column = ", ".join(leaking) or None
-    return row
+    return [row]
 
 
 def _observed(config: Mapping[str, Any], found: Mapping[str, Any], *, success: bool) -> str:
@@ -779,23 +998,16 @@ def _observed(config: Mapping[str, Any], found: Mapping[str, Any], *, success: b
     share = f"{found.get('unexpected_percent') or 0:.2f}%"
     examples = _examples(found.get("partial_unexpected_list") or [])
     value = found.get("observed_value")
-    if type_ == "expect_column_to_exist":
-        return "present" if success else "column is missing"
-    if type_ == "expect_column_values_to_be_in_type_list":
-        return f"type {value} (expected {config['meta'].get('kind', kw.get('type_list'))})"
+    if type_ == UNIQUE and kw.get("min_value") == 1.0:
+        return "every value distinct" if success else f"only {value:.4%} of the values distinct"
     if type_ == "expect_column_values_to_not_be_null":
         return f"{share} nulls ({allowed})"
-    if type_ == "expect_column_proportion_of_non_null_values_to_be_between":
-        nulls = "?" if value is None else f"{100 * (1 - value):.2f}%"
-        return f"{nulls} nulls (allowed {100 * (1 - kw.get('min_value', 0)):.2f}%)"
     if type_ == "expect_column_values_to_be_between":
         bounds = f"[{kw.get('min_value')}, {kw.get('max_value')}]"
         return f"{share} of values outside {bounds} ({allowed}){examples}"
     if type_ == "expect_column_values_to_be_in_set":
         known = f"the {len(kw['value_set'])} known values"
         return f"{share} of values outside {known} ({allowed}){examples}"
-    if type_ == "expect_column_values_to_be_unique":
-        return f"{found.get('unexpected_count', 0):,} rows share a value{examples}"
     if type_ == LEAKAGE:
         leaking = (found.get("details") or {}).get("leaking") or {}
         found_ = [f"{f}: {d['method']} {d['score']}" for f, d in leaking.items()]
@@ -824,87 +1036,140 @@ def _examples(values: Sequence[Any]) -> str:
 def leakage_score(feature: pd.Series, target: pd.Series, *, task: str) -> tuple[float, str]:
     """How closely one feature reproduces the target, 0 (not at all) to 1 (exactly), and how.
 
-    Classification: |correlation| of a numeric feature with each class, and the purity of a
-    feature's values (Goodman-Kruskal lambda: the share of the majority-class error that knowing
-    the value removes). Regression: |correlation| of a numeric feature, the correlation ratio of a
-    categorical one, or, for high-cardinality text, the correlation of its values read as numbers.
-    Purity and correlation ratio need `_MIN_SUPPORT` rows per value on average: an id-like column
-    is "pure" by construction and says nothing.
+    Classification: a numeric feature's AUC alone (one class against the rest, on the better
+    side of 0.5: 1 when one threshold separates a class), and the purity of a feature's values
+    (Goodman-Kruskal lambda: the share of the majority-class error that knowing the value
+    removes). Regression: |Pearson| and |Spearman| correlation of a numeric feature (Spearman
+    catches a monotone copy such as exp, cube or log of the target), the correlation ratio of a
+    categorical one, or, for high-cardinality text, both correlations of its values read as
+    numbers. Purity, correlation ratio and AUC need `_MIN_SUPPORT` rows per value or class: an
+    id-like column is "pure" by construction and says nothing.
     """
-    labelled = target.notna().to_numpy()
-    x, y = feature[labelled], target[labelled]
-    if len(y) < 3:
-        return 0.0, "too few labelled rows"
-    numeric = pd.api.types.is_numeric_dtype(x.dtype) and not pd.api.types.is_bool_dtype(x.dtype)
-    scores: list[tuple[float, str]] = []
-    if task == "classification":
-        classes = pd.factorize(y, sort=True)[0]
-        if numeric:
-            scores.append((_class_correlation(_floats(x), classes), "correlation"))
-        if (not numeric or _few_levels(x)) and _supported(x):
-            scores.append((_purity(x, classes), "purity"))
-    elif numeric:
-        scores.append((_correlation(_floats(x), _floats(y)), "correlation"))
-    elif _supported(x):
-        scores.append((_correlation_ratio(x, _floats(y)), "correlation ratio"))
-    else:
-        parsed = pd.to_numeric(x.astype("string"), errors="coerce")
-        if parsed.notna().mean() >= 0.5:
+    return _Target(target, task=task).score(feature)
+
+
+class _Target:
+    """A target's labelled rows, prepared once to score every feature against it."""
+
+    def __init__(self, target: pd.Series, *, task: str) -> None:
+        labelled = target.notna().to_numpy()
+        self.mask = None if labelled.all() else labelled  # None: every row is labelled
+        y = target if self.mask is None else target[self.mask]
+        self.task = task
+        self.rows = len(y)
+        self.classes = pd.factorize(y, sort=True)[0] if task == "classification" else None
+        self.values = _floats(y) if self.classes is None else np.empty(0)  # regression
+
+    def score(self, feature: pd.Series) -> tuple[float, str]:
+        if self.rows < 3:
+            return 0.0, "too few labelled rows"
+        x = feature if self.mask is None else feature[self.mask]
+        numeric = pd.api.types.is_numeric_dtype(x.dtype) and not pd.api.types.is_bool_dtype(x.dtype)
+        scores = self._numeric(_floats(x)) if numeric else self._categorical(x)
+        score, how = max(scores, default=(0.0, "not comparable"))
+        return round(float(score), 4), how
+
+    def _numeric(self, x: np.ndarray) -> list[tuple[float, str]]:
+        if self.classes is None:
+            return _correlations(x, self.values)
+        auc, levels = _separability(x, self.classes)
+        scores = [(auc, "AUC")]
+        if levels <= _MAX_LEVELS and levels * _MIN_SUPPORT <= len(x):
             scores.append(
-                (_correlation(_floats(parsed), _floats(y)), "correlation of values read as numbers")
+                (_purity(pd.factorize(x, use_na_sentinel=False)[0], self.classes), "purity")
             )
-    score, how = max(scores, default=(0.0, "not comparable"))
-    return round(float(score), 4), how
+        return scores
+
+    def _categorical(self, x: pd.Series) -> list[tuple[float, str]]:
+        codes, levels = pd.factorize(x, use_na_sentinel=False)
+        if len(levels) * _MIN_SUPPORT <= len(x):
+            if self.classes is not None:
+                return [(_purity(codes, self.classes), "purity")]
+            return [(_correlation_ratio(codes, self.values), "correlation ratio")]
+        if self.classes is not None:
+            return []
+        parsed = _floats(pd.to_numeric(x.astype("string"), errors="coerce"))
+        if np.isfinite(parsed).mean() < 0.5:
+            return []
+        found = _correlations(parsed, self.values)
+        return [(s, f"{how} of values read as numbers") for s, how in found]
 
 
 def _floats(values: pd.Series) -> np.ndarray:
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _few_levels(x: pd.Series) -> bool:
-    """At most `_MAX_LEVELS` distinct values (a cheap look at the head first)."""
-    return bool(
-        x.iloc[:10_000].nunique(dropna=False) <= _MAX_LEVELS
-        and x.nunique(dropna=False) <= _MAX_LEVELS
-    )
+def _sorted_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The order that sorts `x`, the (1-based, ties averaged) ranks in that order, and how many
+    distinct values there are: one sort for all three."""
+    order = np.argsort(x)
+    ordered = x[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    ranks = np.repeat((starts + ends + 1) / 2, ends - starts)
+    return order, ranks, len(starts)
 
 
-def _supported(x: pd.Series) -> bool:
-    """At least `_MIN_SUPPORT` rows per distinct value on average (the head can already say no)."""
-    if x.iloc[:10_000].nunique(dropna=False) * _MIN_SUPPORT > len(x):
-        return False
-    return bool(x.nunique(dropna=False) * _MIN_SUPPORT <= len(x))
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order, ordered_ranks, _ = _sorted_ranks(x)
+    ranks = np.empty(len(x))
+    ranks[order] = ordered_ranks
+    return ranks
+
+
+def _correlations(x: np.ndarray, y: np.ndarray) -> list[tuple[float, str]]:
+    """|Pearson| and |Spearman| (Pearson of the ranks) over the rows where both are finite."""
+    keep = np.isfinite(x) & np.isfinite(y)
+    if not keep.all():
+        x, y = x[keep], y[keep]
+    return [
+        (_correlation(x, y), "correlation"),
+        (_correlation(_ranks(x), _ranks(y)), "rank correlation"),
+    ]
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
     if len(a) < 3 or a.std() == 0 or b.std() == 0:
         return 0.0
     return abs(float(np.corrcoef(a, b)[0, 1]))
 
 
-def _class_correlation(x: np.ndarray, classes: np.ndarray) -> float:
+def _separability(x: np.ndarray, classes: np.ndarray) -> tuple[float, int]:
+    """The best one-vs-rest AUC of `x` alone (max of AUC and 1 - AUC, ties counting half) over
+    the classes with `_MIN_SUPPORT` rows on both sides, from the Mann-Whitney rank sums; and
+    the number of distinct values (NaN counts as one)."""
+    keep = np.isfinite(x)
+    nan_level = int(not keep.all())
+    if nan_level:
+        x, classes = x[keep], classes[keep]
+    n = len(x)
+    if n < 3:
+        return 0.0, n + nan_level
+    order, ranks, levels = _sorted_ranks(x)
     k = int(classes.max()) + 1
-    if k > _MAX_CLASSES:
-        return 0.0
-    targets = [1] if k == 2 else range(k)
-    return max((_correlation(x, (classes == j).astype(np.float64)) for j in targets), default=0.0)
+    counts = np.bincount(classes, minlength=k).astype(np.float64)
+    rank_sums = np.bincount(classes[order], weights=ranks, minlength=k)
+    judged = (counts >= _MIN_SUPPORT) & (n - counts >= _MIN_SUPPORT)
+    if k == 2:
+        judged[0] = False  # the same AUC, mirrored
+    auc = (rank_sums - counts * (counts + 1) / 2) / np.maximum(counts * (n - counts), 1)
+    best = np.maximum(auc, 1 - auc)[judged]
+    return (float(best.max()) if best.size else 0.0), levels + nan_level
 
 
-def _purity(x: pd.Series, classes: np.ndarray) -> float:
-    codes, levels = pd.factorize(x, use_na_sentinel=False)
+def _purity(codes: np.ndarray, classes: np.ndarray) -> float:
+    """Goodman-Kruskal lambda of the classes given a feature's value codes."""
     k = int(classes.max()) + 1
-    counts = np.bincount(codes * k + classes, minlength=len(levels) * k).reshape(-1, k)
+    levels = int(codes.max()) + 1
+    counts = np.bincount(codes * k + classes, minlength=levels * k).reshape(-1, k)
     correct = int(counts.max(axis=1).sum())  # predicting each value's majority class
     majority, n = int(np.bincount(classes).max()), len(classes)  # predicting one class
     return (correct - majority) / (n - majority) if n > majority else 0.0
 
 
-def _correlation_ratio(x: pd.Series, y: np.ndarray) -> float:
+def _correlation_ratio(codes: np.ndarray, y: np.ndarray) -> float:
     keep = np.isfinite(y)
-    codes = pd.factorize(x[keep], use_na_sentinel=False)[0]
-    y = y[keep]
+    codes, y = codes[keep], y[keep]
     if len(y) < 3:
         return 0.0
     counts = np.bincount(codes)
@@ -912,6 +1177,80 @@ def _correlation_ratio(x: pd.Series, y: np.ndarray) -> float:
     total = float(((y - y.mean()) ** 2).sum())
     between = float((counts * (means - y.mean()) ** 2).sum())
     return float(np.sqrt(between / total)) if total > 0 else 0.0
+
+
+# What driftloop's table-level expectations measure (pandas, vectorised) ---------------------------
+
+
+def _kinds_found(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, str]:
+    return {c: frame_kind(frame[c].dtype) for c in kw["kinds"]}
+
+
+def _null_shares(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, float]:
+    rows = max(len(frame), 1)
+    return {c: int(frame[c].isna().sum()) / rows for c in kw["max_shares"]}
+
+
+def _outside_ranges(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for column, spec in kw["ranges"].items():
+        x = _floats(frame[column])
+        outside = (x < spec["min_value"]) | (x > spec["max_value"])  # NaN compares False
+        out[column] = _counts(int(np.isfinite(x).sum()), outside, frame[column])
+    return out
+
+
+def _outside_sets(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for column, spec in kw["value_sets"].items():
+        x = frame[column]
+        outside = (x.notna() & ~x.isin(spec["value_set"])).to_numpy(dtype=bool)
+        out[column] = _counts(int(x.notna().sum()), outside, x)
+    return out
+
+
+def _counts(valid: int, outside: np.ndarray, values: pd.Series) -> dict[str, Any]:
+    examples = values.iloc[np.flatnonzero(outside)[:20]].tolist()  # enough for 3 distinct ones
+    return {"valid": valid, "outside": int(outside.sum()), "examples": examples}
+
+
+def _leakage_scores(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
+    target = _Target(frame[kw["target"]], task=kw["task"])
+    return {f: target.score(frame[f]) for f in kw["features"]}
+
+
+# ...and how they judge it: (success, one line for people) per column
+
+
+def _judge_kind(found: str, allowed: list[str]) -> tuple[bool, str]:
+    return found in allowed, f"type {found} (expected {' or '.join(allowed)})"
+
+
+def _judge_nulls(found: float, limit: float) -> tuple[bool, str]:
+    return found <= limit, f"{100 * found:.2f}% nulls (allowed {100 * limit:.2f}%)"
+
+
+def _judge_range(found: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[bool, str]:
+    bounds = f"[{spec['min_value']:.6g}, {spec['max_value']:.6g}]"
+    return _judge_share(found, spec, what=f"values outside {bounds}")
+
+
+def _judge_set(found: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[bool, str]:
+    return _judge_share(
+        found, spec, what=f"values outside the {len(spec['value_set'])} known values"
+    )
+
+
+def _judge_share(
+    found: Mapping[str, Any], spec: Mapping[str, Any], *, what: str
+) -> tuple[bool, str]:
+    share = found["outside"] / found["valid"] if found["valid"] else 0.0
+    allowed = 1 - spec.get("mostly", 1.0)
+    examples = _examples(found["examples"])
+    return (
+        share <= allowed + 1e-12,
+        f"{100 * share:.2f}% of {what} (allowed {100 * allowed:.2f}%){examples}",
+    )
 
 
 # GX, loaded on first use --------------------------------------------------------------------------
@@ -922,7 +1261,7 @@ _GX_LOCK = threading.RLock()  # Prefect runs tasks in threads; GX state is proce
 
 @functools.cache
 def _gx() -> Any:
-    """Import GX with its usage analytics off, and register driftloop's leakage expectation."""
+    """Import GX with its usage analytics off, and register driftloop's expectations."""
     with _GX_LOCK:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no calls to an outside endpoint
         import great_expectations as gx
@@ -931,41 +1270,101 @@ def _gx() -> Any:
         )
 
         if LEAKAGE not in registered():
-            _register_leakage_expectation()
+            _register_expectations()
         return gx
 
 
-def _register_leakage_expectation() -> None:
-    """Define `expect_no_target_leakage` (a GX BatchExpectation) and its metric."""
-    from typing import ClassVar
-
-    from great_expectations.core.metric_domain_types import MetricDomainTypes
-    from great_expectations.execution_engine.pandas_execution_engine import (
-        PandasExecutionEngine,
-    )
+def _register_expectations() -> None:
+    """Define driftloop's GX expectations (BatchExpectations over table metrics)."""
     from great_expectations.expectations.expectation import BatchExpectation
-    from great_expectations.expectations.metrics.metric_provider import metric_value
-    from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
 
-    class TargetLeakageScores(TableMetricProvider):
-        metric_name = "driftloop.target_leakage_scores"
-        value_keys = ("features", "target", "task")
+    _table_metric("driftloop.column_kinds", ("kinds",), _kinds_found)
+    _table_metric("driftloop.null_shares", ("max_shares",), _null_shares)
+    _table_metric("driftloop.outside_ranges", ("ranges",), _outside_ranges)
+    _table_metric("driftloop.outside_sets", ("value_sets",), _outside_sets)
+    _table_metric(
+        "driftloop.target_leakage_scores", ("features", "target", "task"), _leakage_scores
+    )
 
-        @metric_value(engine=PandasExecutionEngine)
-        def _pandas(
-            cls,  # noqa: N805 (metric_value makes it a classmethod)
-            execution_engine: Any,
-            metric_domain_kwargs: dict,
-            metric_value_kwargs: dict,
+    class PerColumnExpectation(BatchExpectation):
+        """Many columns, each judged on its own: success when every column passes."""
+
+        key: ClassVar[str]  # the kwarg that maps each column to what is expected of it
+
+        @abstractmethod
+        def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
+            """One column: what was measured and what was expected -> (passed, one line)."""
+
+        def _validate(
+            self,
             metrics: dict,
-            runtime_configuration: dict,
-        ) -> dict[str, tuple[float, str]]:
-            frame, _, _ = execution_engine.get_compute_domain(
-                domain_kwargs=metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE
-            )
-            kw = metric_value_kwargs
-            target = frame[kw["target"]]
-            return {f: leakage_score(frame[f], target, task=kw["task"]) for f in kw["features"]}
+            runtime_configuration: dict | None = None,
+            execution_engine: Any = None,
+        ) -> dict[str, Any]:
+            found = metrics[self.metric_dependencies[0]]
+            columns = {}
+            for column, expected in getattr(self, self.key).items():
+                ok, line = self.judge(found[column], expected)
+                columns[column] = {"success": ok, "observed": line, "measured": found[column]}
+            failed = [f"{c}: {v['observed']}" for c, v in columns.items() if not v["success"]]
+            return {
+                "success": not failed,
+                "result": {
+                    # what GX's HTML page shows: the failed columns, or that all passed
+                    "observed_value": "; ".join(failed) or f"all {len(columns)} columns pass",
+                    "details": {"columns": columns},
+                },
+            }
+
+    class ExpectColumnKindsToMatch(PerColumnExpectation):
+        """Expect each column to hold values of its type kind (integer, float, string, ...)."""
+
+        kinds: dict[str, list[str]]
+        description: str | None = f"{KINDS}: each contract column has its type kind"
+        key: ClassVar[str] = "kinds"
+        metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.column_kinds",)
+        success_keys: ClassVar[tuple[str, ...]] = ("kinds",)
+
+        def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
+            return _judge_kind(found, expected)
+
+    class ExpectColumnNullSharesToBeAtMost(PerColumnExpectation):
+        """Expect each column's share of nulls to stay at or below its limit."""
+
+        max_shares: dict[str, float]
+        description: str | None = f"{NULLS}: each column's null share stays within its limit"
+        key: ClassVar[str] = "max_shares"
+        metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.null_shares",)
+        success_keys: ClassVar[tuple[str, ...]] = ("max_shares",)
+
+        def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
+            return _judge_nulls(found, expected)
+
+    class ExpectColumnValuesToBeInRanges(PerColumnExpectation):
+        """Expect each column's values inside [min_value, max_value], `mostly` of them."""
+
+        ranges: dict[str, dict[str, float]]
+        description: str | None = f"{RANGES}: each numeric column's values lie inside its range"
+        key: ClassVar[str] = "ranges"
+        metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.outside_ranges",)
+        success_keys: ClassVar[tuple[str, ...]] = ("ranges",)
+
+        def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
+            return _judge_range(found, expected)
+
+    class ExpectColumnValuesToBeInSets(PerColumnExpectation):
+        """Expect each column's values inside its value_set, `mostly` of them."""
+
+        value_sets: dict[str, dict[str, Any]]
+        description: str | None = (
+            f"{DOMAINS}: each categorical column's values lie inside its known values"
+        )
+        key: ClassVar[str] = "value_sets"
+        metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.outside_sets",)
+        success_keys: ClassVar[tuple[str, ...]] = ("value_sets",)
+
+        def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
+            return _judge_set(found, expected)
 
     class ExpectNoTargetLeakage(BatchExpectation):
         """Expect no feature to reproduce the target: every leakage score stays below threshold."""
@@ -974,6 +1373,7 @@ def _register_leakage_expectation() -> None:
         target: str
         task: str  # classification or regression
         threshold: float  # the score at which a feature leaks
+        description: str | None = f"{LEAKAGE}: no feature reproduces the target"
 
         metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.target_leakage_scores",)
         success_keys: ClassVar[tuple[str, ...]] = ("features", "target", "task", "threshold")
@@ -987,16 +1387,45 @@ def _register_leakage_expectation() -> None:
             scores = metrics["driftloop.target_leakage_scores"]
             leaking = {f: s for f, s in scores.items() if s[0] >= self.threshold}
             worst = max(scores.values(), default=(0.0, "no features"))
+            named = "; ".join(f"{f}: {m} {s}" for f, (s, m) in leaking.items())
             return {
                 "success": not leaking,
                 "result": {
-                    "observed_value": worst[0],
+                    "observed_value": named or worst[0],
                     "details": {
                         "leaking": {f: {"score": s, "method": m} for f, (s, m) in leaking.items()},
                         "scores": {f: s for f, (s, _) in scores.items()},
                     },
                 },
             }
+
+
+def _table_metric(name: str, keys: tuple[str, ...], compute: Any) -> None:
+    """Register a GX table metric that `compute(frame, value_kwargs)` works out on pandas."""
+    from great_expectations.core.metric_domain_types import MetricDomainTypes
+    from great_expectations.execution_engine.pandas_execution_engine import (
+        PandasExecutionEngine,
+    )
+    from great_expectations.expectations.metrics.metric_provider import metric_value
+    from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
+
+    class Metric(TableMetricProvider):
+        metric_name = name
+        value_keys = keys
+
+        @metric_value(engine=PandasExecutionEngine)
+        def _pandas(
+            cls,  # noqa: N805 (metric_value makes it a classmethod)
+            execution_engine: Any,
+            metric_domain_kwargs: dict,
+            metric_value_kwargs: dict,
+            metrics: dict,
+            runtime_configuration: dict,
+        ) -> Any:
+            frame, _, _ = execution_engine.get_compute_domain(
+                domain_kwargs=metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE
+            )
+            return compute(frame, metric_value_kwargs)
 
 
 # Profiles, reports and the dataset card -----------------------------------------------------------
@@ -1042,42 +1471,44 @@ def _top(column: pa.ChunkedArray, k: int) -> tuple[tuple[Any, int], ...]:
 
 def write_reports(
     report: ValidationReport, *, directory: str | os.PathLike[str], card: str | None = None
-) -> list[Path]:
-    """Write the report as JSON and HTML (and the dataset card) into `directory`, atomically.
-
-    Records the folder on the report (`report.directory`) first, so the JSON says where it lies.
-    """
-    folder = Path(directory)
-    report.directory = str(folder)
-    paths = [
-        _write_atomic(folder / REPORT_JSON, report.model_dump_json(indent=2)),
-        _write_atomic(folder / REPORT_HTML, render_html(report)),
-    ]
+) -> list[str]:
+    """Write the report as JSON, GX's HTML page (and the dataset card) into `directory` (a path
+    or a URI), each atomically. Records the folder on the report first, so the JSON says where
+    it lies. The HTML page needs GX's result: a report read back from JSON gets none."""
+    folder = os.fspath(directory)
+    report.directory = folder
+    written = [_write_atomic(_join(folder, REPORT_JSON), report.model_dump_json(indent=2))]
+    if report._gx_result is not None:
+        written.append(_write_atomic(_join(folder, REPORT_HTML), render_html(report)))
     if card is not None:
-        paths.append(_write_atomic(folder / CARD_FILE, card))
-    return paths
+        written.append(_write_atomic(_join(folder, CARD_FILE), card))
+    return written
 
 
 def render_html(report: ValidationReport) -> str:
-    """A self-contained HTML page: the verdict and one table row per expectation."""
-    rows = "\n".join(
-        f'<tr class="{_status(r)}"><td>{_status(r)}</td><td>{html.escape(r.expectation)}</td>'
-        f"<td>{html.escape(r.column or '')}</td><td>{html.escape(r.check)}</td>"
-        f"<td>{html.escape(r.observed)}</td></tr>"
-        for r in report.results
+    """GX's own validation page (as in Data Docs) for the expectations GX ran; the run's name,
+    time, source, fingerprint and profile show in its info panel."""
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.render.renderer.page_renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view.view import DefaultJinjaPageView
+
+    result = report._gx_result
+    if result is None:
+        raise ValueError(f"{report.dataset}: no GX result to render (a report read from JSON)")
+    result.meta["run_id"] = RunIdentifier(
+        run_name=f"{report.dataset} {report.mode} validation", run_time=report.checked_at
     )
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Validation: {html.escape(report.dataset)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.failed{{background:#fdd}}
-.skipped{{color:#888}}</style></head><body>
-<h1>Validation of {html.escape(report.dataset)}: {"passed" if report.success else "FAILED"}</h1>
-<p>{html.escape(report.summary())}<br>source: {html.escape(report.source or "")}; suite:
-{html.escape(report.suite)}; checked at {report.checked_at.isoformat()}</p>
-<table><tr><th>result</th><th>expectation</th><th>column</th><th>check</th><th>observed</th></tr>
-{rows}
-</table></body></html>
-"""
+    result.meta["batch_parameters"] = {
+        "dataset": report.dataset,
+        "source": report.source or "",
+        "rows": report.rows,
+        "fingerprint": report.fingerprint,
+        "profile": report.profile or "",
+        "verdict": report.summary(),
+    }
+    with _GX_LOCK:
+        page = ValidationResultsPageRenderer().render(result)
+        return str(DefaultJinjaPageView().render(page))
 
 
 def dataset_card(table: pa.Table, *, settings: Settings, report: ValidationReport) -> str:
@@ -1085,6 +1516,9 @@ def dataset_card(table: pa.Table, *, settings: Settings, report: ValidationRepor
     ds = settings.dataset
     roles = _roles(settings)
     profiles = profile(table)
+    if ds.target in table.column_names:  # every class, not the top 5
+        target = profile(table, columns=[ds.target], top=MAX_DOMAIN)[0]
+        profiles = [target if p.name == ds.target else p for p in profiles]
     lines = [
         f"# Dataset card: {ds.name}",
         "",
@@ -1094,6 +1528,7 @@ def dataset_card(table: pa.Table, *, settings: Settings, report: ValidationRepor
         f"- task: {ds.task}; target: `{ds.target}`",
         f"- validation: {'passed' if report.success else 'FAILED'} "
         f"({report.checked_at:%Y-%m-%d %H:%M} UTC)",
+        f"- profile (ranges, null shares, domains learned from): {_md(report.profile or '')}",
         "",
         "## Schema and profile",
         "",
@@ -1127,7 +1562,7 @@ def _describe_profile(p: ColumnProfile) -> str:
     if p.distinct is not None and p.distinct == p.count and p.count > len(p.top):
         return f"{p.distinct:,} distinct (all unique)"
     if p.top:
-        shown = ", ".join(f"{v} ({c / max(p.count, 1):.1%})" for v, c in p.top)
+        shown = ", ".join(f"{v} ({c / max(p.count, 1):.1%})" for v, c in p.top[:5])
         return f"{p.distinct} distinct; top: {shown}"
     return f"{p.distinct} distinct" if p.distinct is not None else ""
 
@@ -1149,18 +1584,53 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    """Write beside the target, then rename over it: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+# Files, through pyarrow.fs: a local folder or a URI -----------------------------------------------
+
+
+def _join(location: str, *parts: str) -> str:
+    """`location/part/...`; a URI keeps its options (`?endpoint_override=...`) at the end."""
+    base, mark, query = location.partition("?") if "://" in location else (location, "", "")
+    return "/".join([base.rstrip("/"), *parts]) + mark + query
+
+
+def _local(location: str) -> tuple[pafs.FileSystem, str]:
+    """The file system and path of a location; local paths made absolute."""
+    fs, path = data.resolve(location)
+    if isinstance(fs, pafs.LocalFileSystem):
+        path = os.path.abspath(path)
+    return fs, path
+
+
+def _write_atomic(location: str, text: str) -> str:
+    """Write `text` to a path or URI so that a reader never sees half a file: locally a temp file
+    beside it, then a rename over it; on an object store one PUT (atomic there by itself)."""
+    fs, path = _local(location)
+    folder = path.rsplit("/", 1)[0]
+    fs.create_dir(folder, recursive=True)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    target = f"{folder}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp" if local else path
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
+        with fs.open_output_stream(target) as out:
+            out.write(text.encode("utf-8"))
+        if local:
+            fs.move(target, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if local:
+            with contextlib.suppress(OSError):
+                fs.delete_file(target)
         raise
-    return path
+    return location
+
+
+def _read_text(location: str) -> str:
+    fs, path = _local(location)
+    with fs.open_input_stream(path) as stream:
+        return bytes(stream.read()).decode("utf-8")
+
+
+def _exists(location: str) -> bool:
+    fs, path = _local(location)
+    return bool(fs.get_file_info(path).type == pafs.FileType.File)
 
 
 # Prefect ------------------------------------------------------------------------------------------
@@ -1178,15 +1648,16 @@ def validate_task(
 ) -> ValidationReport:
     """Validate training data, publish the report, fail the run when the data breaks its contract.
 
-    Writes the suite, the JSON/HTML report and the dataset card into `directory` (the data's
-    `<home>/reports/<dataset>/<fingerprint>/`), publishes a table artifact (`validation-<dataset>`)
-    and the card (`dataset-card-<dataset>`); on failure emits `driftloop.validation.failed` with
-    the failed checks and raises `ValidationFailed`.
+    Writes the suite, the JSON report, GX's HTML page and the dataset card into `directory` (the
+    data's `report_location(settings, fingerprint)`, a path or a URI), publishes a table artifact
+    (`validation-<dataset>`) and the card (`dataset-card-<dataset>`); on failure emits
+    `driftloop.validation.failed` with the failed checks and raises `ValidationFailed`.
     """
     report = validate(table, suite=suite, settings=settings, fingerprint=fingerprint, source=source)
     card = dataset_card(table, settings=settings, report=report)
-    save_suite(suite, Path(directory) / SUITE_FILE)
-    write_reports(report, directory=directory, card=card)
+    folder = os.fspath(directory)
+    save_suite(suite, _join(folder, SUITE_FILE))
+    write_reports(report, directory=folder, card=card)
     publish_artifacts(report, card=card)
     if not report.success:
         events.emit(
@@ -1211,7 +1682,9 @@ def publish_artifacts(report: ValidationReport, *, card: str | None = None) -> N
         for r in report.results
     ]
     create_table_artifact(
-        table=table, key=artifact_key("validation", report.dataset), description=report.summary()
+        table=table,
+        key=artifact_key("validation", report.dataset),
+        description=f"{report.summary()}. Profile: {report.profile or 'the reference table'}",
     )
     if card is not None:
         create_markdown_artifact(
@@ -1232,6 +1705,7 @@ def failure_payload(report: ValidationReport) -> dict[str, Any]:
         "fingerprint": report.fingerprint,
         "rows": report.rows,
         "mode": report.mode,
+        "profile": report.profile,
         "problems": report.problems,
         "failed": failed,
     }
