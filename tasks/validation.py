@@ -227,7 +227,7 @@ class Reference(NamedTuple):
     """The table a suite learns ranges, null shares and domains from, and where it came from."""
 
     table: pa.Table | None  # None: no reference yet, learn from the data being checked
-    source: str  # for people, e.g. "champion v3: <home>/registry/churn/3/reference.parquet"
+    source: str  # for people, e.g. "champion churn v3: <home>/registry/churn/3/reference.parquet"
 
 
 # Where the profile comes from ---------------------------------------------------------------------
@@ -242,7 +242,8 @@ def reference_profile(settings: Settings) -> Reference:
     """
     configured = settings.validation.reference
     if configured:
-        return Reference(_read_reference(configured, what="validation.reference"), configured)
+        table = _read_reference(configured, what="validation.reference")
+        return Reference(table, f"validation.reference: {configured}")
     root, model = settings.home, settings.dataset.name
     version = registry.aliases(root=root, model=model).get(registry.CHAMPION)
     if version is not None:
@@ -250,7 +251,7 @@ def reference_profile(settings: Settings) -> Reference:
         if _exists(sample):
             table = _read_reference(sample, what=f"the champion's ({model} v{version}) sample")
             return Reference(table, f"champion {model} v{version}: {sample}")
-    return Reference(None, "the data itself (first run: no validation.reference, no champion)")
+    return Reference(None, "the data itself (no validation.reference, no champion sample yet)")
 
 
 def suite_for(table: pa.Table, *, settings: Settings) -> ExpectationSuite:
@@ -741,7 +742,9 @@ class _Usable:
         if type_ == LEAKAGE:
             reason = self.reason(kw["target"])
             if reason is not None:
-                return None, [_result_row(config, column=None, success=None, observed=reason)]
+                return None, [
+                    _result_row(config, column=self.target, success=None, observed=reason)
+                ]
             features = [f for f in kw["features"] if self.reason(f) is None]
             return {**config, "kwargs": {**kw, "features": features}}, []
         for column in _columns_of(kw):

@@ -268,7 +268,7 @@ def test_bad_data_fails_validate_path_against_the_configured_reference(
     report = validation.validate_path(settings.dataset.source, settings=settings)
     assert {e for e, _ in failed(report)} == {expectation}
     assert (expectation, column) in failed(report)  # and what derives from it, if anything
-    assert report.profile == str(tmp_path / "reference.parquet")
+    assert report.profile == f"validation.reference: {tmp_path / 'reference.parquet'}"
 
 
 def test_the_champions_training_sample_is_the_profile_when_no_reference_is_configured(
@@ -303,7 +303,8 @@ def test_the_champions_training_sample_is_the_profile_when_no_reference_is_confi
     configured = settings.model_copy(
         update={"validation": settings.validation.model_copy(update={"reference": str(sample)})}
     )
-    assert validation.reference_profile(configured).source == str(sample)  # config comes first
+    first = validation.reference_profile(configured)  # the configured reference comes first
+    assert first.source == f"validation.reference: {sample}"
 
 
 def test_an_unreadable_configured_reference_fails_with_one_line_naming_it(
