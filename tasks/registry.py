@@ -6,32 +6,53 @@
     set_alias(root=home, model="churn", alias="champion", version=version, reason="gate passed")
     predictor = load_model(resolve(root=home, model="churn", ref="champion"))
 
-`root` is DRIFTLOOP_HOME, a local path or a URI (`s3://`, `gs://`); `<root>/registry/<model>/`:
+`root` is DRIFTLOOP_HOME, a local path or a URI (`s3://`, `gs://`; the paths returned for a URI
+keep its options, `?endpoint_override=...`, so they open the same store). The layout, under
+`<root>/registry/<model>/`:
 
     1/ 2/ ...            immutable versions: the model directory's files (weights.safetensors,
-                         preprocessing.json, model.json), metadata.json, and the extra files
+                         preprocessing.json, model.json), metadata.json (with each file's size and
+                         SHA-256), and the extra files; on object stores also `.claim-*` markers
     aliases.json         {"aliases": {"champion": 2}, "seq": 7, "updated_at": ...}: the one pointer
     history/00000007.json  one file per alias move: seq, alias, from, to, action, reason, who, at
     .staging/<uuid>/     versions being written (a killed writer's leftovers are swept after 1 h)
-    .lock                held with flock around every read-modify-write of the aliases (local)
+    .lock                held with flock around every read-modify-write (local homes)
 
-Atomicity (a writer killed at any instant leaves the registry readable, champion old or new):
-- A version is written whole into `.staging/<uuid>/`, then published by renaming the folder onto
-  `<n>/`. rename(2) onto an existing non-empty folder fails, so two writers can never get the same
-  number: the loser takes the next one. No version folder is ever half there.
-- An alias move writes `history/<seq>.json` (temp file + rename), then swaps `aliases.json` (temp
-  file + rename). Readers trust history only up to the `seq` in aliases.json, so an entry left by a
-  writer killed between the two steps is ignored, then overwritten by the next move.
-- Moves are serialised by `fcntl.flock` on `.lock` (released by the kernel when a holder dies), so
-  concurrent promotions queue and the history records each of them.
-- Local files are fsync'ed before the rename that publishes them, so a power cut does not undo it.
+What every reader can rely on, on either kind of home:
+- A version is listed (list_versions, resolve, set_alias) only when its metadata.json, written
+  last, is there and every file it records is there at the recorded size; check_version also
+  compares the SHA-256s. A writer killed at any instant leaves, at worst, an unlisted folder.
+- aliases.json is replaced in one step (rename, or one PUT), so readers see the old or the new
+  pointer, never a mix. Readers trust history only up to its `seq`: an entry left by a writer
+  killed between writing it and swapping the pointer is ignored, then overwritten by the next move.
+- Every read-modify-write (publishing a version, each alias move, rollback) holds the model's
+  lock, so concurrent promotions queue, `set_alias(expect=...)` is a true compare-and-set, and the
+  history records every move. Reads take no lock.
 
-Object stores (same code, weaker guarantees): a PUT of one object is atomic, so readers still see
-old or new aliases.json. A folder cannot be renamed there, so a version is copied under `<n>/` with
-metadata.json last, and readers only list versions that have metadata.json. What S3/GCS lack through
-pyarrow.fs is a lock: they offer a conditional put (S3 `If-None-Match: *`, GCS
-`ifGenerationMatch=0`) that pyarrow does not expose. On a shared bucket keep one writer per model at
-a time, e.g. run promotions under a Prefect global concurrency limit `registry-<model>` (limit 1).
+Local homes: the lock is `fcntl.flock` on `.lock` (released by the kernel when a holder dies). A
+version is written whole into `.staging/<uuid>/`, then published by renaming the folder onto
+`<n>/`; rename(2) onto a non-empty folder fails, so two writers never get one number. Files are
+fsync'ed before the rename that publishes them, so a power cut does not undo it.
+
+Object stores (a home shared by a team as a bucket): a PUT is atomic, but there is no rename and,
+through pyarrow, no conditional put, so no lock in the store itself. The lock is the Prefect
+global concurrency limit `registry-<model>` (limit 1, created when missing) on the Prefect server
+every driftloop process already talks to: writes refuse with a RegistryError when
+PREFECT_API_URL is unset (a per-process temporary server would exclude no one). It is held with a
+60 s lease that Prefect renews every 45 s; a holder that cannot renew is cancelled before its
+lease ends, and a killed holder's lease lapses within about 75 s, after which others proceed (a
+writer queues up to 10 min, then gets a RegistryError). Writers of one model name share the
+limit, whichever home they write to.
+
+A version is staged, then, under the lock, copied into `<n>/`, metadata.json last. The number
+`n` is claimed first, in a way that holds even if a lease lapsed (a writer frozen past its
+lease): the writer puts `<n>/.claim-<uuid>` and lists `<n>/`; it goes on only if its claim is
+alone there, else tries `n+1`. S3 and GCS list consistently after a write, so of two racing
+writers the later lister sees the other's claim: one `<n>/` never holds two writers' files.
+Numbers stay unique and increasing but may skip one (a writer died after claiming it). Alias
+moves take milliseconds and rely on the lock alone: only a writer frozen for longer than its
+lease (a stopped VM) could overlap another's move, and then the pointer stays whole but one move
+may overwrite the other unrecorded.
 """
 
 from __future__ import annotations
@@ -65,8 +86,10 @@ CHAMPION = "champion"
 METADATA, ALIASES, HISTORY = "metadata.json", "aliases.json", "history"
 # The files of a model directory (tasks.model's names; not imported: reading needs no torch).
 MODEL_FILES = ("weights.safetensors", "preprocessing.json", "model.json")
-_STAGING, _LOCK = ".staging", ".lock"
+_STAGING, _LOCK, _CLAIM = ".staging", ".lock", ".claim-"
 _STALE_AFTER_S = 3600  # a staging folder or temp file this old belongs to a dead writer
+_LEASE_S = 60  # the shortest lease a Prefect server grants: a dead holder blocks others ~75 s
+_LOCK_WAIT_S = 600  # how long a writer queues behind others on a shared home before giving up
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # never all digits, unlike a version
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -118,6 +141,8 @@ class _Place:
     fs: pafs.FileSystem
     base: str
     scheme: str  # "" for local paths, "s3://" etc. for URIs
+    model: str
+    query: str = ""  # the root URI's options (`?endpoint_override=...`): its paths need them too
 
     @property
     def local(self) -> bool:
@@ -127,7 +152,7 @@ class _Place:
         return "/".join([self.base, *parts])
 
     def uri(self, path: str) -> str:
-        return f"{self.scheme}{path}"
+        return f"{self.scheme}{path}{self.query}"
 
 
 # Writers ------------------------------------------------------------------------------------------
@@ -153,6 +178,8 @@ def register(
             (bytes): the reference sample, the validation suite, the evaluation report, the card.
     """
     place = _place(root, model)
+    if not place.local:
+        _prefect_api_url(place)  # refuse before uploading anything
     extras = dict(extra_files or {})
     _check_extra_names(extras)
     src_fs, src_dir = data.resolve(os.fspath(model_dir))
@@ -161,7 +188,8 @@ def register(
             raise RegistryError(f"{model_dir}: not a model directory (no {name})")
     _sweep(place)
     stage = place.path(_STAGING, uuid.uuid4().hex)
-    place.fs.create_dir(stage, recursive=True)
+    if place.local:  # object stores have no folders to create
+        place.fs.create_dir(stage, recursive=True)
     for name in MODEL_FILES:
         _copy(src_fs, f"{src_dir}/{name}", place.fs, f"{stage}/{name}")
     for name, source in extras.items():
@@ -178,10 +206,17 @@ def register(
         "flow_run_id": _flow_run_id(),
         "files": names,
         "sha256": {name: _sha256(place.fs, f"{stage}/{name}") for name in names},
+        "sizes": {name: place.fs.get_file_info(f"{stage}/{name}").size for name in names},
         **metadata,
     }
     _write(place.fs, f"{stage}/{METADATA}", _dumps(events.jsonable(record)))
-    return _publish(place, stage)
+    try:
+        with _lock(place):
+            return _publish(place, stage)
+    except RegistryError:  # the lock was refused: leave no staged copy behind
+        with contextlib.suppress(OSError):
+            place.fs.delete_dir(stage)
+        raise
 
 
 def set_alias(
@@ -207,7 +242,7 @@ def set_alias(
             f"{model}: alias {alias!r} must start with a letter (letters, digits, _ -)"
         )
     with _lock(place):
-        if version not in list_versions(root=root, model=model):
+        if not _complete(place, version):
             raise RegistryError(f"{model}: no version {version} to point {alias!r} at")
         current = _read_aliases(place).aliases.get(alias)
         if expect is not ANY and current != expect:
@@ -247,9 +282,9 @@ def rollback(
 
 
 def list_versions(*, root: PathOrUri, model: str) -> list[int]:
-    """Complete versions, oldest first (a folder without metadata.json is not one)."""
+    """Complete versions, oldest first: metadata.json and every file it records, at its size."""
     place = _place(root, model)
-    return [n for n in _numbered(place) if _exists(place.fs, place.path(str(n), METADATA))]
+    return [n for n in _numbered(place) if _complete(place, n)]
 
 
 def get_version(*, root: PathOrUri, model: str, version: int) -> dict[str, Any]:
@@ -290,7 +325,7 @@ def resolve(*, root: PathOrUri, model: str, ref: str | int) -> str:
     text = str(ref)
     if text.isdigit():
         version = int(text)
-        if not _exists(place.fs, place.path(text, METADATA)):
+        if not _complete(place, version):
             versions = list_versions(root=root, model=model)
             raise RegistryError(f"{model}: no version {version}; versions: {versions or 'none'}")
     else:
@@ -321,8 +356,11 @@ def _place(root: PathOrUri, model: str) -> _Place:
         raise RegistryError(f"model name {model!r}: use letters, digits, '_', '.' and '-'")
     text = os.fspath(root)
     fs, path = data.resolve(text)
-    scheme = text.split("://", 1)[0] + "://" if "://" in text and not _is_local(fs) else ""
-    return _Place(fs=fs, base=f"{path.rstrip('/')}/registry/{model}", scheme=scheme)
+    remote = "://" in text and not _is_local(fs)
+    scheme = text.split("://", 1)[0] + "://" if remote else ""
+    query = "?" + text.split("?", 1)[1] if remote and "?" in text else ""
+    base = f"{path.rstrip('/')}/registry/{model}"
+    return _Place(fs=fs, base=base, scheme=scheme, model=model, query=query)
 
 
 def _is_local(fs: pafs.FileSystem) -> bool:
@@ -330,12 +368,12 @@ def _is_local(fs: pafs.FileSystem) -> bool:
 
 
 def _publish(place: _Place, stage: str) -> int:
-    """Turn a staged folder into the next version; the number is claimed by the rename itself."""
+    """Turn a staged folder into the next version; the caller holds the lock."""
+    if not place.local:  # no folder rename on object stores: claim a number, then copy
+        return _publish_by_copy(place, stage)
     _fsync_tree(place, stage)
     version = max(_numbered(place), default=0) + 1
-    if not place.local:  # no folder rename on object stores: copy, metadata.json last
-        return _publish_by_copy(place, stage, version)
-    while True:
+    while True:  # the number is claimed by the rename itself
         target = place.path(str(version))
         try:
             place.fs.move(stage, target)
@@ -348,7 +386,11 @@ def _publish(place: _Place, stage: str) -> int:
         return version
 
 
-def _publish_by_copy(place: _Place, stage: str, version: int) -> int:
+def _publish_by_copy(place: _Place, stage: str) -> int:
+    """Copy a staged version into a number claimed for it alone, metadata.json last."""
+    version = max(_numbered(place), default=0) + 1
+    while not _claim(place, version):
+        version += 1  # another writer is in that folder: never share it
     target = place.path(str(version))
     files = [i for i in place.fs.get_file_info(pafs.FileSelector(stage)) if i.base_name != METADATA]
     for info in files:
@@ -356,6 +398,37 @@ def _publish_by_copy(place: _Place, stage: str, version: int) -> int:
     place.fs.copy_file(f"{stage}/{METADATA}", f"{target}/{METADATA}")
     place.fs.delete_dir(stage)
     return version
+
+
+def _claim(place: _Place, version: int) -> bool:
+    """Claim `<version>/` without a conditional put: put a claim of our own, then list the folder.
+
+    It is ours only if our claim is alone there. Of two racing writers the later lister sees the
+    other's claim (S3 and GCS list consistently after a write), so at most one goes on; if both
+    back off, the number stays unused. Never needed under a held lock; it guards a lapsed lease.
+    """
+    folder = place.path(str(version))
+    mine = f"{_CLAIM}{uuid.uuid4().hex}"
+    _write(place.fs, f"{folder}/{mine}", b"")
+    found = place.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return [i.base_name for i in found] == [mine]
+
+
+def _complete(place: _Place, version: int) -> bool:
+    """Whether a version is whole: metadata.json (written last) and every file it records, at the
+    size it records. A listing, no content read: check_version compares the SHA-256s."""
+    folder = place.path(str(version))
+    try:
+        record = json.loads(_read(place.fs, f"{folder}/{METADATA}"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    found = place.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    sizes = {i.base_name: i.size for i in found if i.type == pafs.FileType.File}
+    # versions registered before sizes were recorded: presence only
+    expected = record.get("sizes") or dict.fromkeys(record.get("sha256", {}))
+    return all(
+        name in sizes and (size is None or sizes[name] == size) for name, size in expected.items()
+    )
 
 
 def _move(
@@ -430,9 +503,10 @@ def _numbered(place: _Place) -> list[int]:
 
 @contextlib.contextmanager
 def _lock(place: _Place) -> Iterator[None]:
-    """An exclusive lock on the model's registry (local file systems; see the module docstring)."""
+    """An exclusive lock on the model's registry: flock locally, Prefect on shared stores."""
     if not place.local:
-        yield
+        with _prefect_lock(place):
+            yield
         return
     import fcntl
 
@@ -445,19 +519,103 @@ def _lock(place: _Place) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _prefect_lock(place: _Place) -> Iterator[None]:
+    """Hold the Prefect global concurrency limit `registry-<model>` (limit 1, made if missing)."""
+    url = _prefect_api_url(place)
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import concurrency
+
+    name = f"registry-{place.model}"
+    _ensure_limit(place, name=name, url=url)
+    held = contextlib.ExitStack()
+    try:  # strict: a missing limit or a lease that cannot be renewed stops the writer
+        held.enter_context(
+            concurrency(name, timeout_seconds=_LOCK_WAIT_S, lease_duration=_LEASE_S, strict=True)
+        )
+    except TimeoutError:
+        raise RegistryError(
+            f"{place.model}: another writer has held the Prefect limit {name!r} for over "
+            f"{_LOCK_WAIT_S} s; try again later"
+        ) from None
+    except ConcurrencySlotAcquisitionError as exc:
+        raise RegistryError(
+            f"{place.model}: cannot take the Prefect limit {name!r}: {exc}"
+        ) from None
+    with held:
+        yield
+
+
+def _prefect_api_url(place: _Place) -> str:
+    """The Prefect API that serialises writers to a shared home; refuse without one."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise RegistryError(
+            f"{place.model}: writing the registry on {place.uri(place.base)} needs the team's "
+            "Prefect server to serialise writers: set PREFECT_API_URL (e.g. http://HOST:4200/api)"
+        )
+    return str(url)
+
+
+def _ensure_limit(place: _Place, *, name: str, url: str) -> None:
+    """Create the global concurrency limit `name` with limit 1 unless it exists; check it."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            try:
+                found = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                with contextlib.suppress(ObjectAlreadyExists):  # another writer made it first
+                    client.create_global_concurrency_limit(
+                        GlobalConcurrencyLimitCreate(name=name, limit=1)
+                    )
+                found = client.read_global_concurrency_limit_by_name(name)
+    except httpx.HTTPError as exc:
+        raise RegistryError(
+            f"{place.model}: cannot reach the Prefect API at {url} for the registry lock: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    if found.limit != 1 or not found.active:
+        raise RegistryError(
+            f"{place.model}: the Prefect concurrency limit {name!r} has limit {found.limit}, "
+            f"active={found.active}; registry writes need it active with limit 1"
+        )
+
+
 def _sweep(place: _Place) -> None:
     """Remove what writers killed long ago left behind: staging folders and temp files."""
     cutoff = time.time() - _STALE_AFTER_S
-    for folder in (place.path(_STAGING), place.base, place.path(HISTORY)):
-        selector = pafs.FileSelector(folder, allow_not_found=True)
-        for info in place.fs.get_file_info(selector):
-            stale = info.mtime is not None and info.mtime.timestamp() < cutoff
-            if not stale:
-                continue
-            if folder.endswith(_STAGING) and info.type == pafs.FileType.Directory:
+    gone = contextlib.suppress(FileNotFoundError)  # another writer swept or published it first
+    for info in _children(place, place.path(_STAGING)):
+        if info.type == pafs.FileType.Directory and _written_at(place, info) < cutoff:
+            with gone:
                 place.fs.delete_dir(info.path)
-            elif info.base_name.endswith(".tmp") and info.type == pafs.FileType.File:
-                place.fs.delete_file(info.path)
+    for folder in (place.base, place.path(HISTORY)):
+        for info in _children(place, folder):
+            stale = info.mtime is not None and info.mtime.timestamp() < cutoff
+            if stale and info.base_name.endswith(".tmp") and info.type == pafs.FileType.File:
+                with gone:
+                    place.fs.delete_file(info.path)
+
+
+def _children(place: _Place, folder: str) -> list[pafs.FileInfo]:
+    return list(place.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)))
+
+
+def _written_at(place: _Place, folder: pafs.FileInfo) -> float:
+    """When a folder was last written to (object stores have no folder times: its newest file)."""
+    if folder.mtime is not None:
+        return float(folder.mtime.timestamp())
+    selector = pafs.FileSelector(folder.path, recursive=True, allow_not_found=True)
+    inside = place.fs.get_file_info(selector)  # not found: its writer just published it
+    times = [i.mtime.timestamp() for i in inside if i.mtime is not None]
+    return max(times, default=time.time())  # an empty one may be a writer just starting
 
 
 def _check_extra_names(extras: Mapping[str, object]) -> None:
@@ -471,16 +629,17 @@ def _check_extra_names(extras: Mapping[str, object]) -> None:
 
 
 def _write_atomic(place: _Place, path: str, content: bytes) -> None:
-    """Write to a temp file beside `path`, then rename it over `path` in one step."""
+    """Replace `path` in one step: a temp file renamed over it (locally), or one PUT."""
+    if not place.local:  # one PUT is atomic; a "rename" there would be a copy and a delete
+        _write(place.fs, path, content)
+        return
     folder, name = path.rsplit("/", 1)
     tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
     place.fs.create_dir(folder, recursive=True)
     _write(place.fs, tmp, content)
-    if place.local:
-        _fsync_file(tmp)
+    _fsync_file(tmp)
     place.fs.move(tmp, path)
-    if place.local:
-        _fsync_dir(folder)
+    _fsync_dir(folder)
 
 
 def _write(fs: pafs.FileSystem, path: str, content: bytes) -> None:
