@@ -747,6 +747,8 @@ class _Usable:
                 ]
             features = [f for f in kw["features"] if self.reason(f) is None]
             return {**config, "kwargs": {**kw, "features": features}}, []
+        if type_ == "expect_column_to_exist":  # a missing column is what it looks for
+            return config, []
         for column in _columns_of(kw):
             reason = self.reason(column, kind_matters=type_ not in _TYPE_CHECKS)
             if reason is not None:
@@ -1001,6 +1003,8 @@ def _observed(config: Mapping[str, Any], found: Mapping[str, Any], *, success: b
     share = f"{found.get('unexpected_percent') or 0:.2f}%"
     examples = _examples(found.get("partial_unexpected_list") or [])
     value = found.get("observed_value")
+    if type_ == "expect_column_to_exist":
+        return "present" if success else "column is missing"
     if type_ == UNIQUE and kw.get("min_value") == 1.0:
         return "every value distinct" if success else f"only {value:.4%} of the values distinct"
     if type_ == "expect_column_values_to_not_be_null":

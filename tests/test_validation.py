@@ -450,7 +450,8 @@ def test_user_expectations_join_the_suite_and_are_applied(
         "type": "expect_column_values_to_match_regex",
         "kwargs": {"column": "region", "regex": regions},
     }
-    rules = [older, named]
+    present = {"type": "expect_column_to_exist", "kwargs": {"column": "region"}}
+    rules = [older, named, present]
     strict = settings.model_copy(update={"validation": ValidationConfig(expectations=rules)})
     validation.check_user_expectations(strict.validation)
     suite = validation.build_suite(reference, settings=strict)
@@ -459,6 +460,8 @@ def test_user_expectations_join_the_suite_and_are_applied(
     assert report.problems == ["user_expectation"]
     regex = next(r for r in report.results if r.expectation.endswith("match_regex"))
     assert regex.success  # GX's string checks run on the pyarrow-backed string columns
+    without = validation.validate(batch().drop_columns(["region"]), suite=suite, settings=strict)
+    assert ("expect_column_to_exist", "region") in failed(without)  # fails, is not skipped
 
 
 @pytest.mark.parametrize(
