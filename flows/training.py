@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import data, registry, traffic, validation
+from tasks import data, traffic, validation
 from tasks.evaluate import champion_task, evaluate_task, gate_task, promote_task
 from tasks.model import load_model
-from tasks.settings import Settings, load_settings
-from tasks.synthetic import write_parquet
+from tasks.settings import Settings, load_settings, resolve_features
 from tasks.train import train_task
 
 REFERENCE_ROWS = 20_000  # training rows kept with each version: the drift monitor's reference
@@ -53,16 +53,22 @@ def read_labelled_traffic(*, settings: Settings) -> pa.Table | None:
 def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
     """Validate the source data, train a challenger with Ray Train and promote it only if it beats
     the champion on the same holdout. Parameter: the path of the driftloop.yaml to use."""
-    settings = load_settings(Path(config))
-    ds = settings.dataset
+    declared = load_settings(Path(config), check_source=False)
 
-    # Data ---------------------------------------------------------------------------------------
-    table = read_source(ds.source)
+    # Data, and the reference its profile is judged against --------------------------------------
+    table: pa.Table = read_source(declared.dataset.source)
     fingerprint = data.fingerprint(table)
-    reports = validation.report_root(settings) / fingerprint
+    reference = validation.reference_profile(declared)
+    profile = reference.table if reference.table is not None else table
+    inferred = declared.dataset.features is None
+    settings = resolve_features(
+        declared, (profile if inferred else table).schema, path=Path(config)
+    )
+    ds = settings.dataset
+    reports = validation.report_location(settings, fingerprint)
 
     # Validate: nothing below runs on data that breaks its contract ------------------------------
-    suite = reference_suite(table, settings=settings)
+    suite = validation.build_suite(profile, settings=settings, profile_source=reference.source)
     validation.validate_task(
         table,
         suite=suite,
@@ -106,9 +112,11 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
             "production_rows": challenger.production_rows,
         },
         extra_files={
-            "reference.parquet": str(reference_sample(parts.train, directory=reports)),
-            "suite.json": str(reports / validation.SUITE_FILE),
-            "dataset_card.md": str(reports / validation.CARD_FILE),
+            "reference.parquet": reference_sample(parts.train),
+            "suite.json": validation.report_location(settings, fingerprint, validation.SUITE_FILE),
+            "dataset_card.md": validation.report_location(
+                settings, fingerprint, validation.CARD_FILE
+            ),
         },
     )
     return {
@@ -124,23 +132,14 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
     }
 
 
-def reference_suite(table: pa.Table, *, settings: Settings) -> Any:
-    """The champion's suite when there is one (new data is judged by what the champion learned
-    from), else a suite built from this data's own profile."""
-    root, model = str(settings.home), settings.dataset.name
-    if "champion" in registry.aliases(root=root, model=model):
-        suite_path = Path(registry.resolve(root=root, model=model, ref="champion")) / "suite.json"
-        if suite_path.exists():
-            return validation.load_suite(suite_path)
-    return validation.build_suite(table, settings=settings)
-
-
-def reference_sample(train: pa.Table, *, directory: Path) -> Path:
-    """A seeded sample of the training rows, kept with the version for the drift monitor."""
+def reference_sample(train: pa.Table) -> bytes:
+    """A seeded sample of the training rows (Parquet), kept with the version: the next run's
+    validation profile and the drift monitor's reference."""
     rows = min(train.num_rows, REFERENCE_ROWS)
     picked = np.sort(np.random.default_rng(0).choice(train.num_rows, size=rows, replace=False))
-    sample = train.take(pa.array(picked))
-    return write_parquet(sample, directory / "reference.parquet")
+    sink = pa.BufferOutputStream()
+    pq.write_table(train.take(pa.array(picked)), sink)
+    return bytes(sink.getvalue())
 
 
 if __name__ == "__main__":

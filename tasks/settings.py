@@ -213,8 +213,10 @@ class Settings(BaseSettings):
         return "://" not in self.home or self.home.startswith("file://")
 
     def location(self, *parts: str) -> str:
-        """A path or URI under the home: `location("registry", "churn")`."""
-        return "/".join([self.home.rstrip("/"), *parts])
+        """A path or URI under the home: `location("registry", "churn")`; a URI keeps its
+        options (`?endpoint_override=...`) at the end."""
+        base, mark, query = self.home.partition("?") if "://" in self.home else (self.home, "", "")
+        return "/".join([base.rstrip("/"), *parts]) + mark + query
 
     @property
     def features(self) -> Features:
@@ -246,6 +248,16 @@ def load_settings(path: Path | None = None, *, check_source: bool = True) -> Set
         schema = data.read_schema(settings.dataset.source)
     except data.DataError as exc:
         raise ConfigError(f"{path}: dataset.source: {exc}") from None
+    return _resolve_features(settings, schema, path=path)
+
+
+def resolve_features(settings: Settings, schema: pa.Schema, *, path: Path) -> Settings:
+    """Check the columns the config names against `schema` and infer the features left out.
+
+    `load_settings` does this against the source; the training pipeline does it against the
+    champion's training sample when one exists, so a feature column that vanished from new data
+    is reported by validation instead of silently dropped from the inferred features.
+    """
     return _resolve_features(settings, schema, path=path)
 
 

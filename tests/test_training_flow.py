@@ -110,3 +110,15 @@ def test_a_first_model_is_promoted_and_an_identical_retrain_is_rejected(
     assert production[0]["passed"]  # the same model does no worse on the recent rows
     assert read_events(events.MODEL_PROMOTED)
     assert read_events(events.MODEL_REJECTED)
+
+    # New source data with a problem is judged against the champion's training sample: a column
+    # that vanished, or a spike of missing values, stops the run before anything trains
+    runs = sorted((tmp_path / "home" / "ray").iterdir())
+    for scenario in ("schema_break", "missing_spike"):
+        broken = synthetic.generate(rows=6000, seed=5, scenario=scenario)
+        synthetic.write_parquet(broken, tmp_path / "data" / "churn.parquet")
+        with pytest.raises(validation.ValidationFailed, match=r"monthly_charges|missing"):
+            training_pipeline(config=str(config))
+    assert sorted((tmp_path / "home" / "ray").iterdir()) == runs  # nothing trained
+    assert registry.list_versions(root=home, model="churn") == [1, 2]
+    assert registry.aliases(root=home, model="churn") == {"champion": 1}
