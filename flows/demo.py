@@ -27,13 +27,12 @@ def demo(config: str = "driftloop.yaml") -> dict[str, Any]:
     outcome = training_pipeline(config=config)
     logger.info("training pipeline: %s", outcome)
 
-    # Traffic with a data-quality problem, checked against the champion's suite --------------------
-    root, model = str(settings.home), settings.dataset.name
-    champion = Path(registry.resolve(root=root, model=model, ref="champion"))
+    # Traffic with a data-quality problem, checked against what the champion was trained on -------
+    root, model = settings.home, settings.dataset.name
     batch = synthetic.generate(rows=5_000, seed=99, task=settings.dataset.task,
                                scenario="missing_spike")  # fmt: skip
     report = validation.check_batch(
-        batch, suite=validation.load_suite(champion / "suite.json"), settings=settings
+        batch, suite=validation.suite_for(batch, settings=settings), settings=settings
     )
     logger.info("production batch: %s", report.summary())
     return {
