@@ -27,8 +27,8 @@ sees, so the per-column checks are table-level expectations that cover every col
 - `expect_column_values_to_be_in_ranges`: numeric features (and a regression target) inside the
   reference's [min, max] widened by `range_margin` x span;
 - `expect_column_values_to_be_in_sets`: categorical features inside the reference's domain (up to
-  `MAX_DOMAIN` values) and a classification target inside its known classes. Features allow
-  `unseen_category_share` of their values outside a range or domain; the target allows none;
+  `MAX_DOMAIN` values) and a classification target inside its known classes. Ranges and
+  feature domains allow `unseen_category_share` of the values outside; unknown classes, none;
 - `expect_column_proportion_of_unique_values_to_be_between` (GX): unique ids, where `dataset.id`
   is declared and the reference's ids are unique (repeated ids mean the id groups rows);
 - `expect_table_row_count_to_be_between` (GX): at least `min_rows` rows;
