@@ -123,6 +123,7 @@ class Placement:
 
     use_gpu: bool
     reason: str = ""
+    fell_back: bool = False  # `auto` found GPUs, too few for every worker: worth a warning
 
 
 # Driver -----------------------------------------------------------------------------------------
@@ -139,11 +140,13 @@ def place_workers(config: TrainingConfig, *, nodes: Sequence[Mapping[str, float]
     """
     n, gpus = config.num_workers, sum(node.get("GPU", 0.0) for node in nodes)
     gpu_room = _room(nodes, cpus=config.cpus_per_worker, gpu=True)
+    fell_back = False
     if config.use_gpu == "auto":
         use_gpu = gpu_room >= n
         if use_gpu:
             reason = f"use_gpu=auto: {n} GPU worker(s); the cluster has {gpus:g} GPU(s)"
         elif gpus:
+            fell_back = True
             reason = (
                 f"use_gpu=auto: CPU workers; the cluster's {gpus:g} GPU(s) have room for "
                 f"{gpu_room} of the training.num_workers={n} workers, which need one GPU each"
@@ -164,7 +167,7 @@ def place_workers(config: TrainingConfig, *, nodes: Sequence[Mapping[str, float]
             f"training.cpus_per_worker{', set training.use_gpu: false' if use_gpu else ''}, "
             "or add nodes"
         )
-    return Placement(use_gpu, reason)
+    return Placement(use_gpu, reason, fell_back)
 
 
 def _room(nodes: Sequence[Mapping[str, float]], *, cpus: float, gpu: bool) -> int:
@@ -420,7 +423,7 @@ def train_model(
     connect_ray()
     placement = place_workers(config, nodes=cluster_nodes())
     if placement.reason:
-        logger.info(placement.reason)
+        logger.log(logging.WARNING if placement.fell_back else logging.INFO, placement.reason)
     _warn_if_busy(config, placement)
     storage = _storage_location(os.fspath(storage_path or settings.location("ray")))
     check_storage_is_shared(storage)
@@ -788,9 +791,10 @@ def train_task(
         on_epoch=log_epoch, fault=fault,
     )  # fmt: skip
     logger.info(
-        "best %s %.4f at epoch %d of %d%s; model in %s",
+        "best %s %.4f at epoch %d of %d%s on %d worker(s) (%s); model in %s",
         result.metric_name, result.best_metric, result.best_epoch, len(result.history),
-        " (stopped early)" if result.stopped_early else "", result.model_dir,
+        " (stopped early)" if result.stopped_early else "", len(result.workers),
+        ", ".join(w.device for w in result.workers), result.model_dir,
     )  # fmt: skip
     key = _artifact_key(settings.dataset.name)
     create_table_artifact(

@@ -136,8 +136,10 @@ def test_use_gpu_auto_picks_gpus_only_when_every_worker_gets_one(
     config = TrainingConfig(use_gpu=setting, num_workers=workers)
     placement = place_workers(config, nodes=nodes)
     assert placement.use_gpu is expected
-    if setting == "auto" and not expected:  # the log says why it fell back to CPUs
+    if setting == "auto" and not expected:  # the log says why it chose CPUs
         assert "CPU workers" in placement.reason
+    has_gpus = any(node.get("GPU", 0) for node in nodes)
+    assert placement.fell_back is (setting == "auto" and not expected and bool(has_gpus))
 
 
 def test_auto_says_how_many_gpus_were_too_few() -> None:
