@@ -42,10 +42,10 @@ sees, so the per-column checks are table-level expectations that cover every col
 Columns a check cannot use (a missing or retyped column, no labels in a production batch) make
 their rows "skipped" with the reason, so a schema break fails once, on its column. Production
 batches (`check_batch`) are judged for data quality, not drift: ranges there allow
-`BATCH_RANGE_SHARE` of the values outside (a covariate shift pushes some past the reference's
-range), and only the labels that have arrived are checked. Reports: JSON, GX's own HTML page
-(Data Docs' validation page) and a markdown dataset card, written through `pyarrow.fs` (a local
-folder or a URI home) atomically. `validate_task` wraps it for Prefect: artifacts, the
+`validation.batch_range_share` of the values outside (a covariate shift pushes some past the
+reference's range), and only the labels that have arrived are checked. Reports: JSON, GX's own
+HTML page (Data Docs' validation page) and a markdown dataset card, written through `pyarrow.fs`
+(a local folder or a URI home) atomically. `validate_task` wraps it for Prefect: artifacts, the
 `driftloop.validation.failed` event, and `ValidationFailed` to fail the flow run. See
 bench/bench_validation.py for what GX costs.
 """
@@ -118,7 +118,6 @@ PER_COLUMN: dict[str, str] = {
     RANGES: "ranges",
     DOMAINS: "value_sets",
 }
-BATCH_RANGE_SHARE = 0.10  # production batches: share of values a range allows outside it
 MAX_DOMAIN = 1000  # a categorical column with more distinct values gets no domain check
 _MAX_LEVELS = 50  # numeric columns with at most this many values are also checked for purity
 _MIN_SUPPORT = 20  # rows per value (or per class) below which a score says nothing
@@ -595,17 +594,19 @@ def check_batch(
     settings: Settings,
     fingerprint: str | None = None,
     source: str | None = None,
-    range_share: float = BATCH_RANGE_SHARE,
+    range_share: float | None = None,
 ) -> ValidationReport:
     """Check a production batch against the training suite: data quality, not drift.
 
     Labels may be absent or partly in (feedback arrives later): only the labels present are
     checked, and a missing target column skips the target's checks. Ranges allow `range_share`
     of the values outside them, since a covariate shift moves some values past the reference's
-    range; the training-only checks (row count, class count, leakage) do not run.
-    `report.problems` names what went wrong: `schema_break`, `missing_values`,
-    `unseen_categories`, `out_of_range`, ...
+    range (default: `validation.batch_range_share`); the training-only checks (row count, class
+    count, leakage) do not run. `report.problems` names what went wrong: `schema_break`,
+    `missing_values`, `unseen_categories`, `out_of_range`, ...
     """
+    if range_share is None:
+        range_share = settings.validation.batch_range_share
     if not 0 <= range_share <= 1:
         raise ValueError(f"range_share must lie in [0, 1], got {range_share}")
     rows, result = _run(

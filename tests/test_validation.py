@@ -571,6 +571,11 @@ def test_a_batch_range_allows_a_configurable_share_outside_it(
     strict = validation.check_batch(shifted, suite=suite, settings=settings, range_share=0.01)
     assert failed(strict) == {(RANGES, "monthly_charges")}
     assert "(allowed 1.00%)" in strict.failures[0].observed
+    configured = settings.model_copy(
+        update={"validation": settings.validation.model_copy(update={"batch_range_share": 0.01})}
+    )  # validation.batch_range_share in driftloop.yaml
+    from_config = validation.check_batch(shifted, suite=suite, settings=configured)
+    assert failed(from_config) == {(RANGES, "monthly_charges")}
 
 
 @pytest.mark.parametrize(
