@@ -16,7 +16,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,6 +35,7 @@ from tasks.train import (
     TrainingFailed,
     TrainResult,
     _failure_message,
+    _ProgressTail,
     auc_from_histograms,
     learning_curve_svg,
     nodes_without_path,
@@ -189,6 +192,25 @@ def test_a_worker_group_that_never_started_is_not_reported_as_restarts() -> None
     assert "restart" not in message
     assert message.startswith("training run run-1 could not start its 2 worker(s) in 3 attempts")
     assert "WorkerGroupStartupTimeoutError: The worker group startup timed out" in message
+
+
+def test_epochs_that_never_reach_the_driver_live_are_delivered_once_from_the_result(
+    tmp_path: Path,
+) -> None:
+    from ray.train import Checkpoint
+
+    seen: list[EpochRecord] = []
+    history = [EpochRecord(i, 1.0 / i, 1.1 / i, 0.7, 0.1) for i in range(1, 4)]
+    tail = _ProgressTail(seen.append)
+    after_report: Any = tail.callback.after_report  # called as the Train controller calls it
+    # The controller's callback reaches the driver for epoch 1; the rest is out of its sight.
+    report = {**asdict(history[0]), "resumed_from_epoch": 0}
+    after_report(None, [report], Checkpoint.from_directory(tmp_path))
+    tail.close()
+    after_report(None, [report], None)  # its file is gone: nothing raises in the controller
+    tail.catch_up(history)
+    assert seen == history
+    assert tail.registered == [(0, 1)]
 
 
 def test_the_all_reducible_auc_matches_sklearn() -> None:
