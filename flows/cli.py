@@ -179,7 +179,7 @@ def validate(
 
 @app.command()
 def train(config: ConfigPath = Path(CONFIG_FILE)) -> None:
-    """Run the training pipeline: validate, split, train with Ray Train."""
+    """Run the training pipeline: validate, split, train (Ray Train), evaluate, gate, register."""
     _settings(config)  # fail fast on a bad config, before Prefect and Ray start
     _connect_to_stack(config)
     from flows.training import training_pipeline
