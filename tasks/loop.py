@@ -10,10 +10,12 @@ writes them as Parquet under the run's storage folder: one fixed-size-list colum
 rows shuffled, row groups of equal size in a multiple of the worker count. Each worker reads only
 its own row groups (`rank::world_size`) with pyarrow straight into tensors, once, and iterates
 in-memory batches (one shuffled gather per epoch, then contiguous slices). Measured by
-bench/bench_train.py on 2 busy cores (850k rows, 128-row batches per worker), against reading the
-same Parquet with pyarrow straight into tensors: the first epoch (read + shuffle + batches)
-0.43x, later epochs 1.45x (the tensors are reused), Ray Data's `get_dataset_shard` +
-`iter_torch_batches` 0.015x (0.12-0.21x in STACK.md with larger batches). The price is that a
+bench/bench_train.py on 2 busy cores (850k rows, 128-row batches per worker; bench/RESULTS.md),
+against reading the same Parquet with pyarrow straight into tensors: the first epoch (read +
+batches) 0.75x of that read in a fresh process (0.17x of a warm process, which no longer pays
+this VM's first touch of fresh memory), later epochs 1.1x (the tensors are reused), Ray Data's
+`get_dataset_shard` + `iter_torch_batches` 0.016x (0.12-0.21x in STACK.md with larger batches).
+The price is that a
 worker's shard must fit in its memory, which holds for the tabular sizes driftloop targets
 (1M rows x 20 features is 80 MB of float32). The data lies under the run's Ray Train storage,
 which every node sees (a bucket URI or a shared folder; Ray Train requires it for checkpoints
