@@ -7,6 +7,7 @@ card, learning curve, gate table, model card). A validation failure fails the ru
 trains; a gate rejection completes the run with "rejected" and the champion keeps its place.
 """
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,8 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
             ),
         },
     )
+    if not settings.home_is_local:  # a bucket run exported its model to a local temp folder
+        shutil.rmtree(result.model_dir.parent, ignore_errors=True)
     return {
         "model": ds.name,
         "decision": "promoted" if promotion.promoted else "rejected",

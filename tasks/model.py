@@ -23,9 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
+
+from tasks import data
+from tasks.errors import DriftloopError
 
 if TYPE_CHECKING:
     from tasks.settings import Features, TrainingConfig
@@ -39,7 +44,7 @@ WEIGHTS, PREPROCESSING, MODEL = "weights.safetensors", "preprocessing.json", "mo
 _PREDICT_CHUNK = 65_536  # rows per forward pass: bounds memory on large tables
 
 
-class ModelError(ValueError):
+class ModelError(DriftloopError, ValueError):
     """The data or the model directory does not fit the model; the message says how."""
 
 
@@ -324,18 +329,24 @@ def save_model(
 
 
 def load_model(directory: str | os.PathLike[str]) -> Predictor:
-    """Load a model directory written by `save_model`; tensors only, nothing is unpickled."""
-    path = Path(directory)
+    """Load a model directory written by `save_model`, from a path or a URI (a registry version
+    on a bucket); tensors only, nothing is unpickled."""
+    fs, path = data.resolve(os.fspath(directory))
+    files = {}
     for name in (WEIGHTS, PREPROCESSING, MODEL):
-        if not (path / name).is_file():
-            raise ModelError(f"{path}: not a model directory (no {name})")
-    meta = json.loads((path / MODEL).read_text())
+        if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.File:
+            raise ModelError(f"{directory}: not a model directory (no {name})")
+        with fs.open_input_stream(f"{path}/{name}") as stream:
+            files[name] = bytes(stream.read())
+    meta = json.loads(files[MODEL])
     if meta.get("format") != FORMAT:
-        raise ModelError(f"{path}: unknown model format {meta.get('format')!r}; expected {FORMAT}")
+        raise ModelError(
+            f"{directory}: unknown model format {meta.get('format')!r}; expected {FORMAT}"
+        )
     spec = ModelSpec(**meta["architecture"])
     model = TabularMLP(spec)
-    model.load_state_dict(load_file(str(path / WEIGHTS)))
-    preprocessor = Preprocessor.from_json((path / PREPROCESSING).read_text())
+    model.load_state_dict(load_safetensors(files[WEIGHTS]))
+    preprocessor = Preprocessor.from_json(files[PREPROCESSING].decode())
     return Predictor(model=model, spec=spec, preprocessor=preprocessor)
 
 

@@ -13,6 +13,20 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ray_token_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Ray 2.60 turns token auth on and writes its token to ~/.ray/auth_token unless told where:
+    the suite's Ray instances (and the clusters tests start) keep theirs in a temp folder."""
+    token = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    previous = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    yield
+    if previous is None:
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    else:
+        os.environ["RAY_AUTH_TOKEN_PATH"] = previous
+
+
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """A real local Ray instance shared by the session's tests (dashboard on loopback only).

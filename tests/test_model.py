@@ -173,6 +173,8 @@ def test_save_then_load_gives_identical_predictions(tmp_path: Path) -> None:
     first = load_model(directory).predict(table)
     second = load_model(directory).predict(table)
     np.testing.assert_array_equal(first, second)
+    from_uri = load_model(directory.as_uri()).predict(table)  # a bucket version reads the same way
+    np.testing.assert_array_equal(first, from_uri)
     model.eval()
     encoded = pre.transform(table)
     with torch.no_grad():
