@@ -147,7 +147,7 @@ class GateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     primary_metric: MetricName | None = None  # None: roc_auc (classification), rmse (regression)
-    min_improvement: float = Field(0.0, ge=0)  # relative gain required on top of significance
+    min_improvement: float = Field(0.005, ge=0)  # relative gain (0.5%) on top of significance
     confidence: float = Field(0.95, gt=0.5, lt=1)  # two-sided CI level; its low end must be > 0
     bootstrap_resamples: int = Field(300, ge=50, le=10_000)  # paired resamples of holdout rows
     bootstrap_seed: int = 0  # the same two models on the same rows always get the same decision

@@ -1,6 +1,7 @@
 """Shared fixtures: real services start once per session, never per test."""
 
 import os
+import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,8 @@ def _ray_token_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """Ray 2.60 turns token auth on and writes its token to ~/.ray/auth_token unless told where:
     the suite's Ray instances (and the clusters tests start) keep theirs in a temp folder."""
     token = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    token.chmod(0o600)
     previous = os.environ.get("RAY_AUTH_TOKEN_PATH")
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     yield

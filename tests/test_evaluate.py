@@ -349,6 +349,9 @@ def test_an_equal_model_is_not_promoted_because_its_gain_is_not_significant(
     real_report: ev.EvaluationReport,
 ) -> None:
     decision = ev.gate(challenger=real_report, champion=real_report, config=GATE)
+    assert failed_rules(decision) == ["roc_auc: gain over champion", "roc_auc: gain is significant"]
+    no_margin = GATE.model_copy(update={"min_improvement": 0.0})  # significance stands alone
+    decision = ev.gate(challenger=real_report, champion=real_report, config=no_margin)
     assert failed_rules(decision) == ["roc_auc: gain is significant"]
 
 
