@@ -1026,10 +1026,13 @@ def promote_task(
     from prefect.artifacts import create_markdown_artifact
 
     model, previous = dataset.name, decision.champion_version
-    card = model_card(
-        dataset=dataset, report=report, decision=decision,
-        data_fingerprint=metadata.get("data_fingerprint"), params=metadata.get("params"),
-    )  # fmt: skip
+
+    def card(version: int | None) -> str:
+        return model_card(
+            dataset=dataset, report=report, decision=decision, version=version,
+            data_fingerprint=metadata.get("data_fingerprint"), params=metadata.get("params"),
+        )  # fmt: skip
+
     gate_record = {
         "passed": decision.promote,
         "summary": decision.summary(),
@@ -1042,7 +1045,7 @@ def promote_task(
             **(extra_files or {}),
             "evaluation.json": json.dumps(report.to_dict(), indent=1).encode(),
             "gate.json": json.dumps(decision.to_dict(), indent=1).encode(),
-            "model_card.md": card.encode(),
+            "model_card.md": card(None).encode(),  # the number is claimed as it is published
         },
     )  # fmt: skip
     promotion = Promotion(version=version, promoted=False, previous=previous,
@@ -1058,7 +1061,7 @@ def promote_task(
             promotion = replace(promotion, reason=f"reject: {exc}")
     verdict = "promoted to champion" if promotion.promoted else "registered, not promoted"
     create_markdown_artifact(
-        markdown=card.replace(f"# Model card: {model}", f"# Model card: {model} v{version}", 1),
+        markdown=card(version),
         key=f"model-card-{_slug(model)}",
         description=f"{model} v{version}: {verdict}",
     )

@@ -424,8 +424,8 @@ def _complete(place: _Place, version: int) -> bool:
         return False
     found = place.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     sizes = {i.base_name: i.size for i in found if i.type == pafs.FileType.File}
-    # versions registered before sizes were recorded: presence only
-    expected = record.get("sizes") or dict.fromkeys(record.get("sha256", {}))
+    # versions registered before sizes were recorded: the files it lists, present
+    expected = record.get("sizes") or dict.fromkeys(record.get("files", []))
     return all(
         name in sizes and (size is None or sizes[name] == size) for name, size in expected.items()
     )

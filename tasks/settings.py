@@ -251,17 +251,7 @@ def load_settings(path: Path | None = None, *, check_source: bool = True) -> Set
         schema = data.read_schema(settings.dataset.source)
     except data.DataError as exc:
         raise ConfigError(f"{path}: dataset.source: {exc}") from None
-    return _resolve_features(settings, schema, path=path)
-
-
-def resolve_features(settings: Settings, schema: pa.Schema, *, path: Path) -> Settings:
-    """Check the columns the config names against `schema` and infer the features left out.
-
-    `load_settings` does this against the source; the training pipeline does it against the
-    champion's training sample when one exists, so a feature column that vanished from new data
-    is reported by validation instead of silently dropped from the inferred features.
-    """
-    return _resolve_features(settings, schema, path=path)
+    return resolve_features(settings, schema, path=path)
 
 
 class _StackSettings(BaseSettings):
@@ -482,7 +472,13 @@ def _load_user_expectations(settings: Settings, *, base: Path, path: Path) -> Se
     return settings.model_copy(update={"validation": config})
 
 
-def _resolve_features(settings: Settings, schema: pa.Schema, *, path: Path) -> Settings:
+def resolve_features(settings: Settings, schema: pa.Schema, *, path: Path) -> Settings:
+    """Check the columns the config names against `schema` and infer the features left out.
+
+    `load_settings` does this against the source; the training pipeline does it against the
+    champion's training sample when one exists, so a feature column that vanished from new data
+    is reported by validation instead of silently dropped from the inferred features.
+    """
     ds = settings.dataset
     columns = schema.names
 

@@ -75,8 +75,7 @@ def read(*, home: str, model: str, kind: Kind) -> pa.Table | None:
     ]
     if not files:
         return None
-    table = pads.dataset(files, filesystem=fs, format="parquet").to_table()
-    return table.drop_columns([c for c in ("date",) if c in table.column_names])
+    return pads.dataset(files, filesystem=fs, format="parquet").to_table()
 
 
 def labelled(*, home: str, model: str, target: str, limit: int) -> pa.Table | None:

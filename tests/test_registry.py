@@ -252,6 +252,20 @@ def processes() -> ForkServerContext:
     return ctx
 
 
+def run_together(
+    processes: ForkServerContext, target: Any, arguments: list[tuple[Any, ...]]
+) -> None:
+    """One process per argument tuple, released at the same instant; each must exit cleanly."""
+    start = processes.Event()
+    workers = [processes.Process(target=target, args=(*args, start)) for args in arguments]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+
+
 def promote_forever(root: str, model_dir: str) -> None:
     """Register, promote, now and then roll back: until killed. Every version has weights and a
     sample of its own, so a version mixing two writes' files shows in its checksums."""
@@ -383,17 +397,7 @@ def test_concurrent_promotions_serialise_and_the_history_records_every_one(
     root, rounds = str(tmp_path / "home"), 60
     for tag in "ab":
         add_version(tmp_path / "home", tmp_path, tag)
-    start = processes.Event()
-    workers = [
-        processes.Process(target=promote_rounds, args=(root, version, rounds, start))
-        for version in (1, 2)
-    ]
-    for worker in workers:
-        worker.start()
-    start.set()
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    run_together(processes, promote_rounds, [(root, version, rounds) for version in (1, 2)])
     changes = registry.history(root=root, model=MODEL)
     assert Counter(c.to_version for c in changes) == {1: rounds, 2: rounds}
     assert [c.seq for c in changes] == list(range(1, 2 * rounds + 1))
@@ -421,15 +425,7 @@ def test_racing_promotions_never_replace_a_champion_they_were_not_judged_against
 ) -> None:
     root, rounds = str(tmp_path / "home"), 25
     dirs = [make_model_dir(tmp_path / f"m{i}", tag=str(i)) for i in range(2)]
-    start = processes.Event()
-    workers = [processes.Process(target=challenge_rounds, args=(root, str(d), rounds, start))
-               for d in dirs]  # fmt: skip
-    for worker in workers:
-        worker.start()
-    start.set()
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    run_together(processes, challenge_rounds, [(root, str(d), rounds) for d in dirs])
     changes = registry.history(root=root, model=MODEL)
     assert len(registry.list_versions(root=root, model=MODEL)) == 2 * rounds
     # each move replaced exactly the champion its run had been judged against
@@ -444,16 +440,7 @@ def test_concurrent_registrations_never_share_a_version_number(
 ) -> None:
     root, count = str(tmp_path / "home"), 15
     dirs = [make_model_dir(tmp_path / f"m{i}", tag=str(i)) for i in range(3)]
-    start = processes.Event()
-    workers = [
-        processes.Process(target=register_many, args=(root, str(d), count, start)) for d in dirs
-    ]
-    for worker in workers:
-        worker.start()
-    start.set()
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    run_together(processes, register_many, [(root, str(d), count) for d in dirs])
     versions = registry.list_versions(root=root, model=MODEL)
     assert versions == list(range(1, 3 * count + 1))
     writers: Counter[str] = Counter()
