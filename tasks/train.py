@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -56,7 +57,6 @@ from tasks.loop import (
 from tasks.model import Kind, ModelSpec, Preprocessor, load_model, save_model
 
 if TYPE_CHECKING:
-    import pyarrow.fs as pafs
     import ray.train
 
     from tasks.settings import Settings, TrainingConfig
@@ -288,12 +288,12 @@ def check_storage_is_shared(storage: str) -> None:
     import ray
     from ray.util.client import ray as ray_client
 
-    if not _is_local(storage):
-        return
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     if len(nodes) < 2 and not ray_client.is_connected():
         return
     fs, folder = data.resolve(storage)
+    if not isinstance(fs, pafs.LocalFileSystem):  # a bucket: shared by nature
+        return
     marker = f"{folder}/.driftloop-shared-{os.urandom(4).hex()}"
     fs.create_dir(folder, recursive=True)
     with fs.open_output_stream(marker):
@@ -428,8 +428,7 @@ def train_model(
     storage = _storage_location(os.fspath(storage_path or settings.location("ray")))
     check_storage_is_shared(storage)
     name = name or _run_name(settings.dataset.name)
-    run_dir = _join(storage, name)
-    data_dir = _join(run_dir, "data")
+    data_dir = _join(storage, name, "data")
     progress = _ProgressTail(on_epoch)
     try:
         # Data: encoded once, sharded by row group, where every node reads it
@@ -496,7 +495,6 @@ def train_model(
         metric=metric,
         mode=mode,
         storage=storage,
-        model_dir=_model_dir(storage, name),
         placement=placement,
         registered=progress.registered,
         t0=started,
@@ -540,10 +538,6 @@ def write_encoded(
     return where
 
 
-def _is_local(location: str) -> bool:
-    return "://" not in location or location.startswith("file://")
-
-
 def _storage_location(location: str) -> str:
     """Ray Train storage as Ray takes it: a URI as it is, a local path made absolute."""
     return location.rstrip("/") if "://" in location else str(Path(location).resolve())
@@ -558,12 +552,13 @@ def _as_location(storage: str, fs_path: str) -> str:
     return f"{storage.split('://')[0]}://{fs_path}" if "://" in storage else fs_path
 
 
-def _model_dir(storage: str, name: str) -> Path:
-    """Where the best model is exported: beside the run when storage is local, else a local
+def _model_dir(result: ray.train.Result) -> Path:
+    """Where the best model is exported: beside the run on local storage, else in a local
     temporary folder (loading and registering a model read a local folder)."""
-    if _is_local(storage):
-        return Path(data.resolve(_join(storage, name, "model"))[1])
-    return Path(tempfile.mkdtemp(prefix=f"driftloop-{name}-")) / "model"
+    run = Path(result.path)
+    if isinstance(result.filesystem, pafs.LocalFileSystem):
+        return run / "model"
+    return Path(tempfile.mkdtemp(prefix=f"driftloop-{run.name}-")) / "model"
 
 
 def _remove(location: str) -> None:
@@ -583,7 +578,6 @@ def _collect(
     metric: str,
     mode: Mode,
     storage: str,
-    model_dir: Path,
     placement: Placement,
     registered: list[tuple[int, int]],
     t0: float,
@@ -593,6 +587,7 @@ def _collect(
     best = result.get_best_checkpoint("val_metric", mode)
     if best is None:
         raise TrainingFailed(f"training run {run_path} finished without any checkpoint")
+    model_dir = _model_dir(result)
     with best.as_directory() as folder:
         predictor = load_model(Path(folder) / "model")
         save_model(
