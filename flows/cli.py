@@ -120,16 +120,8 @@ def generate(
 @app.command()
 def up(config: ConfigPath = Path(CONFIG_FILE)) -> None:
     """Start the local stack: Prefect server + UI and a Ray head, all on 127.0.0.1."""
-    from tasks import stack
-
-    home, ports = _stack_settings(config)
-    state = stack.up(
-        home=home,
-        prefect_port=ports.prefect_port,
-        ray_port=ports.ray_port,
-        dashboard_port=ports.dashboard_port,
-    )
-    typer.echo(_describe(state))
+    home, ports = load_stack_settings(config)
+    _start_stack(home, ports)
 
 
 @app.command()
@@ -180,8 +172,8 @@ def validate(
 @app.command()
 def train(config: ConfigPath = Path(CONFIG_FILE)) -> None:
     """Run the training pipeline: validate, split, train (Ray Train), evaluate, gate, register."""
-    _settings(config)  # fail fast on a bad config, before Prefect and Ray start
-    _connect_to_stack(config)
+    settings = _settings(config)  # fail fast on a bad config, before Prefect and Ray start
+    _connect_to_stack(settings)
     from flows.training import training_pipeline
 
     summary = training_pipeline(config=str(config))
@@ -194,13 +186,13 @@ def models(config: ConfigPath = Path(CONFIG_FILE)) -> None:
     from tasks import registry
 
     settings = load_settings(config, check_source=False)
-    root, model = str(settings.home), settings.dataset.name
+    root, model = settings.home, settings.dataset.name
     by_version: dict[int, list[str]] = {}
     for alias, version in registry.aliases(root=root, model=model).items():
         by_version.setdefault(version, []).append(alias)
     versions = registry.list_versions(root=root, model=model)
     if not versions:
-        typer.echo(f"no versions of {model!r} under {settings.home}/registry yet")
+        typer.echo(f"no versions of {model!r} under {settings.location('registry')} yet")
     for version in versions:
         meta = registry.get_version(root=root, model=model, version=version)
         metrics = meta.get("metrics", {})
@@ -228,7 +220,7 @@ def deploy(
     if (version is None) == (alias is None):
         raise Failure("give exactly one of --version N or --alias NAME")
     settings = load_settings(config, check_source=False)
-    root, model = str(settings.home), settings.dataset.name
+    root, model = settings.home, settings.dataset.name
     known = registry.aliases(root=root, model=model)
     versions = registry.list_versions(root=root, model=model)
     target = version if version is not None else known.get(str(alias))
@@ -252,7 +244,7 @@ def rollback(config: ConfigPath = Path(CONFIG_FILE)) -> None:
     from tasks import registry
 
     settings = load_settings(config, check_source=False)
-    change = registry.rollback(root=str(settings.home), model=settings.dataset.name)
+    change = registry.rollback(root=settings.home, model=settings.dataset.name)
     typer.echo(f"champion: {_v(change.from_version)} -> {_v(change.to_version)}")
 
 
@@ -269,10 +261,10 @@ def demo(
     config = directory / CONFIG_FILE
     if not config.exists():
         init(directory=directory)
-    _settings(config)
+    settings = _settings(config)
     if stack:
-        up(config=config)
-    _connect_to_stack(config)
+        _start_stack(settings.home, settings.stack)
+    _connect_to_stack(settings)
     from flows.demo import demo as demo_flow
 
     typer.echo(demo_flow(config=str(config)))
@@ -292,18 +284,30 @@ def _stack_settings(config: Path) -> tuple[Path, StackConfig]:
     return stack.local_home(home), ports
 
 
-def _connect_to_stack(config: Path) -> None:
+def _start_stack(home: str, ports: StackConfig) -> None:
+    """`driftloop up` with settings already loaded (`demo` reuses its own)."""
+    from tasks import stack
+
+    state = stack.up(
+        home=stack.local_home(home),
+        prefect_port=ports.prefect_port,
+        ray_port=ports.ray_port,
+        dashboard_port=ports.dashboard_port,
+    )
+    typer.echo(_describe(state))
+
+
+def _connect_to_stack(settings: Settings) -> None:
     """Point Prefect and Ray at the local stack when `driftloop up` runs it.
 
     A service whose address the user set (RAY_ADDRESS, PREFECT_API_URL) keeps the user's
     variables: that is how the same commands reach a remote cluster.
     """
+    if not settings.home_is_local:
+        return  # an object-store home has no local stack
     from tasks import stack
 
-    home, _ = load_stack_settings(config)
-    if "://" in home and not home.startswith("file://"):
-        return  # an object-store home has no local stack
-    env = stack.connection_env(home=stack.local_home(home))
+    env = stack.connection_env(home=stack.local_home(settings.home))
     for prefix, address in (("RAY_", "RAY_ADDRESS"), ("PREFECT_", "PREFECT_API_URL")):
         ours = {k: v for k, v in env.items() if k.startswith(prefix)}
         if address in os.environ or not ours:
