@@ -530,20 +530,18 @@ def _stop_marked(home: Path) -> list[str]:
 
 def _marked(home: Path) -> dict[int, str]:
     """pid -> service name of the live processes that carry this home's mark (from /proc)."""
-    suffix = f"@{home.resolve()}".encode()
+    prefix, suffix = f"{_MARK}=".encode(), f"@{home.resolve()}".encode()
     found = {}
     for environ in Path("/proc").glob("[0-9]*/environ"):
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):  # gone, another user's, or not UTF-8
             for entry in environ.read_bytes().split(b"\0"):
-                if entry.startswith(f"{_MARK}=".encode()) and entry.endswith(suffix):
-                    pid = int(environ.parent.name)
-                    if pid != os.getpid() and _alive(pid):
-                        found[pid] = entry.split(b"=", 1)[1].split(b"@", 1)[0].decode()
-                    break
-    return found
+                if entry.startswith(prefix) and entry.endswith(suffix):
+                    found[int(environ.parent.name)] = entry[len(prefix) : -len(suffix)].decode()
+    return {pid: name for pid, name in found.items() if pid != os.getpid() and _alive(pid)}
 
 
 def _leads_group(pid: int) -> bool:
+    """It leads its own process group: what `up` made it (start_new_session)."""
     try:
         return os.getpgid(pid) == pid
     except ProcessLookupError:

@@ -426,6 +426,28 @@ def test_down_force_leaves_another_homes_stack_alone(tmp_path: Path) -> None:
         assert stack.down(home=tmp_path / "other") == ["other"]
 
 
+def test_a_foreign_folder_where_rays_short_link_goes_is_refused_and_left_alone(
+    tmp_path: Path,
+) -> None:
+    link = stack.ray_temp_dir(home=tmp_path)
+    assert link != tmp_path.resolve() / "run" / "ray"  # a home too deep for Ray's sockets
+    link.mkdir()
+    try:
+        with pytest.raises(StackError, match=r"exists and is not driftloop's link") as caught:
+            stack.up(
+                home=tmp_path,
+                prefect_port=free_port(),
+                ray_port=free_port(),
+                dashboard_port=free_port(),
+            )
+        assert "\n" not in str(caught.value)
+        assert link.is_dir()
+        assert not link.is_symlink()
+        assert stack.status(home=tmp_path).services == {}
+    finally:
+        link.rmdir()
+
+
 @pytest.mark.parametrize(
     ("home", "local"),
     [
