@@ -543,13 +543,21 @@ def _storage_location(location: str) -> str:
     return location.rstrip("/") if "://" in location else str(Path(location).resolve())
 
 
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
+def _join(location: str, *parts: str) -> str:
+    """`location/part/...`; a URI keeps its options (`?endpoint_override=...`) at the end, as
+    `Settings.location` keeps the home's."""
+    base, mark, query = location.partition("?") if "://" in location else (location, "", "")
+    return "/".join([base.rstrip("/"), *parts]) + mark + query
 
 
 def _as_location(storage: str, fs_path: str) -> str:
-    """A path on the storage's file system as a location like `storage`: a path or a URI."""
-    return f"{storage.split('://')[0]}://{fs_path}" if "://" in storage else fs_path
+    """A path on the storage's file system as a location like `storage`: a path, or a URI with
+    the storage's scheme and options."""
+    if "://" not in storage:
+        return fs_path
+    scheme, _, rest = storage.partition("://")
+    _, mark, query = rest.partition("?")
+    return f"{scheme}://{fs_path}{mark}{query}"
 
 
 def _model_dir(result: ray.train.Result) -> Path:
