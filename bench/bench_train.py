@@ -292,7 +292,7 @@ def bench_ingest(home: Path, train: pa.Table) -> dict[str, float]:
         """Our worker code path for both shards, one after the other, in this process."""
         t0 = time.perf_counter()
         for rank in range(2):
-            shard = read_shard(str(ours_path), rank=rank, world_size=2)
+            shard = read_shard(ours_path, rank=rank, world_size=2)
             for start in range(0, len(shard), 128):  # epoch 1: the stored (shuffled) order
                 shard.slice(start, start + 128)
         return time.perf_counter() - t0

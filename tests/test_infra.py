@@ -31,8 +31,8 @@ def test_the_ray_cluster_manifest_runs_the_pinned_ray_with_token_auth() -> None:
 
 
 def test_head_and_every_worker_group_read_the_token_from_the_same_secret() -> None:
-    manifest = yaml.safe_load(MANIFEST.read_text())
-    pods = ray_pods(manifest)
+    text = MANIFEST.read_text()
+    pods = ray_pods(yaml.safe_load(text))
     assert len(pods) >= 3  # the head, CPU workers, GPU workers
     sources = set()
     for pod in pods:
@@ -43,7 +43,7 @@ def test_head_and_every_worker_group_read_the_token_from_the_same_secret() -> No
     assert len(sources) == 1
     # The header tells the reader how to create exactly that secret.
     ((name, key),) = sources
-    assert f"kubectl create secret generic {name} --from-literal={key}=" in MANIFEST.read_text()
+    assert f"kubectl create secret generic {name} --from-literal={key}=" in text
 
 
 def test_the_manifest_home_is_a_bucket_and_its_ray_address_one_the_code_joins() -> None:

@@ -452,12 +452,25 @@ def two_node_cluster() -> Iterator[tuple[str, dict[str, str], str]]:
                     stderr=subprocess.DEVNULL,
                 )
             )
-            if args is head:
-                time.sleep(5)  # the GCS must listen before the second node joins
+            if args is head:  # the GCS must listen before the second node joins
+                _wait_listening(port, head=procs[0])
         yield f"127.0.0.1:{port}", env, temp_dir
     finally:
         for proc in reversed(procs):
             _stop_group(proc)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_listening(port: int, *, head: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _listening(port):
+        assert head.poll() is None, f"the head node exited with {head.returncode} while starting"
+        assert time.monotonic() < deadline, f"the head's GCS did not listen on {port} in time"
+        time.sleep(0.1)
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
