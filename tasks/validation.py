@@ -61,7 +61,7 @@ import re
 import threading
 import uuid
 from abc import abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -574,14 +574,11 @@ def validate(
     source: str | None = None,
 ) -> ValidationReport:
     """Run every expectation of the suite on training data (an unlabelled table fails)."""
-    rows, result = _run(table, suite=suite, settings=settings, mode="training")
     return _report(
         table,
-        rows,
-        result,
-        mode="training",
         suite=suite,
         settings=settings,
+        mode="training",
         fingerprint=fingerprint,
         source=source,
     )
@@ -609,16 +606,12 @@ def check_batch(
         range_share = settings.validation.batch_range_share
     if not 0 <= range_share <= 1:
         raise ValueError(f"range_share must lie in [0, 1], got {range_share}")
-    rows, result = _run(
-        table, suite=suite, settings=settings, mode="batch", range_share=range_share
-    )
     return _report(
         table,
-        rows,
-        result,
-        mode="batch",
         suite=suite,
         settings=settings,
+        mode="batch",
+        range_share=range_share,
         fingerprint=fingerprint,
         source=source,
     )
@@ -819,8 +812,7 @@ def _run_gx(frame: pd.DataFrame, configs: list[dict[str, Any]], *, name: str) ->
 @functools.cache
 def _context() -> Any:
     """One in-memory GX context per process: no analytics, progress bars or Data Docs folder."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # GX otherwise calls an outside endpoint
-    gx = _gx()
+    gx = _gx()  # sets GX_ANALYTICS_ENABLED=false before GX is imported
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         InMemoryStoreBackendDefaults,
@@ -900,15 +892,16 @@ def frame_kind(dtype: Any) -> str:
 
 def _report(
     table: pa.Table,
-    rows: list[CheckResult],
-    result: Any,
     *,
-    mode: Mode,
     suite: ExpectationSuite,
     settings: Settings,
+    mode: Mode,
     fingerprint: str | None,
     source: str | None,
+    range_share: float = 0.0,
 ) -> ValidationReport:
+    """Run the suite (`_run`) and wrap its rows, verdict and GX's result as the report."""
+    rows, result = _run(table, suite=suite, settings=settings, mode=mode, range_share=range_share)
     report = ValidationReport(
         dataset=settings.dataset.name,
         mode=mode,
@@ -1227,31 +1220,10 @@ def _leakage_scores(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, tup
     return {f: target.score(frame[f]) for f in kw["features"]}
 
 
-# ...and how they judge it: (success, one line for people) per column
-
-
-def _judge_kind(found: str, allowed: list[str]) -> tuple[bool, str]:
-    return found in allowed, f"type {found} (expected {' or '.join(allowed)})"
-
-
-def _judge_nulls(found: float, limit: float) -> tuple[bool, str]:
-    return found <= limit, f"{100 * found:.2f}% nulls (allowed {100 * limit:.2f}%)"
-
-
-def _judge_range(found: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[bool, str]:
-    bounds = f"[{spec['min_value']:.6g}, {spec['max_value']:.6g}]"
-    return _judge_share(found, spec, what=f"values outside {bounds}")
-
-
-def _judge_set(found: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[bool, str]:
-    return _judge_share(
-        found, spec, what=f"values outside the {len(spec['value_set'])} known values"
-    )
-
-
 def _judge_share(
     found: Mapping[str, Any], spec: Mapping[str, Any], *, what: str
 ) -> tuple[bool, str]:
+    """Ranges and domains: the share of valid values outside, against the share allowed."""
     share = found["outside"] / found["valid"] if found["valid"] else 0.0
     allowed = 1 - spec.get("mostly", 1.0)
     examples = _examples(found["examples"])
@@ -1295,9 +1267,9 @@ def _register_expectations() -> None:
     )
 
     class PerColumnExpectation(BatchExpectation):
-        """Many columns, each judged on its own: success when every column passes."""
-
-        key: ClassVar[str]  # the kwarg that maps each column to what is expected of it
+        """Many columns, each judged on its own: success when every column passes. A subclass
+        declares one success key (a map: column -> what is expected of it), the one metric that
+        measures every column, and `judge`; GX registers it by its class name."""
 
         @abstractmethod
         def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
@@ -1309,9 +1281,10 @@ def _register_expectations() -> None:
             runtime_configuration: dict | None = None,
             execution_engine: Any = None,
         ) -> dict[str, Any]:
-            found = metrics[self.metric_dependencies[0]]
+            (metric,), (key,) = self.metric_dependencies, self.success_keys
+            found = metrics[metric]
             columns = {}
-            for column, expected in getattr(self, self.key).items():
+            for column, expected in getattr(self, key).items():
                 ok, line = self.judge(found[column], expected)
                 columns[column] = {"success": ok, "observed": line, "measured": found[column]}
             failed = [f"{c}: {v['observed']}" for c, v in columns.items() if not v["success"]]
@@ -1329,36 +1302,34 @@ def _register_expectations() -> None:
 
         kinds: dict[str, list[str]]
         description: str | None = f"{KINDS}: each contract column has its type kind"
-        key: ClassVar[str] = "kinds"
         metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.column_kinds",)
         success_keys: ClassVar[tuple[str, ...]] = ("kinds",)
 
         def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
-            return _judge_kind(found, expected)
+            return found in expected, f"type {found} (expected {' or '.join(expected)})"
 
     class ExpectColumnNullSharesToBeAtMost(PerColumnExpectation):
         """Expect each column's share of nulls to stay at or below its limit."""
 
         max_shares: dict[str, float]
         description: str | None = f"{NULLS}: each column's null share stays within its limit"
-        key: ClassVar[str] = "max_shares"
         metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.null_shares",)
         success_keys: ClassVar[tuple[str, ...]] = ("max_shares",)
 
         def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
-            return _judge_nulls(found, expected)
+            return found <= expected, f"{100 * found:.2f}% nulls (allowed {100 * expected:.2f}%)"
 
     class ExpectColumnValuesToBeInRanges(PerColumnExpectation):
         """Expect each column's values inside [min_value, max_value], `mostly` of them."""
 
         ranges: dict[str, dict[str, float]]
         description: str | None = f"{RANGES}: each numeric column's values lie inside its range"
-        key: ClassVar[str] = "ranges"
         metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.outside_ranges",)
         success_keys: ClassVar[tuple[str, ...]] = ("ranges",)
 
         def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
-            return _judge_range(found, expected)
+            bounds = f"[{expected['min_value']:.6g}, {expected['max_value']:.6g}]"
+            return _judge_share(found, expected, what=f"values outside {bounds}")
 
     class ExpectColumnValuesToBeInSets(PerColumnExpectation):
         """Expect each column's values inside its value_set, `mostly` of them."""
@@ -1367,12 +1338,12 @@ def _register_expectations() -> None:
         description: str | None = (
             f"{DOMAINS}: each categorical column's values lie inside its known values"
         )
-        key: ClassVar[str] = "value_sets"
         metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.outside_sets",)
         success_keys: ClassVar[tuple[str, ...]] = ("value_sets",)
 
         def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
-            return _judge_set(found, expected)
+            known = f"the {len(expected['value_set'])} known values"
+            return _judge_share(found, expected, what=f"values outside {known}")
 
     class ExpectNoTargetLeakage(BatchExpectation):
         """Expect no feature to reproduce the target: every leakage score stays below threshold."""
@@ -1408,7 +1379,9 @@ def _register_expectations() -> None:
             }
 
 
-def _table_metric(name: str, keys: tuple[str, ...], compute: Any) -> None:
+def _table_metric(
+    name: str, keys: tuple[str, ...], compute: Callable[[pd.DataFrame, Mapping[str, Any]], Any]
+) -> None:
     """Register a GX table metric that `compute(frame, value_kwargs)` works out on pandas."""
     from great_expectations.core.metric_domain_types import MetricDomainTypes
     from great_expectations.execution_engine.pandas_execution_engine import (
@@ -1601,21 +1574,15 @@ def _join(location: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) + mark + query
 
 
-def _local(location: str) -> tuple[pafs.FileSystem, str]:
-    """The file system and path of a location; local paths made absolute."""
-    fs, path = data.resolve(location)
-    if isinstance(fs, pafs.LocalFileSystem):
-        path = os.path.abspath(path)
-    return fs, path
-
-
 def _write_atomic(location: str, text: str) -> str:
     """Write `text` to a path or URI so that a reader never sees half a file: locally a temp file
     beside it, then a rename over it; on an object store one PUT (atomic there by itself)."""
-    fs, path = _local(location)
+    fs, path = data.resolve(location)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    if local:
+        path = os.path.abspath(path)  # so that a bare file name has a folder to write beside
     folder = path.rsplit("/", 1)[0]
     fs.create_dir(folder, recursive=True)
-    local = isinstance(fs, pafs.LocalFileSystem)
     target = f"{folder}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp" if local else path
     try:
         with fs.open_output_stream(target) as out:
@@ -1631,13 +1598,13 @@ def _write_atomic(location: str, text: str) -> str:
 
 
 def _read_text(location: str) -> str:
-    fs, path = _local(location)
+    fs, path = data.resolve(location)
     with fs.open_input_stream(path) as stream:
         return bytes(stream.read()).decode("utf-8")
 
 
 def _exists(location: str) -> bool:
-    fs, path = _local(location)
+    fs, path = data.resolve(location)
     return bool(fs.get_file_info(path).type == pafs.FileType.File)
 
 

@@ -578,6 +578,14 @@ def test_a_batch_range_allows_a_configurable_share_outside_it(
     assert failed(from_config) == {(RANGES, "monthly_charges")}
 
 
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_a_batch_range_share_outside_zero_to_one_is_refused_in_one_line(
+    share: float, suite: Any, settings: Settings
+) -> None:
+    with pytest.raises(ValueError, match=rf"^range_share must lie in \[0, 1\], got {share}$"):
+        validation.check_batch(batch(), suite=suite, settings=settings, range_share=share)
+
+
 @pytest.mark.parametrize(
     ("scenario", "kwargs", "problem", "expectation"),
     [
@@ -668,6 +676,24 @@ def test_reports_go_under_a_file_uri_home(reference: pa.Table, tmp_path: Path) -
     )
     assert validation.load_suite(f"{report.directory}/{validation.SUITE_FILE}").expectations
     assert validation.report_root(settings) == tmp_path / "home" / "reports" / "churn"
+
+
+def test_a_report_read_back_from_json_has_no_gx_page_to_render(
+    suite: Any, settings: Settings, tmp_path: Path
+) -> None:
+    report = validation.validate(batch().slice(0, 200), suite=suite, settings=settings)
+    saved = validation.ValidationReport.model_validate_json(report.model_dump_json())
+    with pytest.raises(ValueError, match=r"^churn: no GX result to render \(a report read from"):
+        validation.render_html(saved)
+    written = validation.write_reports(saved, directory=tmp_path)
+    assert [Path(w).name for w in written] == [validation.REPORT_JSON]  # JSON only, no page
+
+
+def test_report_root_refuses_an_object_store_home_naming_it(settings: Settings) -> None:
+    bucket = settings.model_copy(update={"home": "s3://bucket/home?region=us-east-1"})
+    with pytest.raises(data.DataError, match=r"^s3://bucket/home\?region=us-east-1: not a local"):
+        validation.report_root(bucket)
+    assert validation.report_location(bucket).startswith("s3://bucket/home/reports/churn?")
 
 
 def test_validation_failed_lists_each_failed_check_on_its_own_line(
