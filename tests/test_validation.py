@@ -487,6 +487,11 @@ def test_user_expectations_join_the_suite_and_are_applied(
             "kwargs.min_value: value is not a valid float",
         ),
         ({"kind": "expect_column_to_exist"}, "unknown key 'kind'"),
+        ({"kwargs": {"column": "age"}}, ".type: required: the name of a GX expectation"),
+        (
+            {"type": "expect_column_to_exist", "kwargs": ["age"]},
+            "(expect_column_to_exist): kwargs and meta must be mappings",
+        ),
         (
             {
                 "type": "expect_column_values_to_match_regex",
