@@ -120,7 +120,7 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
             ),
         },
     )
-    if not settings.home_is_local:  # a bucket run exported its model to a local temp folder
+    if result.model_dir_is_temporary:  # a bucket run's local export, registered by now
         shutil.rmtree(result.model_dir.parent, ignore_errors=True)
     return {
         "model": ds.name,

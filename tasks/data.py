@@ -45,6 +45,13 @@ def resolve(source: str) -> tuple[pafs.FileSystem, str]:
         raise DataError(f"{source}: cannot open this URI: {_first_line(exc)}") from None
 
 
+def join(location: str, *parts: str) -> str:
+    """`location/part/...` for a path or a URI; a URI keeps its options (`?endpoint_override=`)
+    at the end, so the joined location opens the same store."""
+    base, mark, query = location.partition("?") if "://" in location else (location, "", "")
+    return "/".join([base.rstrip("/"), *parts]) + mark + query
+
+
 def dataset(source: str) -> pads.Dataset:
     """A pyarrow dataset over a Parquet file or folder (hive partitions become columns)."""
     fs, path = resolve(source)

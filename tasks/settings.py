@@ -10,9 +10,9 @@ the key and says what is allowed; nothing deeper in the code reads the environme
 import difflib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import pyarrow as pa
 import yaml
@@ -35,6 +35,7 @@ from tasks import data, stack
 from tasks.errors import DriftloopError
 
 CONFIG_FILE = "driftloop.yaml"
+_Built = TypeVar("_Built", bound=BaseSettings)
 MetricName = Literal[
     "accuracy", "f1", "roc_auc", "pr_auc", "log_loss", "brier", "ece", "rmse", "mae", "r2"
 ]
@@ -218,8 +219,7 @@ class Settings(BaseSettings):
     def location(self, *parts: str) -> str:
         """A path or URI under the home: `location("registry", "churn")`; a URI keeps its
         options (`?endpoint_override=...`) at the end."""
-        base, mark, query = self.home.partition("?") if "://" in self.home else (self.home, "", "")
-        return "/".join([base.rstrip("/"), *parts]) + mark + query
+        return data.join(self.home, *parts)
 
     @property
     def features(self) -> Features:
@@ -236,13 +236,7 @@ def load_settings(path: Path | None = None, *, check_source: bool = True) -> Set
     """
     path = path or Path(CONFIG_FILE)
     raw = _read_yaml(path)
-    _check_environment(os.environ)
-    try:
-        settings = Settings(**raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
-    except SettingsError as exc:  # an environment value that is not the JSON a list needs
-        raise ConfigError(_describe_environment(exc, os.environ)) from None
+    settings = _validated(lambda: Settings(**raw), where=path)
     settings = _resolve_source(settings, base=path.parent)
     settings = _load_user_expectations(settings, base=path.parent, path=path)
     if not check_source:
@@ -275,14 +269,20 @@ def load_stack_settings(path: Path | None = None) -> tuple[str, StackConfig]:
     if path.exists():
         settings = load_settings(path, check_source=False)
         return settings.home, settings.stack
+    found = _validated(_StackSettings, where="environment")
+    return found.home, found.stack
+
+
+def _validated(build: Callable[[], _Built], *, where: Path | str) -> _Built:
+    """Build a settings object from the file and the environment; any problem becomes one
+    ConfigError line naming the key (or the `DRIFTLOOP_*` variable) and what is allowed."""
     _check_environment(os.environ)
     try:
-        found = _StackSettings()
+        return build()
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, "environment")) from None
-    except SettingsError as exc:
+        raise ConfigError(_describe(exc, where)) from None
+    except SettingsError as exc:  # an environment value that is not the JSON a list needs
         raise ConfigError(_describe_environment(exc, os.environ)) from None
-    return found.home, found.stack
 
 
 def _check_environment(environ: Mapping[str, str]) -> None:
@@ -325,10 +325,7 @@ def _complex_shape(loc: list[str]) -> str | None:
         if field is None:
             return None
         annotation = field.annotation
-        candidates = (annotation, *get_args(annotation))
-        model = next(
-            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
-        )
+        model = _section_in(annotation)
     if model is not None:
         return "mapping"
     for candidate in (annotation, *get_args(annotation)):
@@ -377,10 +374,16 @@ def _section(loc: tuple[int | str, ...]) -> type[BaseModel]:
     """The settings model at a dotted location (`("dataset",)` -> DatasetConfig)."""
     model: type[BaseModel] = Settings
     for part in loc:
-        annotation = model.model_fields[str(part)].annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        model = next(c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel))
+        found = _section_in(model.model_fields[str(part)].annotation)
+        assert found is not None, f"{part} is not a settings section"
+        model = found
     return model
+
+
+def _section_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings section an annotation holds (`Features | None` -> Features), if any."""
+    candidates = (annotation, *get_args(annotation))
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
 
 
 def _check_roles(ds: DatasetConfig) -> None:

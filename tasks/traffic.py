@@ -98,7 +98,7 @@ def labelled(*, home: str, model: str, target: str, limit: int) -> pa.Table | No
 
 def location(*, home: str, model: str, kind: Kind) -> str:
     """`<home>/<kind>/<model>`: a path or a URI."""
-    return "/".join([home.rstrip("/"), kind, model])
+    return data.join(home, kind, model)
 
 
 def _stamped(rows: pa.Table, *, column: str) -> pa.Table:

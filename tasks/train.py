@@ -111,6 +111,8 @@ class TrainResult:
     # (resumed_from_epoch, epoch) of each checkpoint Ray Train registered, in order, as its
     # controller reported them to the driver: which checkpoint a restart should have loaded
     registered: list[tuple[int, int]] = field(default_factory=list)
+    # model_dir sits in a temporary folder (remote storage): remove it once it is registered
+    model_dir_is_temporary: bool = False
     # the final attempt's epochs as rank 0 timed them: train, validate, checkpoint and report
     epoch_seconds: list[float] = field(default_factory=list)
     use_gpu: bool = False
@@ -428,13 +430,17 @@ def train_model(
     storage = _storage_location(os.fspath(storage_path or settings.location("ray")))
     check_storage_is_shared(storage)
     name = name or _run_name(settings.dataset.name)
-    data_dir = _join(storage, name, "data")
+    data_dir = data.join(storage, name, "data")
     progress = _ProgressTail(on_epoch)
     try:
         # Data: encoded once, sharded by row group, where every node reads it
         paths = {
             part: write_encoded(
-                table, pre, _join(data_dir, f"{part}.parquet"), shards=config.num_workers, seed=i
+                table,
+                pre,
+                data.join(data_dir, f"{part}.parquet"),
+                shards=config.num_workers,
+                seed=i,
             )
             for i, (part, table) in enumerate([("train", train), ("validation", validation)])
         }
@@ -543,13 +549,6 @@ def _storage_location(location: str) -> str:
     return location.rstrip("/") if "://" in location else str(Path(location).resolve())
 
 
-def _join(location: str, *parts: str) -> str:
-    """`location/part/...`; a URI keeps its options (`?endpoint_override=...`) at the end, as
-    `Settings.location` keeps the home's."""
-    base, mark, query = location.partition("?") if "://" in location else (location, "", "")
-    return "/".join([base.rstrip("/"), *parts]) + mark + query
-
-
 def _as_location(storage: str, fs_path: str) -> str:
     """A path on the storage's file system as a location like `storage`: a path, or a URI with
     the storage's scheme and options."""
@@ -560,13 +559,13 @@ def _as_location(storage: str, fs_path: str) -> str:
     return f"{scheme}://{fs_path}{mark}{query}"
 
 
-def _model_dir(result: ray.train.Result) -> Path:
-    """Where the best model is exported: beside the run on local storage, else in a local
-    temporary folder (loading and registering a model read a local folder)."""
+def _model_dir(result: ray.train.Result) -> tuple[Path, bool]:
+    """Where the best model is exported, and whether that is a temporary folder: beside the run
+    on local storage, else in a local temporary folder (`save_model` writes a local folder)."""
     run = Path(result.path)
     if isinstance(result.filesystem, pafs.LocalFileSystem):
-        return run / "model"
-    return Path(tempfile.mkdtemp(prefix=f"driftloop-{run.name}-")) / "model"
+        return run / "model", False
+    return Path(tempfile.mkdtemp(prefix=f"driftloop-{run.name}-")) / "model", True
 
 
 def _remove(location: str) -> None:
@@ -595,7 +594,7 @@ def _collect(
     best = result.get_best_checkpoint("val_metric", mode)
     if best is None:
         raise TrainingFailed(f"training run {run_path} finished without any checkpoint")
-    model_dir = _model_dir(result)
+    model_dir, temporary = _model_dir(result)
     with best.as_directory() as folder:
         predictor = load_model(Path(folder) / "model")
         save_model(
@@ -625,6 +624,7 @@ def _collect(
         epoch_seconds=list(summary.get("epoch_seconds", [])),
         use_gpu=placement.use_gpu,
         seconds=time.perf_counter() - t0,
+        model_dir_is_temporary=temporary,
     )
 
 

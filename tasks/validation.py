@@ -194,7 +194,7 @@ def summary(report: ValidationReport) -> str:
     if report.profile is not None:
         lines.append(f"  profile: {report.profile}")
     if report.directory is not None:
-        lines.append(f"  report: {_join(report.directory, REPORT_HTML)}")
+        lines.append(f"  report: {data.join(report.directory, REPORT_HTML)}")
     return "\n".join(lines)
 
 
@@ -246,7 +246,7 @@ def reference_profile(settings: Settings) -> Reference:
     root, model = settings.home, settings.dataset.name
     version = registry.aliases(root=root, model=model).get(registry.CHAMPION)
     if version is not None:
-        sample = _join(registry.resolve(root=root, model=model, ref=version), REFERENCE_FILE)
+        sample = data.join(registry.resolve(root=root, model=model, ref=version), REFERENCE_FILE)
         if _exists(sample):
             table = _read_reference(sample, what=f"the champion's ({model} v{version}) sample")
             return Reference(table, f"champion {model} v{version}: {sample}")
@@ -641,8 +641,8 @@ def validate_path(
     suite = build_suite(learned, settings=settings, profile_source=reference.source)
     fingerprint = data.fingerprint(table)
     root = os.fspath(reports_dir) if reports_dir is not None else report_location(settings)
-    folder = _join(root, fingerprint)
-    save_suite(suite, _join(folder, SUITE_FILE))
+    folder = data.join(root, fingerprint)
+    save_suite(suite, data.join(folder, SUITE_FILE))
     report = validate(
         table, suite=suite, settings=settings, fingerprint=fingerprint, source=location
     )
@@ -1458,11 +1458,11 @@ def write_reports(
     it lies. The HTML page needs GX's result: a report read back from JSON gets none."""
     folder = os.fspath(directory)
     report.directory = folder
-    written = [_write_atomic(_join(folder, REPORT_JSON), report.model_dump_json(indent=2))]
+    written = [_write_atomic(data.join(folder, REPORT_JSON), report.model_dump_json(indent=2))]
     if report._gx_result is not None:
-        written.append(_write_atomic(_join(folder, REPORT_HTML), render_html(report)))
+        written.append(_write_atomic(data.join(folder, REPORT_HTML), render_html(report)))
     if card is not None:
-        written.append(_write_atomic(_join(folder, CARD_FILE), card))
+        written.append(_write_atomic(data.join(folder, CARD_FILE), card))
     return written
 
 
@@ -1568,12 +1568,6 @@ def _md(text: str) -> str:
 # Files, through pyarrow.fs: a local folder or a URI -----------------------------------------------
 
 
-def _join(location: str, *parts: str) -> str:
-    """`location/part/...`; a URI keeps its options (`?endpoint_override=...`) at the end."""
-    base, mark, query = location.partition("?") if "://" in location else (location, "", "")
-    return "/".join([base.rstrip("/"), *parts]) + mark + query
-
-
 def _write_atomic(location: str, text: str) -> str:
     """Write `text` to a path or URI so that a reader never sees half a file: locally a temp file
     beside it, then a rename over it; on an object store one PUT (atomic there by itself)."""
@@ -1631,7 +1625,7 @@ def validate_task(
     report = validate(table, suite=suite, settings=settings, fingerprint=fingerprint, source=source)
     card = dataset_card(table, settings=settings, report=report)
     folder = os.fspath(directory)
-    save_suite(suite, _join(folder, SUITE_FILE))
+    save_suite(suite, data.join(folder, SUITE_FILE))
     write_reports(report, directory=folder, card=card)
     publish_artifacts(report, card=card)
     if not report.success:

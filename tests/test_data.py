@@ -290,3 +290,12 @@ def test_rows_with_a_null_id_are_each_their_own_unit() -> None:
     assert sum(nulls) == 300
     assert nulls[1] == pytest.approx(45, abs=15)  # about 15% of them, like every other row
     assert nulls[2] == pytest.approx(45, abs=15)
+
+
+def test_join_puts_parts_under_a_path_or_a_uri_and_keeps_the_uris_options_last() -> None:
+    assert data.join("/srv/home/", "ray", "run") == "/srv/home/ray/run"
+    assert data.join("file:///srv/home", "ray") == "file:///srv/home/ray"
+    assert (
+        data.join("s3://bucket/home?endpoint_override=127.0.0.1:9000&scheme=http", "ray", "x")
+        == "s3://bucket/home/ray/x?endpoint_override=127.0.0.1:9000&scheme=http"
+    )
