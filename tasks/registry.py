@@ -90,6 +90,7 @@ _STAGING, _LOCK, _CLAIM = ".staging", ".lock", ".claim-"
 _STALE_AFTER_S = 3600  # a staging folder or temp file this old belongs to a dead writer
 _LEASE_S = 60  # the shortest lease a Prefect server grants: a dead holder blocks others ~75 s
 _LOCK_WAIT_S = 600  # how long a writer queues behind others on a shared home before giving up
+_LIST_TRIES = 3  # listings of a folder another writer is creating (see _children)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # never all digits, unlike a version
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -410,8 +411,7 @@ def _claim(place: _Place, version: int) -> bool:
     folder = place.path(str(version))
     mine = f"{_CLAIM}{uuid.uuid4().hex}"
     _write(place.fs, f"{folder}/{mine}", b"")
-    found = place.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    return [i.base_name for i in found] == [mine]
+    return [i.base_name for i in _children(place, folder)] == [mine]
 
 
 def _complete(place: _Place, version: int) -> bool:
@@ -422,8 +422,7 @@ def _complete(place: _Place, version: int) -> bool:
         record = json.loads(_read(place.fs, f"{folder}/{METADATA}"))
     except (FileNotFoundError, json.JSONDecodeError):
         return False
-    found = place.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    sizes = {i.base_name: i.size for i in found if i.type == pafs.FileType.File}
+    sizes = {i.base_name: i.size for i in _children(place, folder) if i.type == pafs.FileType.File}
     # versions registered before sizes were recorded: the files it lists, present
     expected = record.get("sizes") or dict.fromkeys(record.get("files", []))
     return all(
@@ -468,8 +467,7 @@ def _read_aliases(place: _Place) -> _Aliases:
 def _read_history(place: _Place, *, upto: int) -> list[AliasChange]:
     """History entries 1..upto; a later one is a move whose pointer swap never happened."""
     folder = place.path(HISTORY)
-    selector = pafs.FileSelector(folder, allow_not_found=True)
-    names = sorted(i.base_name for i in place.fs.get_file_info(selector))
+    names = sorted(i.base_name for i in _children(place, folder))
     changes = []
     for name in names:
         stem = name.removesuffix(".json")
@@ -492,8 +490,7 @@ def _champion_stack(changes: list[AliasChange]) -> list[int]:
 
 
 def _numbered(place: _Place) -> list[int]:
-    selector = pafs.FileSelector(place.base, allow_not_found=True)
-    infos = place.fs.get_file_info(selector)
+    infos = _children(place, place.base)
     return sorted(
         int(i.base_name)
         for i in infos
@@ -604,16 +601,25 @@ def _sweep(place: _Place) -> None:
                     place.fs.delete_file(info.path)
 
 
-def _children(place: _Place, folder: str) -> list[pafs.FileInfo]:
-    return list(place.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)))
+def _children(place: _Place, folder: str, *, recursive: bool = False) -> list[pafs.FileInfo]:
+    """The entries of `folder` (none when it does not exist).
+
+    pyarrow's local listing looks at a folder twice (list it, then check whether it exists), so a
+    folder another writer creates in between fails the listing with FileNotFoundError even with
+    `allow_not_found`. Listing again sees it settled: there or not.
+    """
+    selector = pafs.FileSelector(folder, recursive=recursive, allow_not_found=True)
+    for _ in range(_LIST_TRIES - 1):
+        with contextlib.suppress(FileNotFoundError):
+            return list(place.fs.get_file_info(selector))
+    return list(place.fs.get_file_info(selector))
 
 
 def _written_at(place: _Place, folder: pafs.FileInfo) -> float:
     """When a folder was last written to (object stores have no folder times: its newest file)."""
     if folder.mtime is not None:
         return float(folder.mtime.timestamp())
-    selector = pafs.FileSelector(folder.path, recursive=True, allow_not_found=True)
-    inside = place.fs.get_file_info(selector)  # not found: its writer just published it
+    inside = _children(place, folder.path, recursive=True)  # not found: its writer published it
     times = [i.mtime.timestamp() for i in inside if i.mtime is not None]
     return max(times, default=time.time())  # an empty one may be a writer just starting
 

@@ -499,3 +499,29 @@ def test_a_real_model_directory_comes_back_from_the_champion_alias_and_predicts_
     loaded = model.load_model(registry.resolve(root=str(home), model=MODEL, ref="champion"))
     expected = model.load_model(saved).predict(table)
     assert loaded.predict(table) == pytest.approx(expected)
+
+
+def test_a_listing_that_races_another_writer_creating_the_folder_is_taken_again(
+    tmp_path: Path,
+) -> None:
+    """pyarrow lists a folder, then checks it exists: a folder created in between fails the
+    listing even with allow_not_found (seen once in the racing tests); the registry lists again."""
+    import fsspec
+    import pyarrow.fs as pafs
+
+    class RacedOnce(pafs.FSSpecHandler):  # type: ignore[misc]  # pyarrow ships no stubs
+        raced = 0
+
+        def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+            if not RacedOnce.raced:
+                RacedOnce.raced += 1
+                raise FileNotFoundError(f"Cannot list directory '{selector.base_dir}'")
+            return list(super().get_file_info_selector(selector))
+
+    folder = tmp_path / "registry" / MODEL / "history"
+    folder.mkdir(parents=True)
+    (folder / "00000001.json").write_text("{}")
+    fs = pafs.PyFileSystem(RacedOnce(fsspec.filesystem("file")))
+    place = registry._Place(fs=fs, base=str(tmp_path / "registry" / MODEL), scheme="", model=MODEL)
+    assert [i.base_name for i in registry._children(place, str(folder))] == ["00000001.json"]
+    assert RacedOnce.raced == 1
