@@ -262,14 +262,18 @@ def test_leftovers_of_writers_that_died_long_ago_are_swept_from_the_bucket(
 
 def challenge_rounds(env: dict[str, str], home: str, name: str, rounds: int, start: Any) -> None:
     """A training run in a loop, in its own process: note the champion, register a challenger of
-    its own, promote it by compare-and-set against the champion it noted. Writes what it did."""
+    its own, promote it by compare-and-set against the champion it noted. Writes what it did.
+
+    Both writers start each round together and note the champion before either registers, so
+    every round is a real race: two challengers judged against the same champion."""
     os.environ.update(env)  # before Prefect loads: its settings come from the environment
     done = []
-    start.wait()
     for i in range(rounds):
         tag = f"{name}-{i}"
         model_dir = make_model_dir(Path(env["WORK"]) / tag, tag=tag)
+        start.wait(timeout=60)  # the round starts when the other writer has finished the last
         seen = registry.aliases(root=home, model=MODEL).get("champion")
+        start.wait(timeout=60)  # both have noted the champion
         version = registry.register(root=home, model=MODEL, model_dir=str(model_dir),
                                     metadata={"tag": tag})  # fmt: skip
         try:
@@ -278,7 +282,7 @@ def challenge_rounds(env: dict[str, str], home: str, name: str, rounds: int, sta
             promoted = True
         except registry.AliasMoved:
             promoted = False
-        done.append({"tag": tag, "version": version, "promoted": promoted})
+        done.append({"tag": tag, "version": version, "promoted": promoted, "seen": seen})
     Path(env["WORK"], f"{name}.json").write_text(json.dumps(done))
 
 
@@ -291,15 +295,14 @@ def writer_env(prefect_api: str, work: Path) -> dict[str, str]:
 def run_writers(
     processes: ForkServerContext, target: Any, *, env: dict[str, str], home: str, count: int
 ) -> dict[str, list[dict[str, Any]]]:
-    """Start two writers at the same moment, wait for both, and read what each did."""
-    start = processes.Event()
+    """Start two writers that meet at a barrier (`start`), wait for both, read what each did."""
+    start = processes.Barrier(2)
     workers = {
         name: processes.Process(target=target, args=(env, home, name, count, start))
         for name in ("w1", "w2")
     }
     for worker in workers.values():
         worker.start()
-    start.set()
     for worker in workers.values():
         worker.join(timeout=120)
         assert worker.exitcode == 0
@@ -325,12 +328,14 @@ def test_two_processes_promoting_on_a_bucket_never_share_or_mix_a_version_and_lo
     )
     assert all(c.reason == f"judged against {c.from_version}" for c in changes)
     assert all(b.from_version == a.to_version for a, b in itertools.pairwise(changes))
-    # the two really ran at once: their version numbers interleave
-    owners = [run["tag"][:2] for run in sorted(runs, key=lambda run: run["version"])]
-    switches = sum(a != b for a, b in itertools.pairwise(owners))
-    lost = sum(not run["promoted"] for run in runs)
-    print(f"{len(changes)} promotions, {lost} lost their compare-and-set, {switches} switches")
-    assert switches >= 2
+    # every round was a race against one champion: exactly one of the two won it, and the two
+    # versions of a round are one writer's each
+    for i in range(rounds):
+        pair = [run for run in runs if run["tag"].endswith(f"-{i}")]
+        assert len({run["seen"] for run in pair}) == 1, pair
+        assert sorted(run["promoted"] for run in pair) == [False, True], pair
+        assert sorted(run["version"] for run in pair) == [2 * i + 1, 2 * i + 2], pair
+    assert len(changes) == rounds
 
 
 @contextlib.contextmanager
@@ -346,7 +351,7 @@ def register_without_the_lock(
     os.environ.update(env)
     registry._lock = no_lock
     done = []
-    start.wait()
+    start.wait(timeout=60)
     for i in range(count):
         tag = f"{name}-{i}"
         model_dir = make_model_dir(Path(env["WORK"]) / tag, tag=tag)
