@@ -241,9 +241,7 @@ def test_status_reports_both_services_with_their_urls(
 def test_up_twice_reuses_the_running_services(
     running: stack.StackStatus, home: Path, ports: dict[str, int]
 ) -> None:
-    started = time.monotonic()
-    again = stack.up(home=home, **ports)
-    assert time.monotonic() - started < 5
+    again = stack.up(home=home, **ports)  # the same processes, not a restart:
     assert {n: s.pid for n, s in again.services.items()} == {
         n: s.pid for n, s in running.services.items()
     }
