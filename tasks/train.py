@@ -686,8 +686,11 @@ def _describe_worker_failures(failures: Mapping[int, BaseException]) -> str:
 
 
 def _describe_error(exc: BaseException) -> str:
+    """The error's type and first line; a first line that only introduces ("...errors:") takes
+    the next one with it."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"[:300]
+    first = " ".join(lines[:2]) if lines and lines[0].endswith(":") else "".join(lines[:1])
+    return f"{type(exc).__name__}: {first or 'no message'}"[:300]
 
 
 class _ProgressTail:

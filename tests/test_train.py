@@ -194,6 +194,45 @@ def test_a_worker_group_that_never_started_is_not_reported_as_restarts() -> None
     assert "WorkerGroupStartupTimeoutError: The worker group startup timed out" in message
 
 
+def test_each_kind_of_training_failure_is_one_line_naming_what_failed() -> None:
+    from ray.train import ControllerError, WorkerGroupError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    config = TrainingConfig(max_failures=2)
+    died = WorkerHealthCheckFailedError(
+        "health check failed",
+        # the text Ray's ActorDiedError carries for a killed worker process
+        ConnectionError("Worker exit type: SYSTEM_ERROR\nlog_file_path='/tmp/ray/worker-7.err'"),
+    )
+    cases = {
+        "the controller": (
+            ControllerError(RuntimeError("scheduling loop broke\ntraceback ...")),
+            "training run r failed: the Ray Train controller failed: "
+            "RuntimeError: scheduling loop broke",
+        ),
+        "a worker's own error": (
+            WorkerGroupError("group failed", {1: ValueError("loss is nan"), 0: OSError("gloo")}),
+            "training run r failed after 2 restart(s) (training.max_failures=2); "
+            "worker rank 0 failed: OSError: gloo; rank(s) [1] failed with it",
+        ),
+        "a worker that died, named before the ranks that failed with it": (
+            WorkerGroupError("group failed", {0: RuntimeError("allreduce broke"), 1: died}),
+            "training run r failed after 2 restart(s) (training.max_failures=2); worker rank 1 "
+            "died (ConnectionError, exit type SYSTEM_ERROR); its log: /tmp/ray/worker-7.err; "
+            "rank(s) [0] failed with it",
+        ),
+        "a group error without worker errors": (
+            WorkerGroupError("the group could not be polled", {}),
+            "training run r failed after 2 restart(s) (training.max_failures=2); "
+            "WorkerGroupError: Training failed due to worker errors: the group could not be polled",
+        ),
+        "anything else": (KeyError("x"), "training run r failed: KeyError: 'x'"),
+    }
+    for case, (error, expected) in cases.items():
+        message = _failure_message(error, name="r", config=config)
+        assert message == expected, case
+
+
 def test_epochs_that_never_reach_the_driver_live_are_delivered_once_from_the_result(
     tmp_path: Path,
 ) -> None:
