@@ -37,6 +37,7 @@ from tasks.train import (
     _failure_message,
     _ProgressTail,
     auc_from_histograms,
+    check_storage_is_shared,
     learning_curve_svg,
     nodes_without_path,
     place_workers,
@@ -407,6 +408,42 @@ def test_the_storage_probe_names_the_nodes_that_cannot_see_a_path(
     here.write_text("")
     assert nodes_without_path(str(here), node_ids=[node]) == []
     assert nodes_without_path(str(tmp_path / "elsewhere"), node_ids=[node]) == [node]
+
+
+@pytest.mark.integration
+def test_local_storage_a_node_cannot_see_is_refused_before_training_and_leaves_nothing(
+    ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    from tasks import train
+
+    # A second machine with its own disk cannot exist here: the cluster's node list and the
+    # probe's answer stand in for one. The probe itself is tested against real nodes above.
+    alive = [{"NodeID": "a" * 56, "Alive": True}, {"NodeID": "b" * 56, "Alive": True}]
+    asked: list[str] = []
+
+    def probe(path: str, *, node_ids: list[str]) -> list[str]:
+        asked.append(path)
+        assert Path(path).exists()  # the marker is written before the nodes are asked
+        return node_ids[1:]
+
+    monkeypatch.setattr(ray, "nodes", lambda: alive)
+    monkeypatch.setattr(train, "nodes_without_path", probe)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    storage = tmp_path / "ray"
+    with pytest.raises(TrainingFailed) as refused:
+        check_storage_is_shared(str(storage))
+    message = str(refused.value)
+    assert message.startswith(f"Ray Train storage {storage} is a local folder that 1 of 2 node(s)")
+    assert "RAY_ADDRESS=10.0.0.5:6379" in message
+    assert f"(node {'b' * 56})" in message
+    assert "set DRIFTLOOP_HOME to a bucket (s3://, gs://)" in message
+    assert "\n" not in message
+    assert len(asked) == 1
+    assert list(storage.iterdir()) == []
+    monkeypatch.setattr(train, "nodes_without_path", lambda path, *, node_ids: [])
+    check_storage_is_shared(str(storage))  # every node sees it: training may go on
 
 
 @pytest.mark.integration

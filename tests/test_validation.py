@@ -318,6 +318,29 @@ def test_an_unreadable_configured_reference_fails_with_one_line_naming_it(
         validation.reference_profile(wrong)
 
 
+def test_an_unreadable_champion_sample_fails_with_one_line_naming_the_champion(
+    tmp_path: Path,
+) -> None:
+    settings = project(tmp_path, batch())
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in registry.MODEL_FILES:
+        (model_dir / name).write_bytes(b"{}")
+    version = registry.register(
+        root=settings.home, model="churn", model_dir=model_dir, metadata={},
+        extra_files={validation.REFERENCE_FILE: b"PAR1 not a parquet file"},
+    )  # fmt: skip
+    registry.set_alias(
+        root=settings.home, model="churn", alias="champion", version=version, reason="test"
+    )
+    with pytest.raises(data.DataError) as refused:
+        validation.reference_profile(settings)
+    message = str(refused.value)
+    assert message.startswith(f"the champion's (churn v{version}) sample: ")
+    assert validation.REFERENCE_FILE in message
+    assert "\n" not in message
+
+
 def test_a_leaked_target_is_caught_when_the_reference_predates_that_column(
     reference: pa.Table, tmp_path: Path
 ) -> None:
