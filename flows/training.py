@@ -34,9 +34,9 @@ def read_source(source: str) -> pa.Table:
 
 
 @task(name="split", cache_policy=NO_CACHE)
-def split_data(table: pa.Table, *, settings: Settings) -> data.Splits:
-    """The deterministic train / validation / holdout split."""
-    return data.split(table, dataset=settings.dataset, config=settings.split)
+def split_data(table: pa.Table, *, settings: Settings, hashes: np.ndarray) -> data.Splits:
+    """The deterministic train / validation / holdout split (`hashes`: the rows' hashes)."""
+    return data.split(table, dataset=settings.dataset, config=settings.split, hashes=hashes)
 
 
 @task(name="read-labelled-traffic", cache_policy=NO_CACHE)
@@ -58,7 +58,8 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
 
     # Data, and the reference its profile is judged against --------------------------------------
     table: pa.Table = read_source(declared.dataset.source)
-    fingerprint = data.fingerprint(table)
+    hashes = data.row_hashes(table)  # once: the fingerprint and the split both use them
+    fingerprint = data.fingerprint(table, hashes=hashes)
     reference = validation.reference_profile(declared)
     profile = reference.table if reference.table is not None else table
     inferred = declared.dataset.features is None
@@ -80,7 +81,7 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
     )
 
     # Split and train ----------------------------------------------------------------------------
-    parts = split_data(table, settings=settings)
+    parts = split_data(table, settings=settings, hashes=hashes)
     result = train_task(train=parts.train, validation=parts.validation, settings=settings)
 
     # Evaluate the challenger and the champion on the same rows, then gate ---------------------

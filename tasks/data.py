@@ -121,16 +121,29 @@ def infer_features(schema: pa.Schema, *, exclude: set[str]) -> tuple[list[str], 
     return numeric, categorical
 
 
-def fingerprint(table: pa.Table) -> str:
+def fingerprint(table: pa.Table, *, hashes: np.ndarray | None = None) -> str:
     """A content hash of the rows and schema: the same for a re-read, new when any row changes.
 
-    Row order does not matter (a folder read in another order is the same data set).
+    Row order does not matter (a folder read in another order is the same data set). `hashes`:
+    the table's `row_hashes`, when the caller has them already (a split needs them too).
     """
+    hashes = _rows_hashed(table, hashes)
     schema = pa.schema([field.with_type(_canonical(field.type)) for field in table.schema])
     text = schema.to_string(show_schema_metadata=False, show_field_metadata=False)
     digest = hashlib.sha256(text.encode())
-    digest.update(np.sort(row_hashes(table)).tobytes())
+    digest.update(np.sort(hashes).tobytes())
     return digest.hexdigest()[:16]
+
+
+def _rows_hashed(table: pa.Table, hashes: np.ndarray | None) -> np.ndarray:
+    if hashes is None:
+        return row_hashes(table)
+    if hashes.shape != (table.num_rows,) or hashes.dtype != np.uint64:
+        raise ValueError(
+            f"hashes must be the table's row_hashes: {table.num_rows} uint64 values, "
+            f"not {hashes.shape} {hashes.dtype}"
+        )
+    return hashes
 
 
 def row_hashes(table: pa.Table) -> np.ndarray:
@@ -148,19 +161,25 @@ def row_hashes(table: pa.Table) -> np.ndarray:
     return out
 
 
-def split(table: pa.Table, *, dataset: DatasetConfig, config: SplitConfig) -> Splits:
+def split(
+    table: pa.Table,
+    *,
+    dataset: DatasetConfig,
+    config: SplitConfig,
+    hashes: np.ndarray | None = None,
+) -> Splits:
     """A deterministic train / validation / holdout split.
 
     Each unit (an id, or a distinct row where there is no id or the id is null) gets a seeded
     hash score, so the assignment does not depend on row order, no id spans two splits and
     duplicate rows never straddle two splits. Units are ranked by score within each stratum (the
     class for classification, a target decile for regression), so every split keeps the class
-    balance.
+    balance. `hashes`: the table's `row_hashes`, when the caller has them already.
 
     Raises:
         DataError: a part would be empty (too few distinct units for the fractions).
     """
-    keys = _unit_keys(table, id_column=dataset.id)
+    keys = _unit_keys(table, id_column=dataset.id, hashes=hashes)
     unit_keys, unit_of_row = np.unique(keys, return_inverse=True)
     strata = _strata(table[dataset.target].to_pandas(), task=dataset.task)
     unit_stratum = pd.Series(strata).groupby(unit_of_row).min().to_numpy()
@@ -175,14 +194,18 @@ def split(table: pa.Table, *, dataset: DatasetConfig, config: SplitConfig) -> Sp
     return parts
 
 
-def _unit_keys(table: pa.Table, *, id_column: str | None) -> np.ndarray:
+def _unit_keys(table: pa.Table, *, id_column: str | None, hashes: np.ndarray | None) -> np.ndarray:
     """One key per row: its id's hash; where there is no id (or it is null), the row's own."""
     if id_column is None:
-        return row_hashes(table)
+        return _rows_hashed(table, hashes)
     ids = row_hashes(table.select([id_column]))
     null = table[id_column].is_null().to_numpy(zero_copy_only=False)
     if null.any():
-        ids[null] = _mix(row_hashes(table.filter(pa.array(null))) ^ _NULL_ID)
+        if hashes is None:  # only the rows without an id
+            own = row_hashes(table.filter(pa.array(null)))
+        else:
+            own = _rows_hashed(table, hashes)[null]
+        ids[null] = _mix(own ^ _NULL_ID)
     return ids
 
 

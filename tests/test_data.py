@@ -268,6 +268,24 @@ def test_duplicate_rows_never_straddle_two_splits() -> None:
     assert not ids[1] & ids[2]
 
 
+def test_row_hashes_computed_once_give_the_same_fingerprint_and_split() -> None:
+    table = make_table(3000)
+    ids = table["customer_id"].to_pylist()
+    some_null = pa.array([None if i % 7 else v for i, v in enumerate(ids)])
+    table = table.set_column(0, "customer_id", some_null)
+    hashes = data.row_hashes(table)
+    assert data.fingerprint(table, hashes=hashes) == data.fingerprint(table)
+    for dataset in (config(), config(id=None)):  # null ids fall back on the row's own hash
+        given = data.split(table, dataset=dataset, config=SplitConfig(), hashes=hashes)
+        computed = data.split(table, dataset=dataset, config=SplitConfig())
+        assert all(a.equals(b) for a, b in zip(given, computed, strict=True))
+    for wrong in (hashes[:-1], hashes.astype(np.int64)):
+        with pytest.raises(ValueError, match="hashes must be the table's row_hashes: 3000 uint64"):
+            data.fingerprint(table, hashes=wrong)
+        with pytest.raises(ValueError, match="hashes must be the table's row_hashes"):
+            data.split(table, dataset=config(id=None), config=SplitConfig(), hashes=wrong)
+
+
 def test_a_split_that_would_leave_a_part_empty_is_refused_with_the_counts() -> None:
     table = make_table(200).set_column(
         0, "customer_id", pa.array([f"c{i % 4}" for i in range(200)])
