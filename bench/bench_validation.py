@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks import data, synthetic, validation
+from tasks import data, leakage, synthetic, validation
 from tasks.settings import Features, Settings
 
 EXTRA_NUMERIC = 6  # synthetic churn has 14 columns; 6 more numeric ones make 20
@@ -70,7 +70,7 @@ def _check(table: pa.Table, config: dict[str, Any]) -> bool:
     if kind == validation.LEAKAGE:
         target = table[kw["target"]].to_pandas()
         scores = [
-            validation.leakage_score(table[f].to_pandas(), target, task=kw["task"])[0]
+            leakage.leakage_score(table[f].to_pandas(), target, task=kw["task"])[0]
             for f in kw["features"]
         ]
         return max(scores, default=0.0) < kw["threshold"]

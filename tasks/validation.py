@@ -33,7 +33,7 @@ sees, so the per-column checks are table-level expectations that cover every col
   is declared and the reference's ids are unique (repeated ids mean the id groups rows);
 - `expect_table_row_count_to_be_between` (GX): at least `min_rows` rows;
 - `expect_column_unique_value_count_to_be_between` (GX): at least two classes;
-- `expect_no_target_leakage`: no feature reproduces the target (`leakage_score`);
+- `expect_no_target_leakage`: no feature reproduces the target (`tasks.leakage`);
 - the user's expectations from `settings.validation.expectations`, each a mapping
   `{"type": "<GX expectation name>", "kwargs": {...}, "meta": {...}}` (`meta` optional).
   `check_user_expectations` rejects an unknown name, bad arguments, an invalid regex or
@@ -78,6 +78,7 @@ from pydantic import BaseModel, PrivateAttr
 
 from tasks import data, events, registry
 from tasks.errors import DriftloopError
+from tasks.leakage import Target
 from tasks.settings import ConfigError, Settings, ValidationConfig
 
 if TYPE_CHECKING:
@@ -119,8 +120,6 @@ PER_COLUMN: dict[str, str] = {
     DOMAINS: "value_sets",
 }
 MAX_DOMAIN = 1000  # a categorical column with more distinct values gets no domain check
-_MAX_LEVELS = 50  # numeric columns with at most this many values are also checked for purity
-_MIN_SUPPORT = 20  # rows per value (or per class) below which a score says nothing
 _ROLE_KINDS: dict[str, list[str]] = {  # what the contract allows where the reference says nothing
     "id": ["integer", "string"],
     "timestamp": ["timestamp"],
@@ -1031,155 +1030,6 @@ def _examples(values: Sequence[Any]) -> str:
     return f"; e.g. {', '.join(unique)}" if unique else ""
 
 
-# Target leakage -----------------------------------------------------------------------------------
-
-
-def leakage_score(feature: pd.Series, target: pd.Series, *, task: str) -> tuple[float, str]:
-    """How closely one feature reproduces the target, 0 (not at all) to 1 (exactly), and how.
-
-    Classification: a numeric feature's AUC alone (one class against the rest, on the better
-    side of 0.5: 1 when one threshold separates a class), and the purity of a feature's values
-    (Goodman-Kruskal lambda: the share of the majority-class error that knowing the value
-    removes). Regression: |Pearson| and |Spearman| correlation of a numeric feature (Spearman
-    catches a monotone copy such as exp, cube or log of the target), the correlation ratio of a
-    categorical one, or, for high-cardinality text, both correlations of its values read as
-    numbers. Purity, correlation ratio and AUC need `_MIN_SUPPORT` rows per value or class: an
-    id-like column is "pure" by construction and says nothing.
-    """
-    return _Target(target, task=task).score(feature)
-
-
-class _Target:
-    """A target's labelled rows, prepared once to score every feature against it."""
-
-    def __init__(self, target: pd.Series, *, task: str) -> None:
-        labelled = target.notna().to_numpy()
-        self.mask = None if labelled.all() else labelled  # None: every row is labelled
-        y = target if self.mask is None else target[self.mask]
-        self.task = task
-        self.rows = len(y)
-        self.classes = pd.factorize(y, sort=True)[0] if task == "classification" else None
-        self.values = _floats(y) if self.classes is None else np.empty(0)  # regression
-
-    def score(self, feature: pd.Series) -> tuple[float, str]:
-        if self.rows < 3:
-            return 0.0, "too few labelled rows"
-        x = feature if self.mask is None else feature[self.mask]
-        numeric = pd.api.types.is_numeric_dtype(x.dtype) and not pd.api.types.is_bool_dtype(x.dtype)
-        scores = self._numeric(_floats(x)) if numeric else self._categorical(x)
-        score, how = max(scores, default=(0.0, "not comparable"))
-        return round(float(score), 4), how
-
-    def _numeric(self, x: np.ndarray) -> list[tuple[float, str]]:
-        if self.classes is None:
-            return _correlations(x, self.values)
-        auc, levels = _separability(x, self.classes)
-        scores = [(auc, "AUC")]
-        if levels <= _MAX_LEVELS and levels * _MIN_SUPPORT <= len(x):
-            scores.append(
-                (_purity(pd.factorize(x, use_na_sentinel=False)[0], self.classes), "purity")
-            )
-        return scores
-
-    def _categorical(self, x: pd.Series) -> list[tuple[float, str]]:
-        codes, levels = pd.factorize(x, use_na_sentinel=False)
-        if len(levels) * _MIN_SUPPORT <= len(x):
-            if self.classes is not None:
-                return [(_purity(codes, self.classes), "purity")]
-            return [(_correlation_ratio(codes, self.values), "correlation ratio")]
-        if self.classes is not None:
-            return []
-        parsed = _floats(pd.to_numeric(x.astype("string"), errors="coerce"))
-        if np.isfinite(parsed).mean() < 0.5:
-            return []
-        found = _correlations(parsed, self.values)
-        return [(s, f"{how} of values read as numbers") for s, how in found]
-
-
-def _floats(values: pd.Series) -> np.ndarray:
-    return values.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _sorted_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """The order that sorts `x`, the (1-based, ties averaged) ranks in that order, and how many
-    distinct values there are: one sort for all three."""
-    order = np.argsort(x)
-    ordered = x[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    ranks = np.repeat((starts + ends + 1) / 2, ends - starts)
-    return order, ranks, len(starts)
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order, ordered_ranks, _ = _sorted_ranks(x)
-    ranks = np.empty(len(x))
-    ranks[order] = ordered_ranks
-    return ranks
-
-
-def _correlations(x: np.ndarray, y: np.ndarray) -> list[tuple[float, str]]:
-    """|Pearson| and |Spearman| (Pearson of the ranks) over the rows where both are finite."""
-    keep = np.isfinite(x) & np.isfinite(y)
-    if not keep.all():
-        x, y = x[keep], y[keep]
-    return [
-        (_correlation(x, y), "correlation"),
-        (_correlation(_ranks(x), _ranks(y)), "rank correlation"),
-    ]
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 3 or a.std() == 0 or b.std() == 0:
-        return 0.0
-    return abs(float(np.corrcoef(a, b)[0, 1]))
-
-
-def _separability(x: np.ndarray, classes: np.ndarray) -> tuple[float, int]:
-    """The best one-vs-rest AUC of `x` alone (max of AUC and 1 - AUC, ties counting half) over
-    the classes with `_MIN_SUPPORT` rows on both sides, from the Mann-Whitney rank sums; and
-    the number of distinct values (NaN counts as one)."""
-    keep = np.isfinite(x)
-    nan_level = int(not keep.all())
-    if nan_level:
-        x, classes = x[keep], classes[keep]
-    n = len(x)
-    if n < 3:
-        return 0.0, n + nan_level
-    order, ranks, levels = _sorted_ranks(x)
-    k = int(classes.max()) + 1
-    counts = np.bincount(classes, minlength=k).astype(np.float64)
-    rank_sums = np.bincount(classes[order], weights=ranks, minlength=k)
-    judged = (counts >= _MIN_SUPPORT) & (n - counts >= _MIN_SUPPORT)
-    if k == 2:
-        judged[0] = False  # the same AUC, mirrored
-    auc = (rank_sums - counts * (counts + 1) / 2) / np.maximum(counts * (n - counts), 1)
-    best = np.maximum(auc, 1 - auc)[judged]
-    return (float(best.max()) if best.size else 0.0), levels + nan_level
-
-
-def _purity(codes: np.ndarray, classes: np.ndarray) -> float:
-    """Goodman-Kruskal lambda of the classes given a feature's value codes."""
-    k = int(classes.max()) + 1
-    levels = int(codes.max()) + 1
-    counts = np.bincount(codes * k + classes, minlength=levels * k).reshape(-1, k)
-    correct = int(counts.max(axis=1).sum())  # predicting each value's majority class
-    majority, n = int(np.bincount(classes).max()), len(classes)  # predicting one class
-    return (correct - majority) / (n - majority) if n > majority else 0.0
-
-
-def _correlation_ratio(codes: np.ndarray, y: np.ndarray) -> float:
-    keep = np.isfinite(y)
-    codes, y = codes[keep], y[keep]
-    if len(y) < 3:
-        return 0.0
-    counts = np.bincount(codes)
-    means = np.bincount(codes, weights=y) / np.maximum(counts, 1)
-    total = float(((y - y.mean()) ** 2).sum())
-    between = float((counts * (means - y.mean()) ** 2).sum())
-    return float(np.sqrt(between / total)) if total > 0 else 0.0
-
-
 # What driftloop's table-level expectations measure (pandas, vectorised) ---------------------------
 
 
@@ -1195,7 +1045,7 @@ def _null_shares(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, float]
 def _outside_ranges(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     for column, spec in kw["ranges"].items():
-        x = _floats(frame[column])
+        x = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
         outside = (x < spec["min_value"]) | (x > spec["max_value"])  # NaN compares False
         out[column] = _counts(int(np.isfinite(x).sum()), outside, frame[column])
     return out
@@ -1216,7 +1066,7 @@ def _counts(valid: int, outside: np.ndarray, values: pd.Series) -> dict[str, Any
 
 
 def _leakage_scores(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
-    target = _Target(frame[kw["target"]], task=kw["task"])
+    target = Target(frame[kw["target"]], task=kw["task"])
     return {f: target.score(frame[f]) for f in kw["features"]}
 
 

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import data, events, registry, synthetic, validation
+from tasks import data, events, leakage, registry, synthetic, validation
 from tasks.settings import ConfigError, Settings, ValidationConfig, load_settings
 from tasks.validation import COLUMNS, DOMAINS, KINDS, LEAKAGE, NULLS, RANGES, UNIQUE
 
@@ -422,9 +422,7 @@ def test_the_strongest_honest_feature_of_the_synthetic_data_scores_below_the_thr
 ) -> None:
     frame = validation.to_frame(synthetic.generate(rows=ROWS, seed=0, task=task))
     target = frame[synthetic.TARGETS[task]]
-    scores = {
-        f: validation.leakage_score(frame[f], target, task=task)[0] for f in synthetic.FEATURES
-    }
+    scores = {f: leakage.leakage_score(frame[f], target, task=task)[0] for f in synthetic.FEATURES}
     assert max(scores, key=lambda f: scores[f]) == strongest
     assert 0.7 < scores[strongest] < 0.98  # a real signal, far enough from a copy
 
