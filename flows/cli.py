@@ -172,7 +172,9 @@ def validate(
 @app.command()
 def train(config: ConfigPath = Path(CONFIG_FILE)) -> None:
     """Run the training pipeline: validate, split, train (Ray Train), evaluate, gate, register."""
-    settings = _settings(config)  # fail fast on a bad config, before Prefect and Ray start
+    # fail fast on a bad config file; the pipeline checks its columns against the data and the
+    # champion's sample, so that a column the new data lost fails validation, not the config
+    settings = load_settings(config, check_source=False)
     _connect_to_stack(settings)
     from flows.training import training_pipeline
 

@@ -62,9 +62,8 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
     fingerprint = data.fingerprint(table, hashes=hashes)
     reference = validation.reference_profile(declared)
     profile = reference.table if reference.table is not None else table
-    inferred = declared.dataset.features is None
     settings = resolve_features(
-        declared, (profile if inferred else table).schema, path=Path(config)
+        declared, known_columns(declared, profile, table), path=Path(config)
     )
     ds = settings.dataset
     reports = validation.report_location(settings, fingerprint)
@@ -134,6 +133,20 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
         "data_fingerprint": fingerprint,
         "failed_rules": [r.rule for r in decision.failed],
     }
+
+
+def known_columns(settings: Settings, profile: pa.Table, table: pa.Table) -> pa.Schema:
+    """The columns the config's names are checked against, with the profile's types.
+
+    Inferred features come from the profile alone, so a feature that vanished from the new data
+    is a validation failure, not a feature quietly dropped. Declared columns may be in the
+    profile or, new since, in the data: a declared column the new data lost or retyped is then a
+    validation failure too (GX names it), and only a name found in neither is a config error.
+    """
+    if settings.dataset.features is None or profile is table:
+        return profile.schema
+    added = [field for field in table.schema if field.name not in profile.schema.names]
+    return pa.schema([*profile.schema, *added])
 
 
 def reference_sample(train: pa.Table) -> bytes:

@@ -30,7 +30,8 @@ sees, so the per-column checks are table-level expectations that cover every col
   `MAX_DOMAIN` values) and a classification target inside its known classes. Ranges and
   feature domains allow `unseen_category_share` of the values outside; unknown classes, none;
 - `expect_column_proportion_of_unique_values_to_be_between` (GX): unique ids, where `dataset.id`
-  is declared and the reference's ids are unique (repeated ids mean the id groups rows);
+  is declared and the reference's ids are unique (repeated ids mean the id groups rows), in
+  training data only (traffic scores a customer again);
 - `expect_table_row_count_to_be_between` (GX): at least `min_rows` rows;
 - `expect_column_unique_value_count_to_be_between` (GX): at least two classes;
 - `expect_no_target_leakage`: no feature reproduces the target (`tasks.leakage`);
@@ -111,6 +112,8 @@ NULLS = "expect_column_null_shares_to_be_at_most"
 RANGES = "expect_column_values_to_be_in_ranges"
 DOMAINS = "expect_column_values_to_be_in_sets"
 UNIQUE = "expect_column_proportion_of_unique_values_to_be_between"
+CLASS_COUNT = "expect_column_unique_value_count_to_be_between"
+_COUNTS_VALUES = (UNIQUE, CLASS_COUNT)  # skipped on a table with no rows
 LEAKAGE = "expect_no_target_leakage"
 # driftloop's table-level expectations and the kwarg that maps each column to its expectation
 PER_COLUMN: dict[str, str] = {
@@ -386,7 +389,7 @@ def _training_checks(settings: Settings) -> list[dict[str, Any]]:
     """What only training data must satisfy: enough rows, two classes, no leaked target."""
     ds, cfg = settings.dataset, settings.validation
     rows = "expect_table_row_count_to_be_between"
-    classes = "expect_column_unique_value_count_to_be_between"
+    classes = CLASS_COUNT
     leakage = {
         "features": settings.features.all,
         "target": ds.target,
@@ -406,10 +409,11 @@ def _training_checks(settings: Settings) -> list[dict[str, Any]]:
 
 def _id_checks(p: ColumnProfile | None) -> list[dict[str, Any]]:
     """Unique ids, where the reference's ids are unique (the aggregate costs GX a fraction of the
-    per-row `expect_column_values_to_be_unique`)."""
+    per-row `expect_column_values_to_be_unique`). Training data only: in production traffic the
+    same customer is scored again, and that is no data problem."""
     if p is None or p.distinct is None or p.distinct != p.count:
         return []
-    return [_config(UNIQUE, "duplicate_ids", "data", column=p.name, min_value=1.0)]
+    return [_config(UNIQUE, "duplicate_ids", "training", column=p.name, min_value=1.0)]
 
 
 def _per_column(type_: str, check: Check, **kwargs: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -690,6 +694,7 @@ def _run(
         (c["kwargs"]["kinds"] for c in configs if c["type"] == KINDS), {}
     )
     usable = _Usable(
+        rows=table.num_rows,
         kinds=kinds,
         expected=expected,
         target=settings.dataset.target,
@@ -717,6 +722,7 @@ def _run(
 class _Usable:
     """Trims a config to the columns it can judge in this table; the rest become skipped rows."""
 
+    rows: int
     kinds: Mapping[str, str]  # the table's columns and their type kinds
     expected: Mapping[str, list[str]]  # the suite's kinds per contract column
     target: str
@@ -742,6 +748,8 @@ class _Usable:
             return {**config, "kwargs": {**kw, "features": features}}, []
         if type_ == "expect_column_to_exist":  # a missing column is what it looks for
             return config, []
+        if type_ in _COUNTS_VALUES and self.rows == 0:  # the row count says it once
+            return None, [_result_row(config, success=None, observed="skipped: no rows")]
         for column in _columns_of(kw):
             reason = self.reason(column, kind_matters=type_ not in _TYPE_CHECKS)
             if reason is not None:

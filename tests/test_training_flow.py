@@ -119,6 +119,19 @@ def test_a_first_model_is_promoted_and_an_identical_retrain_is_rejected(
         synthetic.write_parquet(broken, tmp_path / "data" / "churn.parquet")
         with pytest.raises(validation.ValidationFailed, match=r"monthly_charges|missing"):
             training_pipeline(config=str(config))
+    # The same with the features declared in the config: the lost or retyped column is the
+    # data's fault, named by validation, not a config error
+    declared = (
+        "  features:\n"
+        f"    numeric: [{', '.join(synthetic.NUMERIC_FEATURES)}]\n"
+        f"    categorical: [{', '.join(synthetic.CATEGORICAL_FEATURES)}]\n"
+    )
+    config.write_text(config.read_text().replace("  slices:", declared + "  slices:"))
+    for kind in ("drop", "retype"):
+        broken = synthetic.generate(rows=6000, seed=5, scenario="schema_break", kind=kind)
+        synthetic.write_parquet(broken, tmp_path / "data" / "churn.parquet")
+        with pytest.raises(validation.ValidationFailed, match="monthly_charges"):
+            training_pipeline(config=str(config))
     assert sorted((tmp_path / "home" / "ray").iterdir()) == runs  # nothing trained
     assert registry.list_versions(root=home, model="churn") == [1, 2]
     assert registry.aliases(root=home, model="churn") == {"champion": 1}

@@ -456,6 +456,17 @@ def test_an_unreadable_file_fails_with_one_line_naming_it(
     assert says in message
 
 
+def test_a_parquet_file_with_no_rows_fails_the_row_count_alone(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "no_rows.parquet"
+    pq.write_table(batch().slice(0, 0), path)  # a valid file, the contract's schema, no rows
+    report = validation.validate_path(path, settings=settings, reports_dir=tmp_path / "reports")
+    assert failed(report) == {("expect_table_row_count_to_be_between", None)}
+    assert report.problems == ["too_few_rows"]
+    assert report.failures[0].observed == "0 rows (expected at least 100)"
+
+
 # User expectations ------------------------------------------------------------------------------
 
 
@@ -568,6 +579,20 @@ def test_a_production_batch_without_labels_skips_the_target_checks_and_passes(
     skipped = {r.column for r in report.results if r.success is None}
     assert skipped == {TARGET}
     assert all(r.check not in ("target_leakage", "too_few_rows") for r in report.results)
+
+
+def test_a_customer_scored_twice_in_a_production_batch_is_no_data_problem(
+    suite: Any, settings: Settings
+) -> None:
+    ids = batch()["customer_id"].to_pylist()
+    ids[1] = ids[0]  # the same customer, scored again
+    again = with_column(batch(), "customer_id", ids)
+    report = validation.check_batch(again, suite=suite, settings=settings)
+    assert report.success
+    assert all(r.check != "duplicate_ids" for r in report.results)
+    assert failed(validation.validate(again, suite=suite, settings=settings)) == {
+        (UNIQUE, "customer_id")
+    }  # in training data, a repeated id still fails
 
 
 def half_labelled(table: pa.Table) -> pa.Table:
