@@ -397,9 +397,9 @@ def train_model(
         fault: a fault drill for tests and game days.
 
     Raises:
-        TrainingFailed: the cluster cannot hold the workers the settings ask for, a local
-            storage folder is not shared by its nodes, or the run failed more often than
-            `training.max_failures` allows.
+        TrainingFailed: too few rows for the workers, the cluster cannot hold the workers the
+            settings ask for, a local storage folder is not shared by its nodes, or the run
+            failed more often than `training.max_failures` allows.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -408,9 +408,10 @@ def train_model(
     started = time.perf_counter()
     config = settings.training
     if train.num_rows < config.num_workers or validation.num_rows == 0:
-        raise ValueError(
-            f"need at least {config.num_workers} training rows (one per worker) and one "
-            f"validation row; got {train.num_rows} and {validation.num_rows}"
+        raise TrainingFailed(
+            f"need at least {config.num_workers} training rows (one per worker, "
+            f"training.num_workers={config.num_workers}) and one validation row; got "
+            f"{train.num_rows} and {validation.num_rows}"
         )
     pre = Preprocessor.fit(
         train,
