@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tasks.errors import DriftloopError
+from tasks.errors import DriftloopError, quiet_expected_failures
 from tasks.settings import (
     CONFIG_FILE,
     Settings,
@@ -351,6 +351,7 @@ def main() -> None:
 
     Usage errors are click's: a message naming the option, exit 2.
     """
+    quiet_expected_failures()
     try:
         app()
     except DriftloopError as exc:

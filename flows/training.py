@@ -19,6 +19,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import data, traffic, validation
+from tasks.errors import quiet_expected_failures
 from tasks.evaluate import champion_task, evaluate_task, gate_task, promote_task
 from tasks.model import load_model
 from tasks.settings import Settings, load_settings, resolve_features
@@ -160,4 +161,5 @@ def reference_sample(train: pa.Table) -> bytes:
 
 
 if __name__ == "__main__":
+    quiet_expected_failures()
     print(training_pipeline(config=sys.argv[1] if len(sys.argv) > 1 else "driftloop.yaml"))

@@ -216,3 +216,30 @@ def test_every_command_is_listed_in_help(project: Project) -> None:
     assert done.returncode == 0
     for command in ("init", "generate", "up", "down", "status", "validate", "train", "models"):
         assert command in done.stdout
+
+
+def test_a_run_failing_with_a_driftloop_error_is_logged_without_its_traceback() -> None:
+    import io
+    import logging
+
+    from tasks.errors import RUN_LOGGERS, DriftloopError, quiet_expected_failures
+
+    quiet_expected_failures()
+    quiet_expected_failures()  # twice is once
+    logger = logging.getLogger(RUN_LOGGERS[0])
+    assert len(logger.filters) == 1
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger.addHandler(handler)
+    try:
+        for error in (DriftloopError("validation of churn FAILED"), KeyError("bug")):
+            try:
+                raise error
+            except Exception:
+                logger.exception("Encountered exception during execution")
+    finally:
+        logger.removeHandler(handler)
+    ours, bug = out.getvalue().split("Encountered exception during execution\n")[1:]
+    assert "Traceback" not in ours  # the run's message already says what was wrong
+    assert "Traceback" in bug  # anything else keeps its traceback
+    assert "KeyError: 'bug'" in bug

@@ -49,7 +49,7 @@ def test_the_demo_starts_the_stack_trains_a_champion_and_catches_a_broken_batch(
 
     def driftloop(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [DRIFTLOOP, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+            [DRIFTLOOP, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500
         )
 
     try:
@@ -69,6 +69,18 @@ def test_the_demo_starts_the_stack_trains_a_champion_and_catches_a_broken_batch(
         runs = post(f"{api}/flow_runs/filter", {"limit": 50})
         done = {flows[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED"}
         assert {"demo", "training-pipeline"} <= done
+
+        # New source data with a missing-value spike: `driftloop train` stops at validation and
+        # says why, one line per failed expectation, with no traceback
+        spike = ("--scenario", "missing_spike", "--out", "data/churn.parquet", "--rows", "3000")
+        assert driftloop("generate", *spike).returncode == 0
+        refused = driftloop("train")
+        assert refused.returncode == 1, refused.stdout[-2000:] + refused.stderr[-2000:]
+        error = refused.stderr[refused.stderr.rindex("driftloop: error: ") :]
+        assert error.startswith("driftloop: error: validation of churn (3,000 rows, ")
+        assert "problems: missing_values" in error.splitlines()[0]
+        assert "null_shares_to_be_at_most on monthly_charges: " in error
+        assert "Traceback" not in refused.stderr, refused.stderr[-4000:]
 
         status = driftloop("status")
         assert "prefect" in status.stdout

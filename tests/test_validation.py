@@ -823,7 +823,7 @@ def test_failing_data_publishes_its_table_and_an_event_naming_the_column_and_wha
             if page.events:
                 break
             time.sleep(0.5)
-    assert len(page.events) == 1
+    assert len({e.id for e in page.events}) == 1  # one event (delivery is at least once)
     event = page.events[0]
     assert event.resource.id == "driftloop.model.churn"
     assert event.payload["problems"] == ["unseen_categories"]
