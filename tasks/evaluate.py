@@ -224,6 +224,7 @@ class EvaluationReport:
     production: dict[str, float] | None = None
     production_rows: int = 0
     production_fingerprint: str | None = None
+    production_error: str | None = None  # why the model could not score the production rows
     y_true: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     predictions: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
@@ -234,7 +235,7 @@ class EvaluationReport:
         """JSON-safe summary (no per-row arrays; NaN as null)."""
         keep = ("task", "classes", "rows", "fingerprint", "metrics", "robustness",
                 "robustness_errors", "calibration_bins", "production", "production_rows",
-                "production_fingerprint")  # fmt: skip
+                "production_fingerprint", "production_error")  # fmt: skip
         out = {k: getattr(self, k) for k in keep}
         out["slices"] = [asdict(s) for s in self.slices]
         return dict(events.jsonable(out))
@@ -272,7 +273,10 @@ def evaluate(
     if production is None:
         return report
     recent = _labelled(production, target=dataset.target, what="production rows")
-    py, ppred = predict_encoded(predictor, recent, target=dataset.target, task=dataset.task)
+    try:
+        py, ppred = predict_encoded(predictor, recent, target=dataset.target, task=dataset.task)
+    except (DriftloopError, KeyError, ValueError) as exc:  # e.g. traffic lacks a new feature
+        return replace(report, production_error=f"{type(exc).__name__}: {exc}")
     return _with_production(report, recent, py, ppred)
 
 
@@ -748,6 +752,11 @@ def _worst_loss(report: EvaluationReport, primary: str) -> tuple[str, float]:
 def _production_rules(
     c: EvaluationReport, champion: EvaluationReport | None, config: GateConfig, primary: str
 ) -> list[RuleResult]:
+    if c.production_error is not None:  # what it would be served cannot go through it
+        return [RuleResult(
+            "production rows: challenger can score them", None, None, None, "", None, False,
+            f"the challenger could not score the labelled production rows ({c.production_error})",
+        )]  # fmt: skip
     if champion is None or c.production is None or champion.production is None:
         return []
     if c.production_fingerprint != champion.production_fingerprint:

@@ -419,6 +419,24 @@ def test_a_model_worse_on_recent_production_rows_is_not_promoted(
     assert failed_rules(decision) == ["production rows: roc_auc"], ev.gate_table_markdown(decision)
 
 
+def test_a_challenger_that_cannot_score_the_production_rows_is_rejected_not_crashed(
+    real: Linear, weak: Linear, holdout: pa.Table
+) -> None:
+    production = synthetic.generate(rows=600, seed=6)
+    old_traffic = production.drop_columns(["monthly_charges"])  # logged before a feature existed
+    challenger = report(real, holdout, production=old_traffic)  # no exception: a finding
+    assert challenger.production is None
+    assert "monthly_charges" in str(challenger.production_error)
+    assert challenger.to_dict()["production_error"] == challenger.production_error
+    champion = report(weak, holdout)
+    for judged_against in (champion, None):  # a first model is held to it too
+        decision = ev.gate(challenger=challenger, champion=judged_against, config=GATE)
+        assert "production rows: challenger can score them" in failed_rules(decision)
+        assert not decision.promote
+        rule = next(r for r in decision.failed if r.rule.startswith("production rows"))
+        assert "monthly_charges" in rule.detail
+
+
 def test_the_first_model_is_judged_against_the_floors(
     train: pa.Table, holdout: pa.Table, real_report: ev.EvaluationReport
 ) -> None:
