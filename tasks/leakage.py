@@ -11,6 +11,8 @@ monotone transform of it. Plain numpy over pandas columns: one sort per feature.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 
@@ -21,8 +23,9 @@ MIN_SUPPORT = 20  # rows per value (or per class) below which a score says nothi
 def leakage_score(feature: pd.Series, target: pd.Series, *, task: str) -> tuple[float, str]:
     """How closely one feature reproduces the target, 0 (not at all) to 1 (exactly), and how.
 
-    Classification: a numeric feature's AUC alone (one class against the rest, on the better
-    side of 0.5: 1 when one threshold separates a class), and the purity of a feature's values
+    Classification: a numeric feature's AUC alone (on the better side of 0.5; with more than
+    two classes, the lowest AUC between classes that are neighbours along the feature: 1 when
+    thresholds cut the feature into one interval per class), and the purity of a feature's values
     (Goodman-Kruskal lambda: the share of the majority-class error that knowing the value
     removes). Regression: |Pearson| and |Spearman| correlation of a numeric feature (Spearman
     catches a monotone copy such as exp, cube or log of the target), the correlation ratio of a
@@ -43,6 +46,7 @@ class Target:
         self.task = task
         self.rows = len(y)
         self.classes = pd.factorize(y, sort=True)[0] if task == "classification" else None
+        self.binary = self.classes is not None and int(self.classes.max(initial=0)) == 1
         self.values = _floats(y) if self.classes is None else np.empty(0)  # regression
 
     def score(self, feature: pd.Series) -> tuple[float, str]:
@@ -58,7 +62,7 @@ class Target:
         if self.classes is None:
             return _correlations(x, self.values)
         auc, levels = _separability(x, self.classes)
-        scores = [(auc, "AUC")]
+        scores = [(auc, "AUC" if self.binary else "AUC between neighbouring classes")]
         if levels <= MAX_LEVELS and levels * MIN_SUPPORT <= len(x):
             scores.append(
                 (_purity(pd.factorize(x, use_na_sentinel=False)[0], self.classes), "purity")
@@ -120,26 +124,37 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _separability(x: np.ndarray, classes: np.ndarray) -> tuple[float, int]:
-    """The best one-vs-rest AUC of `x` alone (max of AUC and 1 - AUC, ties counting half) over
-    the classes with `MIN_SUPPORT` rows on both sides, from the Mann-Whitney rank sums; and
-    the number of distinct values (NaN counts as one)."""
+    """How well `x` alone puts the classes apart, and its number of distinct values (NaN counts
+    as one).
+
+    The AUC (max of AUC and 1 - AUC, ties counting half) between each two classes that are
+    neighbours in `x`'s order (by median), the lowest of them, over the classes with
+    `MIN_SUPPORT` rows. Binary: the feature's AUC. Multiclass: 1 when every class has an interval
+    of `x` to itself (the target, however coded), but not when one class stands apart and the
+    others overlap (iris' petal width sets off setosa alone: a strong feature, not a copy).
+    """
     keep = np.isfinite(x)
     nan_level = int(not keep.all())
     if nan_level:
         x, classes = x[keep], classes[keep]
-    n = len(x)
-    if n < 3:
-        return 0.0, n + nan_level
-    order, ranks, levels = _sorted_ranks(x)
-    k = int(classes.max()) + 1
-    counts = np.bincount(classes, minlength=k).astype(np.float64)
-    rank_sums = np.bincount(classes[order], weights=ranks, minlength=k)
-    judged = (counts >= MIN_SUPPORT) & (n - counts >= MIN_SUPPORT)
-    if k == 2:
-        judged[0] = False  # the same AUC, mirrored
-    auc = (rank_sums - counts * (counts + 1) / 2) / np.maximum(counts * (n - counts), 1)
-    best = np.maximum(auc, 1 - auc)[judged]
-    return (float(best.max()) if best.size else 0.0), levels + nan_level
+    if len(x) < 3:
+        return 0.0, len(x) + nan_level
+    order = np.argsort(x, kind="stable")
+    ordered, ordered_classes = x[order], classes[order]
+    levels = 1 + int(np.count_nonzero(ordered[1:] != ordered[:-1]))
+    groups = [ordered[ordered_classes == c] for c in np.unique(ordered_classes)]  # each sorted
+    groups = sorted((g for g in groups if len(g) >= MIN_SUPPORT), key=lambda g: g[len(g) // 2])
+    if len(groups) < 2:
+        return 0.0, levels + nan_level
+    return min(_auc(a, b) for a, b in itertools.pairwise(groups)), levels + nan_level
+
+
+def _auc(low: np.ndarray, high: np.ndarray) -> float:
+    """The AUC between two sorted samples, on its better side: P(high > low), ties one half."""
+    below = np.searchsorted(low, high, side="left")
+    up_to = np.searchsorted(low, high, side="right")
+    auc = float(below.sum() + up_to.sum()) / (2.0 * len(low) * len(high))
+    return max(auc, 1.0 - auc)
 
 
 def _purity(codes: np.ndarray, classes: np.ndarray) -> float:

@@ -115,7 +115,7 @@ def test_the_suite_covers_types_nulls_ranges_domains_target_ids_row_count_and_le
     assert configs["expect_table_row_count_to_be_between"]["kwargs"]["min_value"] == 100
     leakage = configs[LEAKAGE]["kwargs"]
     assert leakage["features"] == settings.features.all
-    assert leakage["threshold"] == 0.98
+    assert leakage["threshold"] == settings.validation.leakage_threshold == 0.99
     assert len(suite.expectations) <= 10  # each GX expectation costs ~5 ms: one per concern
 
 
@@ -412,6 +412,23 @@ def test_a_feature_that_merely_predicts_the_target_does_not_count_as_leakage(
     y = synthetic.generate(rows=ROWS, seed=0)[TARGET].to_numpy()
     settings = project(tmp_path, leaky("signal", y + noise(1.0)))  # informative, not a copy
     assert validation.validate_path(settings.dataset.source, settings=settings).success
+
+
+@pytest.mark.parametrize("name", ["load_iris", "load_wine", "load_breast_cancer"])
+def test_well_known_data_sets_with_strong_honest_features_are_not_flagged_as_leaking(
+    name: str,
+) -> None:
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, name)(as_frame=True)
+    frame, threshold = bunch.frame, ValidationConfig().leakage_threshold
+    target = leakage.Target(frame["target"], task="classification")
+    scores = {str(f): target.score(frame[f])[0] for f in bunch.feature_names}
+    assert max(scores.values()) < threshold, scores
+    # and each data set's target, copied or coded as a number with noise, is caught
+    coded = frame["target"] * 3.0 + np.random.default_rng(0).normal(0, 0.1, len(frame))
+    assert target.score(frame["target"].astype(float))[0] >= threshold
+    assert target.score(coded)[0] >= threshold
 
 
 @pytest.mark.parametrize(
