@@ -97,6 +97,7 @@ class ValidationConfig(_Strict):
     )  # numeric ranges widen by this share of the reference span
     null_tolerance: float = Field(0.05, ge=0, le=1)  # allowed null share above the reference's
     unseen_category_share: float = Field(0.01, ge=0, le=1)  # rows with values outside the domain
+    range_share: float = Field(0.01, ge=0, le=1)  # rows outside a numeric column's widened range
     # production batches: share of a column's values allowed outside its range (a covariate shift
     # moves some past the reference's range: that is drift for the monitor, not broken data)
     batch_range_share: float = Field(0.10, ge=0, le=1)

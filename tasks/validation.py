@@ -25,10 +25,11 @@ sees, so the per-column checks are table-level expectations that cover every col
 - `expect_column_null_shares_to_be_at_most`: nulls up to the reference's share +
   `null_tolerance`, none in the target or the id;
 - `expect_column_values_to_be_in_ranges`: numeric features (and a regression target) inside the
-  reference's [min, max] widened by `range_margin` x span;
+  reference's [min, max] widened by `range_margin` x span, `range_share` of the values outside
+  allowed;
 - `expect_column_values_to_be_in_sets`: categorical features inside the reference's domain (up to
-  `MAX_DOMAIN` values) and a classification target inside its known classes. Ranges and
-  feature domains allow `unseen_category_share` of the values outside; unknown classes, none;
+  `MAX_DOMAIN` values) and a classification target inside its known classes. Feature domains
+  allow `unseen_category_share` of the values outside; unknown classes, none;
 - `expect_column_proportion_of_unique_values_to_be_between` (GX): unique ids, where `dataset.id`
   is declared and the reference's ids are unique (repeated ids mean the id groups rows), in
   training data only (traffic scores a customer again);
@@ -361,7 +362,7 @@ def _ranges(
         out[column] = {
             "min_value": float(p.min) - cfg.range_margin * span,
             "max_value": float(p.max) + cfg.range_margin * span,
-            "mostly": round(1 - cfg.unseen_category_share, 6),  # the target's tails too
+            "mostly": round(1 - cfg.range_share, 6),  # the target's tails too
         }
     return out
 

@@ -119,6 +119,23 @@ def test_the_suite_covers_types_nulls_ranges_domains_target_ids_row_count_and_le
     assert len(suite.expectations) <= 10  # each GX expectation costs ~5 ms: one per concern
 
 
+def test_the_range_and_category_tolerances_are_set_apart(
+    reference: pa.Table, settings: Settings
+) -> None:
+    def tolerances(**validation_config: float) -> tuple[float, float]:
+        tuned = settings.model_copy(
+            update={"validation": settings.validation.model_copy(update=validation_config)}
+        )
+        configs = configs_of(validation.build_suite(reference, settings=tuned))
+        return (
+            configs[RANGES]["kwargs"]["ranges"]["age"]["mostly"],
+            configs[DOMAINS]["kwargs"]["value_sets"]["contract"]["mostly"],
+        )
+
+    assert tolerances(unseen_category_share=0.2) == pytest.approx((0.99, 0.8))
+    assert tolerances(range_share=0.1) == pytest.approx((0.9, 0.99))
+
+
 def test_a_saved_suite_loads_back_and_replays_identically(
     suite: Any, settings: Settings, tmp_path: Path
 ) -> None:
