@@ -241,6 +241,20 @@ def test_nulls_or_unknown_classes_in_the_target_fail_the_target_checks(
     assert "e.g. 7" in next(r.observed for r in report.failures if r.expectation == DOMAINS)
 
 
+def test_training_data_without_its_target_or_with_a_retyped_one_fails_on_the_target(
+    suite: Any, settings: Settings
+) -> None:
+    gone = validation.validate(batch().drop_columns([TARGET]), suite=suite, settings=settings)
+    assert failed(gone) == {(COLUMNS, TARGET)}  # once, on its column; its checks are skipped
+    assert gone.problems == ["invalid_target"]  # a missing target is a target problem
+    labels = [str(v) for v in batch()[TARGET].to_pylist()]  # "0" / "1": strings now
+    retyped = validation.validate(
+        with_column(batch(), TARGET, labels), suite=suite, settings=settings
+    )
+    assert (KINDS, TARGET) in failed(retyped)
+    assert retyped.problems == ["invalid_target"]
+
+
 def test_a_regression_suite_bounds_the_target_and_passes_clean_data(tmp_path: Path) -> None:
     reference = synthetic.generate(rows=ROWS, seed=0, task="regression")
     settings = project(tmp_path, reference, task="regression")
