@@ -145,11 +145,16 @@ def down(
 
 @app.command()
 def status(config: ConfigPath = Path(CONFIG_FILE)) -> None:
-    """Say what runs, where, and which model serves."""
-    from tasks import stack
+    """Say what runs, where, and which version is champion."""
+    from tasks import registry, stack
 
     home, _ = _stack_settings(config)
     typer.echo(_describe(stack.status(home=home)))
+    if config.exists():  # the champion is the model's, named in the config
+        settings = load_settings(config, check_source=False)
+        model = settings.dataset.name
+        version = registry.aliases(root=settings.home, model=model).get(registry.CHAMPION)
+        typer.echo(f"champion: {model} {_v(version)}")
 
 
 @app.command()

@@ -5,6 +5,7 @@ generate, validate, models, deploy, rollback) and the stack commands' refusals.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -166,6 +167,9 @@ def test_models_deploy_and_rollback_move_the_champion(project: Project) -> None:
     fails_with_one_line(project.run("deploy", "--alias", "nope"), "has no alias 'nope'")
     fails_with_one_line(project.run("deploy"), "give exactly one of --version N or --alias NAME")
     assert champion(project) == 2  # no failed command moved it
+    shown = project.run("status")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[-1] == "champion: churn v2"
 
 
 # usage errors and the stack's refusals -------------------------------------------------------
@@ -214,8 +218,19 @@ def test_make_clean_stops_the_stack_before_deleting_its_state() -> None:
 def test_every_command_is_listed_in_help(project: Project) -> None:
     done = project.run("--help")
     assert done.returncode == 0
-    for command in ("init", "generate", "up", "down", "status", "validate", "train", "models"):
-        assert command in done.stdout
+    listed = {m[1] for m in re.finditer(r"^│ (\w+) {2,}", done.stdout, flags=re.MULTILINE)}
+    assert listed == {"init", "generate", "up", "down", "status", "validate", "train", "models",
+                      "deploy", "rollback", "demo"}  # fmt: skip
+
+
+def test_make_help_lists_every_documented_target() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    documented = set(re.findall(r"^([a-z-]+):.*## ", makefile, flags=re.MULTILINE))
+    phony = set(re.search(r"^\.PHONY: (.*)$", makefile, flags=re.MULTILINE)[1].split())  # type: ignore[index]
+    assert documented == phony  # every target a person may run says what it does
+    done = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True, check=True)
+    shown = {line.split()[0] for line in re.sub(r"\x1b\[[0-9;]*m", "", done.stdout).splitlines()}
+    assert shown == documented
 
 
 def test_a_run_failing_with_a_driftloop_error_is_logged_without_its_traceback() -> None:

@@ -3,6 +3,7 @@
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -63,6 +64,10 @@ def test_a_leaked_target_fails_the_run_before_anything_is_trained_or_registered(
     assert (reports[0].parent / "validation.html").exists()
     failed = read_events(events.VALIDATION_FAILED)
     assert failed, "the validation.failed event must reach the Prefect server"
+    event: Any = failed[0]
+    assert event.resource.id == "driftloop.model.churn"
+    assert event.payload["problems"] == ["target_leakage"]
+    assert "churn_flag" in json.dumps(event.payload["failed"])  # the leaking column, named
 
 
 def test_a_first_model_is_promoted_and_an_identical_retrain_is_rejected(
