@@ -9,7 +9,8 @@ with pyarrow straight into tensors; 2-worker scaling efficiency and peak memory 
 1,000,000 rows x 20 features, reported. The last lines say PASS or MISS per goal. Timings are
 medians; Ray epochs are timed inside the worker (train, validate, checkpoint, report), like the
 plain loop's. Every section but `devices` pins `use_gpu=False`, so a GPU machine compares CPU
-with CPU; settings the machine cannot hold fail at once (`place_workers`), never hang.
+with CPU; settings the machine cannot hold fail at once (`place_workers`), never hang. The
+whole report, verdicts included, also goes to bench/results/train.json.
 """
 
 from __future__ import annotations
@@ -467,8 +468,13 @@ def main() -> None:
         if "memory" in args.only:
             report["memory"] = bench_memory(home)
     report["load_avg_end"] = os.getloadavg()  # other processes share these 2 cores
+    report["verdicts"] = verdicts(report)
     print(json.dumps(report, indent=1))
-    print("\n".join(verdicts(report)))
+    print("\n".join(report["verdicts"]))
+    out = Path(__file__).parent / "results" / "train.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":
