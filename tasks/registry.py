@@ -459,9 +459,16 @@ def _read_aliases(place: _Place) -> _Aliases:
         return _Aliases(aliases={}, seq=0)
     except json.JSONDecodeError as exc:  # cannot happen through this module: say where to look
         raise RegistryError(f"{place.uri(place.path(ALIASES))}: not valid JSON: {exc}") from None
-    return _Aliases(
-        aliases={str(k): int(v) for k, v in raw["aliases"].items()}, seq=int(raw["seq"])
-    )
+    try:
+        return _Aliases(
+            aliases={str(k): int(v) for k, v in raw["aliases"].items()}, seq=int(raw["seq"])
+        )
+    except (AttributeError, KeyError, TypeError, ValueError):  # edited by hand, or another tool's
+        raise RegistryError(
+            f"{place.uri(place.path(ALIASES))}: not an alias pointer (expected "
+            '{"aliases": {"<alias>": <version>, ...}, "seq": <n>, ...}); every move is in '
+            f"{place.uri(place.path(HISTORY))}, the last one of each alias is where it pointed"
+        ) from None
 
 
 def _read_history(place: _Place, *, upto: int) -> list[AliasChange]:

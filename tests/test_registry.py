@@ -214,6 +214,34 @@ def test_a_compare_and_set_move_fails_and_changes_nothing_when_the_alias_moved_m
     assert [c.to_version for c in registry.history(root=root, model=MODEL)] == [1, 2]
 
 
+def test_a_damaged_alias_pointer_is_one_line_naming_the_file_and_nothing_moves(
+    home: Path, tmp_path: Path
+) -> None:
+    root = str(home)
+    add_version(home, tmp_path, "a")
+    registry.set_alias(root=root, model=MODEL, alias="champion", version=1, reason="")
+    pointer = home / "registry" / MODEL / registry.ALIASES
+    good = pointer.read_text()
+    damaged = [
+        ("{not json", "not valid JSON"),
+        ('["champion", 1]', "not an alias pointer"),
+        ('{"aliases": {"champion": "one"}, "seq": 1}', "not an alias pointer"),
+    ]
+    for text, says in damaged:
+        pointer.write_text(text)
+        for read in (registry.aliases, lambda **kw: registry.rollback(**kw, reason="")):
+            with pytest.raises(registry.RegistryError) as refused:
+                read(root=root, model=MODEL)
+            message = str(refused.value)
+            assert message.startswith(str(pointer)), message
+            assert says in message
+            assert "\n" not in message
+        assert pointer.read_text() == text  # a refused write left it as it was
+    pointer.write_text(good)  # put back, the registry reads as before: nothing else was touched
+    assert registry.aliases(root=root, model=MODEL) == {"champion": 1}
+    assert [c.to_version for c in registry.history(root=root, model=MODEL)] == [1]
+
+
 def test_a_version_whose_files_were_changed_after_registration_is_reported_damaged(
     home: Path, tmp_path: Path
 ) -> None:
