@@ -109,6 +109,15 @@ def test_a_target_class_unseen_in_training_is_refused_with_its_name() -> None:
         pre.encode_target(bad)
 
 
+def test_a_training_split_with_one_class_or_an_all_null_target_is_refused() -> None:
+    one_class = make_table().set_column(4, "y", pa.array(np.ones(200, dtype=np.int64)))
+    with pytest.raises(ModelError, match=r"target 'y' has 1 class\(es\) in training data"):
+        fit(one_class)
+    unlabelled = make_table().set_column(4, "y", pa.nulls(200, pa.int64()))
+    with pytest.raises(ModelError, match="target 'y'"):
+        fit(unlabelled)
+
+
 def test_a_missing_feature_column_is_named() -> None:
     pre = fit(make_table())
     with pytest.raises(ModelError, match=r"missing column.*charges"):
