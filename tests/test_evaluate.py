@@ -371,6 +371,13 @@ def test_a_regression_in_one_slice_alone_blocks_promotion(
         decision
     )
     assert challenger.metrics["roc_auc"] > weak_report.metrics["roc_auc"]
+    # a slice smaller than min_slice_rows is too noisy to judge: skipped, and says so
+    two_year = challenger.slice("contract", "two-year")
+    assert two_year is not None
+    lenient = GATE.model_copy(update={"min_slice_rows": two_year.rows + 1})
+    skipped = ev.gate(challenger=challenger, champion=weak_report, config=lenient)
+    assert "slice contract=two-year: roc_auc" not in failed_rules(skipped)
+    assert all(not r.rule.startswith("slice contract=two-year") or r.passed for r in skipped.rules)
 
 
 def test_poor_calibration_alone_blocks_promotion(
@@ -417,6 +424,12 @@ def test_a_model_worse_on_recent_production_rows_is_not_promoted(
     champion = report(weak, holdout, production=production)
     decision = ev.gate(challenger=challenger, champion=champion, config=GATE)
     assert failed_rules(decision) == ["production rows: roc_auc"], ev.gate_table_markdown(decision)
+    # too few labelled production rows to judge: the rule is skipped, with the counts
+    few = ev.gate(challenger=challenger, champion=champion,
+                  config=GATE.model_copy(update={"min_production_rows": 2000}))  # fmt: skip
+    assert failed_rules(few) == []
+    rule = next(r for r in few.rules if r.rule.startswith("production rows"))
+    assert (rule.passed, rule.detail) == (True, "1500 labelled rows < 2000")
 
 
 def test_a_challenger_that_cannot_score_the_production_rows_is_rejected_not_crashed(
