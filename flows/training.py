@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import data, traffic, validation
+from tasks import data, events, traffic, validation
 from tasks.errors import quiet_expected_failures
 from tasks.evaluate import champion_task, evaluate_task, gate_task, promote_task
 from tasks.model import load_model
@@ -29,9 +29,15 @@ REFERENCE_ROWS = 20_000  # training rows kept with each version: the drift monit
 
 
 @task(name="read-source", cache_policy=NO_CACHE)
-def read_source(source: str) -> pa.Table:
-    """All rows of the configured source (a file, a folder or a URI)."""
-    return data.read_table(source)
+def read_source(source: str, *, dataset: str) -> pa.Table:
+    """All rows of the configured source (a file, a folder or a URI). Data that cannot be read
+    fails validation first: the run fails with the one-line reason, and the event says so."""
+    try:
+        return data.read_table(source)
+    except data.DataError as exc:
+        events.emit(events.VALIDATION_FAILED, model=dataset,
+                    payload=validation.unreadable_payload(dataset, source, exc))  # fmt: skip
+        raise
 
 
 @task(name="split", cache_policy=NO_CACHE)
@@ -58,7 +64,7 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
     declared = load_settings(Path(config), check_source=False)
 
     # Data, and the reference its profile is judged against --------------------------------------
-    table: pa.Table = read_source(declared.dataset.source)
+    table: pa.Table = read_source(declared.dataset.source, dataset=declared.dataset.name)
     hashes = data.row_hashes(table)  # once: the fingerprint and the split both use them
     fingerprint = data.fingerprint(table, hashes=hashes)
     reference = validation.reference_profile(declared)

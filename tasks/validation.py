@@ -96,6 +96,7 @@ Check = Literal[
     "too_few_rows",
     "target_leakage",
     "user_expectation",
+    "unreadable_file",
 ]
 Scope = Literal["data", "labels", "training"]
 Mode = Literal["training", "batch"]
@@ -1537,6 +1538,15 @@ def failure_payload(report: ValidationReport) -> dict[str, Any]:
         "problems": report.problems,
         "failed": failed,
     }
+
+
+def unreadable_payload(dataset: str, source: str, error: Exception) -> dict[str, Any]:
+    """The `driftloop.validation.failed` payload for data that could not even be read."""
+    failed = [{"expectation": None, "column": None, "check": "unreadable_file",
+               "observed": str(error)}]  # fmt: skip
+    return {"dataset": dataset, "source": source, "fingerprint": None, "rows": None,
+            "mode": "training", "profile": None, "problems": ["unreadable_file"],
+            "failed": failed}  # fmt: skip
 
 
 def artifact_key(prefix: str, dataset: str) -> str:

@@ -2,13 +2,14 @@
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
-from tasks import events, registry, synthetic, traffic, validation
+from tasks import data, events, registry, synthetic, traffic, validation
 
 pytestmark = pytest.mark.integration
 
@@ -29,16 +30,17 @@ def project(tmp_path: Path, table: pa.Table) -> Path:
     return config
 
 
-def read_events(name: str) -> list[object]:
+def read_events(name: str, where: Callable[[Any], bool] = lambda event: True) -> list[Any]:
+    """The events of this name (those `where` accepts) on the module's Prefect server."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
 
     wanted = EventFilter(event=EventNameFilter(name=[name]))
     with get_client(sync_client=True) as client:
         for _ in range(60):  # events are persisted asynchronously: poll for up to 30 s
-            found = client.read_events(filter=wanted, limit=50).events
+            found = [e for e in client.read_events(filter=wanted, limit=50).events if where(e)]
             if found:
-                return list(found)
+                return found
             time.sleep(0.5)
     return []
 
@@ -62,12 +64,37 @@ def test_a_leaked_target_fails_the_run_before_anything_is_trained_or_registered(
     assert len(reports) == 1
     assert json.loads(reports[0].read_text())["success"] is False
     assert (reports[0].parent / "validation.html").exists()
-    failed = read_events(events.VALIDATION_FAILED)
+    failed = read_events(
+        events.VALIDATION_FAILED, lambda e: e.payload.get("problems") == ["target_leakage"]
+    )
     assert failed, "the validation.failed event must reach the Prefect server"
-    event: Any = failed[0]
+    event = failed[0]
     assert event.resource.id == "driftloop.model.churn"
-    assert event.payload["problems"] == ["target_leakage"]
     assert "churn_flag" in json.dumps(event.payload["failed"])  # the leaking column, named
+
+
+def test_a_source_that_cannot_be_read_fails_the_run_in_one_line_and_says_so_in_an_event(
+    prefect_server: None, tmp_path: Path
+) -> None:
+    from flows.training import training_pipeline
+
+    config = project(tmp_path, synthetic.generate(rows=500, seed=4))
+    source = tmp_path / "data" / "churn.parquet"
+    source.write_bytes(source.read_bytes()[:300])  # truncated, as by a copy that died
+    with pytest.raises(data.DataError) as refused:
+        training_pipeline(config=str(config))
+    message = str(refused.value)
+    assert message.startswith(str(source))
+    assert "\n" not in message
+    assert not (tmp_path / "home" / "ray").exists()
+    assert registry.list_versions(root=str(tmp_path / "home"), model="churn") == []
+    said = read_events(
+        events.VALIDATION_FAILED, lambda e: e.payload.get("problems") == ["unreadable_file"]
+    )
+    assert said, "the unreadable source must be reported as a failed validation"
+    event = said[0]
+    assert event.payload["source"] == str(source)
+    assert event.payload["failed"][0]["observed"] == message
 
 
 def test_a_first_model_is_promoted_and_an_identical_retrain_is_rejected(
