@@ -408,6 +408,33 @@ def test_a_model_that_breaks_on_missing_values_is_not_promoted(
     assert "failed under missing: ValueError: monthly_charges" in decision.failed[0].detail
 
 
+def test_a_model_that_degrades_on_missing_values_is_held_to_the_robustness_bound(
+    real: Linear, holdout: pa.Table, weak_report: ev.EvaluationReport
+) -> None:
+    def guess_on_nulls(table: pa.Table, probs: np.ndarray) -> np.ndarray:
+        """Rows with a blanked value get a coin flip: ranking there is lost, not the model."""
+        blanked = np.zeros(table.num_rows, dtype=bool)
+        for name in ("monthly_charges", "tenure_months"):  # never null in clean data
+            blanked |= table[name].is_null().to_numpy(zero_copy_only=False)
+        out = probs.copy()
+        coin = np.random.default_rng(0).random(int(blanked.sum()))
+        out[blanked] = np.stack([1 - coin, coin], axis=1)
+        return out
+
+    challenger = report(Altered(real, guess_on_nulls), holdout)
+    clean, blanked = challenger.metrics["roc_auc"], challenger.robustness["missing"]["roc_auc"]
+    drop = (clean - blanked) / clean
+    assert 0 < drop < 0.5  # a graded loss, neither none nor total
+    strict = GATE.model_copy(update={"max_robustness_drop": drop / 2})
+    lenient = GATE.model_copy(update={"max_robustness_drop": drop * 2})
+    assert "robustness: roc_auc loss" in failed_rules(
+        ev.gate(challenger=challenger, champion=weak_report, config=strict)
+    )
+    assert "robustness: roc_auc loss" not in failed_rules(
+        ev.gate(challenger=challenger, champion=weak_report, config=lenient)
+    )
+
+
 def test_a_model_worse_on_recent_production_rows_is_not_promoted(
     real: Linear, weak: Linear, holdout: pa.Table
 ) -> None:
