@@ -351,9 +351,12 @@ def test_a_writer_killed_at_random_moments_leaves_the_registry_readable_and_whol
     root = str(tmp_path / "home")
     model_dir = make_model_dir(tmp_path / "model", size=WEIGHTS_BYTES)
     rng = random.Random(0)
-    trials, mid_write, deadline = 0, 0, time.monotonic() + 30
+    # at least 30 kills, until the children have published 10 versions and one kill has landed
+    # mid-write; a slow machine just takes more trials (the deadline only stops a runaway)
+    trials, mid_write, deadline = 0, 0, time.monotonic() + 180
+    versions: list[int] = []
     seen: set[Path] = set()
-    while trials < 40 and time.monotonic() < deadline:
+    while (trials < 30 or len(versions) < 10 or not mid_write) and time.monotonic() < deadline:
         before = registry.aliases(root=root, model=MODEL).get("champion")
         newest = max(registry.list_versions(root=root, model=MODEL), default=0)
         child = processes.Process(target=promote_forever, args=(root, str(model_dir)))
@@ -369,7 +372,7 @@ def test_a_writer_killed_at_random_moments_leaves_the_registry_readable_and_whol
         leftovers = {*folder.glob(".staging/*"), *folder.glob("**/.*.tmp")}
         mid_write += bool(leftovers - seen)  # this kill interrupted a write
         seen |= leftovers
-    versions = registry.list_versions(root=root, model=MODEL)
+        versions = registry.list_versions(root=root, model=MODEL)
     print(f"{trials} kills, {len(versions)} versions, {mid_write} kills interrupted a write")
     assert trials >= 30
     assert len(versions) >= 10  # the children got work done before they died
