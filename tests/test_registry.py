@@ -408,8 +408,13 @@ def test_readers_never_see_a_half_written_registry_while_a_writer_works(
     try:
         wait_for(lambda: registry.history(root=root, model=MODEL), seconds=60)
         before = len(registry.history(root=root, model=MODEL))
-        stop = time.monotonic() + 3
-        while time.monotonic() < stop:
+        # read for 3 s at least, and on until 50 reads have raced moves the writer made
+        stop, deadline = time.monotonic() + 3, time.monotonic() + 120
+        while time.monotonic() < deadline and (
+            time.monotonic() < stop
+            or reads <= 50
+            or len(registry.history(root=root, model=MODEL)) <= before
+        ):
             try:
                 read_while_written(root)
                 reads += 1
