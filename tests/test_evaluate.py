@@ -287,6 +287,45 @@ def test_perturbations_change_only_the_features_they_name(holdout: pa.Table) -> 
         assert table["churned"].equals(holdout["churned"])
 
 
+class Regressor:
+    """A model with no classes: what a regression model looks like to evaluation."""
+
+    classes = None
+
+    def predict(self, table: pa.Table) -> np.ndarray:
+        return np.zeros(table.num_rows)
+
+
+def test_bad_inputs_to_evaluation_are_refused_in_one_line_naming_what_was_wrong(
+    real: Linear, holdout: pa.Table
+) -> None:
+    def nan_first(table: pa.Table, probs: np.ndarray) -> np.ndarray:
+        out = probs.copy()
+        out[0, 1] = np.nan
+        return out
+
+    churn, regression = dataset_config(), dataset_config("regression")
+    spend = holdout.append_column(regression.target, pa.array(np.zeros(holdout.num_rows)))
+    no_labels = holdout.set_column(
+        holdout.schema.get_field_index("churned"), "churned", pa.nulls(holdout.num_rows, pa.int64())
+    )
+    cases: list[tuple[Any, pa.Table, DatasetConfig, str]] = [
+        (real, holdout.drop_columns(["churned"]), churn, "holdout: no target column 'churned'"),
+        (real, no_labels, churn, "holdout: no rows with a label in 'churned'"),
+        (Altered(real, nan_first), holdout, churn, "returned 1 NaN or infinite"),
+        (Altered(real, lambda t, p: p[:, :1]), holdout, churn, "predictions of shape"),
+        (Regressor(), holdout, churn, "classification task but the model is a regressor"),
+        (real, spend, regression, "regression task but the model is a classifier"),
+        (real, holdout, churn.model_copy(update={"slices": ["nowhere"]}),
+         "slice column 'nowhere' is not in the table"),
+    ]  # fmt: skip
+    for model, table, dataset, says in cases:
+        with pytest.raises(ev.EvaluationError) as refused:
+            ev.evaluate(model, table, dataset=dataset, config=EvaluationConfig())
+        assert says in str(refused.value), says
+        assert "\n" not in str(refused.value)
+
+
 def test_a_model_that_does_not_know_a_holdout_class_is_refused(
     real: Linear, holdout: pa.Table
 ) -> None:
