@@ -17,8 +17,8 @@ The suite is a plain GX `ExpectationSuite`, saved as its JSON configs. Each expe
 `meta = {"check": <problem>, "scope": <scope>}`: the problem it detects (`CHECKS`) and where it
 applies (`data`: always; `labels`: only where the target column is there; `training`: only in
 `validate`, never on production batches). A GX expectation costs about 5 ms however few rows it
-sees, so the per-column checks are table-level expectations that cover every column at once
-(one result row per column in the report):
+sees, so the per-column checks are driftloop's own table-level expectations (tasks/expectations.py)
+that cover every column at once (one result row per column in the report):
 - `expect_table_columns_to_match_set` (GX): every contract column is there;
 - `expect_column_kinds_to_match`: each column has the reference's type kind (integer, float,
   boolean, string, timestamp), or one its role allows where the reference lacks the column;
@@ -62,14 +62,12 @@ import os
 import re
 import threading
 import uuid
-from abc import abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -78,9 +76,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, PrivateAttr
 
-from tasks import data, events, registry
+from tasks import data, events, expectations, registry
 from tasks.errors import DriftloopError
-from tasks.leakage import Target
 from tasks.settings import ConfigError, Settings, ValidationConfig
 
 if TYPE_CHECKING:
@@ -109,21 +106,13 @@ SUITE_FILE, REPORT_JSON, REPORT_HTML, CARD_FILE = (
 )
 REFERENCE_FILE = "reference.parquet"  # the training sample kept with each registry version
 COLUMNS = "expect_table_columns_to_match_set"
-KINDS = "expect_column_kinds_to_match"
-NULLS = "expect_column_null_shares_to_be_at_most"
-RANGES = "expect_column_values_to_be_in_ranges"
-DOMAINS = "expect_column_values_to_be_in_sets"
+KINDS, NULLS = expectations.KINDS, expectations.NULLS  # driftloop's own (tasks/expectations.py)
+RANGES, DOMAINS = expectations.RANGES, expectations.DOMAINS
 UNIQUE = "expect_column_proportion_of_unique_values_to_be_between"
 CLASS_COUNT = "expect_column_unique_value_count_to_be_between"
 _COUNTS_VALUES = (UNIQUE, CLASS_COUNT)  # skipped on a table with no rows
-LEAKAGE = "expect_no_target_leakage"
-# driftloop's table-level expectations and the kwarg that maps each column to its expectation
-PER_COLUMN: dict[str, str] = {
-    KINDS: "kinds",
-    NULLS: "max_shares",
-    RANGES: "ranges",
-    DOMAINS: "value_sets",
-}
+LEAKAGE = expectations.LEAKAGE
+PER_COLUMN = expectations.PER_COLUMN
 MAX_DOMAIN = 1000  # a categorical column with more distinct values gets no domain check
 _ROLE_KINDS: dict[str, list[str]] = {  # what the contract allows where the reference says nothing
     "id": ["integer", "string"],
@@ -884,21 +873,6 @@ def _series(column: pa.ChunkedArray) -> pd.Series:
     return column.to_pandas(types_mapper=mapper.get)
 
 
-def frame_kind(dtype: Any) -> str:
-    """The type kind (as `data.column_kind` names them) of a column of a `to_frame` frame."""
-    if pd.api.types.is_bool_dtype(dtype):
-        return "boolean"
-    if pd.api.types.is_integer_dtype(dtype):
-        return "integer"
-    if pd.api.types.is_float_dtype(dtype):
-        return "float"
-    if isinstance(dtype, pd.StringDtype):
-        return "string"
-    if pd.api.types.is_datetime64_any_dtype(dtype):
-        return "timestamp"
-    return "other"
-
-
 def _report(
     table: pa.Table,
     *,
@@ -1004,7 +978,7 @@ def _observed(config: Mapping[str, Any], found: Mapping[str, Any], *, success: b
     type_, kw = config["type"], config["kwargs"]
     allowed = f"allowed {100 * (1 - kw.get('mostly', 1.0)):.2f}%"
     share = f"{found.get('unexpected_percent') or 0:.2f}%"
-    examples = _examples(found.get("partial_unexpected_list") or [])
+    examples = expectations.examples(found.get("partial_unexpected_list") or [])
     value = found.get("observed_value")
     if type_ == "expect_column_to_exist":
         return "present" if success else "column is missing"
@@ -1035,64 +1009,6 @@ def _observed(config: Mapping[str, Any], found: Mapping[str, Any], *, success: b
     return f"{share} unexpected values{examples}" if "unexpected_percent" in found else ""
 
 
-def _examples(values: Sequence[Any]) -> str:
-    unique = list(dict.fromkeys(repr(v) for v in values))[:3]
-    return f"; e.g. {', '.join(unique)}" if unique else ""
-
-
-# What driftloop's table-level expectations measure (pandas, vectorised) ---------------------------
-
-
-def _kinds_found(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, str]:
-    return {c: frame_kind(frame[c].dtype) for c in kw["kinds"]}
-
-
-def _null_shares(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, float]:
-    rows = max(len(frame), 1)
-    return {c: int(frame[c].isna().sum()) / rows for c in kw["max_shares"]}
-
-
-def _outside_ranges(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for column, spec in kw["ranges"].items():
-        x = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
-        outside = (x < spec["min_value"]) | (x > spec["max_value"])  # NaN compares False
-        out[column] = _counts(int(np.isfinite(x).sum()), outside, frame[column])
-    return out
-
-
-def _outside_sets(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for column, spec in kw["value_sets"].items():
-        x = frame[column]
-        outside = (x.notna() & ~x.isin(spec["value_set"])).to_numpy(dtype=bool)
-        out[column] = _counts(int(x.notna().sum()), outside, x)
-    return out
-
-
-def _counts(valid: int, outside: np.ndarray, values: pd.Series) -> dict[str, Any]:
-    examples = values.iloc[np.flatnonzero(outside)[:20]].tolist()  # enough for 3 distinct ones
-    return {"valid": valid, "outside": int(outside.sum()), "examples": examples}
-
-
-def _leakage_scores(frame: pd.DataFrame, kw: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
-    target = Target(frame[kw["target"]], task=kw["task"])
-    return {f: target.score(frame[f]) for f in kw["features"]}
-
-
-def _judge_share(
-    found: Mapping[str, Any], spec: Mapping[str, Any], *, what: str
-) -> tuple[bool, str]:
-    """Ranges and domains: the share of valid values outside, against the share allowed."""
-    share = found["outside"] / found["valid"] if found["valid"] else 0.0
-    allowed = 1 - spec.get("mostly", 1.0)
-    examples = _examples(found["examples"])
-    return (
-        share <= allowed + 1e-12,
-        f"{100 * share:.2f}% of {what} (allowed {100 * allowed:.2f}%){examples}",
-    )
-
-
 # GX, loaded on first use --------------------------------------------------------------------------
 
 
@@ -1110,163 +1026,8 @@ def _gx() -> Any:
         )
 
         if LEAKAGE not in registered():
-            _register_expectations()
+            expectations.register()
         return gx
-
-
-def _register_expectations() -> None:
-    """Define driftloop's GX expectations (BatchExpectations over table metrics)."""
-    from great_expectations.expectations.expectation import BatchExpectation
-
-    _table_metric("driftloop.column_kinds", ("kinds",), _kinds_found)
-    _table_metric("driftloop.null_shares", ("max_shares",), _null_shares)
-    _table_metric("driftloop.outside_ranges", ("ranges",), _outside_ranges)
-    _table_metric("driftloop.outside_sets", ("value_sets",), _outside_sets)
-    _table_metric(
-        "driftloop.target_leakage_scores", ("features", "target", "task"), _leakage_scores
-    )
-
-    class PerColumnExpectation(BatchExpectation):
-        """Many columns, each judged on its own: success when every column passes. A subclass
-        declares one success key (a map: column -> what is expected of it), the one metric that
-        measures every column, and `judge`; GX registers it by its class name."""
-
-        @abstractmethod
-        def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
-            """One column: what was measured and what was expected -> (passed, one line)."""
-
-        def _validate(
-            self,
-            metrics: dict,
-            runtime_configuration: dict | None = None,
-            execution_engine: Any = None,
-        ) -> dict[str, Any]:
-            (metric,), (key,) = self.metric_dependencies, self.success_keys
-            found = metrics[metric]
-            columns = {}
-            for column, expected in getattr(self, key).items():
-                ok, line = self.judge(found[column], expected)
-                columns[column] = {"success": ok, "observed": line, "measured": found[column]}
-            failed = [f"{c}: {v['observed']}" for c, v in columns.items() if not v["success"]]
-            return {
-                "success": not failed,
-                "result": {
-                    # what GX's HTML page shows: the failed columns, or that all passed
-                    "observed_value": "; ".join(failed) or f"all {len(columns)} columns pass",
-                    "details": {"columns": columns},
-                },
-            }
-
-    class ExpectColumnKindsToMatch(PerColumnExpectation):
-        """Expect each column to hold values of its type kind (integer, float, string, ...)."""
-
-        kinds: dict[str, list[str]]
-        description: str | None = f"{KINDS}: each contract column has its type kind"
-        metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.column_kinds",)
-        success_keys: ClassVar[tuple[str, ...]] = ("kinds",)
-
-        def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
-            return found in expected, f"type {found} (expected {' or '.join(expected)})"
-
-    class ExpectColumnNullSharesToBeAtMost(PerColumnExpectation):
-        """Expect each column's share of nulls to stay at or below its limit."""
-
-        max_shares: dict[str, float]
-        description: str | None = f"{NULLS}: each column's null share stays within its limit"
-        metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.null_shares",)
-        success_keys: ClassVar[tuple[str, ...]] = ("max_shares",)
-
-        def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
-            return found <= expected, f"{100 * found:.2f}% nulls (allowed {100 * expected:.2f}%)"
-
-    class ExpectColumnValuesToBeInRanges(PerColumnExpectation):
-        """Expect each column's values inside [min_value, max_value], `mostly` of them."""
-
-        ranges: dict[str, dict[str, float]]
-        description: str | None = f"{RANGES}: each numeric column's values lie inside its range"
-        metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.outside_ranges",)
-        success_keys: ClassVar[tuple[str, ...]] = ("ranges",)
-
-        def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
-            bounds = f"[{expected['min_value']:.6g}, {expected['max_value']:.6g}]"
-            return _judge_share(found, expected, what=f"values outside {bounds}")
-
-    class ExpectColumnValuesToBeInSets(PerColumnExpectation):
-        """Expect each column's values inside its value_set, `mostly` of them."""
-
-        value_sets: dict[str, dict[str, Any]]
-        description: str | None = (
-            f"{DOMAINS}: each categorical column's values lie inside its known values"
-        )
-        metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.outside_sets",)
-        success_keys: ClassVar[tuple[str, ...]] = ("value_sets",)
-
-        def judge(self, found: Any, expected: Any) -> tuple[bool, str]:
-            known = f"the {len(expected['value_set'])} known values"
-            return _judge_share(found, expected, what=f"values outside {known}")
-
-    class ExpectNoTargetLeakage(BatchExpectation):
-        """Expect no feature to reproduce the target: every leakage score stays below threshold."""
-
-        features: list[str]
-        target: str
-        task: str  # classification or regression
-        threshold: float  # the score at which a feature leaks
-        description: str | None = f"{LEAKAGE}: no feature reproduces the target"
-
-        metric_dependencies: ClassVar[tuple[str, ...]] = ("driftloop.target_leakage_scores",)
-        success_keys: ClassVar[tuple[str, ...]] = ("features", "target", "task", "threshold")
-
-        def _validate(
-            self,
-            metrics: dict,
-            runtime_configuration: dict | None = None,
-            execution_engine: Any = None,
-        ) -> dict[str, Any]:
-            scores = metrics["driftloop.target_leakage_scores"]
-            leaking = {f: s for f, s in scores.items() if s[0] >= self.threshold}
-            worst = max(scores.values(), default=(0.0, "no features"))
-            named = "; ".join(f"{f}: {m} {s}" for f, (s, m) in leaking.items())
-            return {
-                "success": not leaking,
-                "result": {
-                    "observed_value": named or worst[0],
-                    "details": {
-                        "leaking": {f: {"score": s, "method": m} for f, (s, m) in leaking.items()},
-                        "scores": {f: s for f, (s, _) in scores.items()},
-                    },
-                },
-            }
-
-
-def _table_metric(
-    name: str, keys: tuple[str, ...], compute: Callable[[pd.DataFrame, Mapping[str, Any]], Any]
-) -> None:
-    """Register a GX table metric that `compute(frame, value_kwargs)` works out on pandas."""
-    from great_expectations.core.metric_domain_types import MetricDomainTypes
-    from great_expectations.execution_engine.pandas_execution_engine import (
-        PandasExecutionEngine,
-    )
-    from great_expectations.expectations.metrics.metric_provider import metric_value
-    from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
-
-    class Metric(TableMetricProvider):
-        metric_name = name
-        value_keys = keys
-
-        @metric_value(engine=PandasExecutionEngine)
-        def _pandas(
-            cls,  # noqa: N805 (metric_value makes it a classmethod)
-            execution_engine: Any,
-            metric_domain_kwargs: dict,
-            metric_value_kwargs: dict,
-            metrics: dict,
-            runtime_configuration: dict,
-        ) -> Any:
-            frame, _, _ = execution_engine.get_compute_domain(
-                domain_kwargs=metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE
-            )
-            return compute(frame, metric_value_kwargs)
 
 
 # Profiles, reports and the dataset card -----------------------------------------------------------
