@@ -179,6 +179,7 @@ def split(
     Raises:
         DataError: a part would be empty (too few distinct units for the fractions).
     """
+    hashes = None if hashes is None else _rows_hashed(table, hashes)  # checked once
     keys = _unit_keys(table, id_column=dataset.id, hashes=hashes)
     unit_keys, unit_of_row = np.unique(keys, return_inverse=True)
     strata = _strata(table[dataset.target].to_pandas(), task=dataset.task)
@@ -197,14 +198,11 @@ def split(
 def _unit_keys(table: pa.Table, *, id_column: str | None, hashes: np.ndarray | None) -> np.ndarray:
     """One key per row: its id's hash; where there is no id (or it is null), the row's own."""
     if id_column is None:
-        return _rows_hashed(table, hashes)
+        return row_hashes(table) if hashes is None else hashes
     ids = row_hashes(table.select([id_column]))
     null = table[id_column].is_null().to_numpy(zero_copy_only=False)
-    if null.any():
-        if hashes is None:  # only the rows without an id
-            own = row_hashes(table.filter(pa.array(null)))
-        else:
-            own = _rows_hashed(table, hashes)[null]
+    if null.any():  # hash only the rows without an id, unless every row's hash is at hand
+        own = row_hashes(table.filter(pa.array(null))) if hashes is None else hashes[null]
         ids[null] = _mix(own ^ _NULL_ID)
     return ids
 

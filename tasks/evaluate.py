@@ -64,6 +64,8 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 DEFAULT_PRIMARY: dict[str, MetricName] = {"classification": "roc_auc", "regression": "rmse"}
 PERTURBATIONS = ("noise", "missing", "unseen")
 UNSEEN = "<unseen>"  # the category value no training data contains
+# what a model raises on rows it cannot score (a column it needs is gone, a class it never saw)
+CANNOT_SCORE: tuple[type[Exception], ...] = (DriftloopError, KeyError, ValueError)
 
 
 class EvaluationError(DriftloopError, ValueError):
@@ -275,7 +277,7 @@ def evaluate(
     recent = _labelled(production, target=dataset.target, what="production rows")
     try:
         py, ppred = predict_encoded(predictor, recent, target=dataset.target, task=dataset.task)
-    except (DriftloopError, KeyError, ValueError) as exc:  # e.g. traffic lacks a new feature
+    except CANNOT_SCORE as exc:  # e.g. traffic lacks a new feature
         return replace(report, production_error=f"{type(exc).__name__}: {exc}")
     return _with_production(report, recent, py, ppred)
 
@@ -626,12 +628,16 @@ def _comparable_rules(version: int | None, error: str | None) -> list[RuleResult
         f"champion v{version} could not score these rows ({error}); compare the two by hand and "
         "make this version champion with `driftloop deploy --version N` if it should serve"
     )
-    return [RuleResult("champion: measured on the same rows", None, None, None, "", None, False,
-                       detail)]  # fmt: skip
+    return [_failed("champion: measured on the same rows", detail)]
 
 
 def _skipped(rule: str, detail: str) -> RuleResult:
     return RuleResult(rule, None, None, None, "", None, True, detail)
+
+
+def _failed(rule: str, detail: str) -> RuleResult:
+    """A rule that could not be measured and so blocks promotion."""
+    return RuleResult(rule, None, None, None, "", None, False, detail)
 
 
 def _floor_rules(
@@ -753,10 +759,9 @@ def _production_rules(
     c: EvaluationReport, champion: EvaluationReport | None, config: GateConfig, primary: str
 ) -> list[RuleResult]:
     if c.production_error is not None:  # what it would be served cannot go through it
-        return [RuleResult(
-            "production rows: challenger can score them", None, None, None, "", None, False,
-            f"the challenger could not score the labelled production rows ({c.production_error})",
-        )]  # fmt: skip
+        error = c.production_error
+        detail = f"the challenger could not score the labelled production rows ({error})"
+        return [_failed("production rows: challenger can score them", detail)]
     if champion is None or c.production is None or champion.production is None:
         return []
     if c.production_fingerprint != champion.production_fingerprint:
@@ -976,7 +981,7 @@ def measure_champion(
     try:
         predictor = load_model(registry.resolve(root=root, model=dataset.name, ref=version))
         report = evaluate(predictor, holdout, dataset=dataset, config=config, production=production)
-    except (DriftloopError, KeyError, ValueError) as exc:  # e.g. a column it needs is gone
+    except CANNOT_SCORE as exc:  # e.g. a column it needs is gone
         return Champion(version=version, report=None, error=f"{type(exc).__name__}: {exc}")
     return Champion(version=version, report=report)
 

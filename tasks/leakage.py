@@ -43,7 +43,6 @@ class Target:
         labelled = target.notna().to_numpy()
         self.mask = None if labelled.all() else labelled  # None: every row is labelled
         y = target if self.mask is None else target[self.mask]
-        self.task = task
         self.rows = len(y)
         self.classes = pd.factorize(y, sort=True)[0] if task == "classification" else None
         self.binary = self.classes is not None and int(self.classes.max(initial=0)) == 1
@@ -88,21 +87,14 @@ def _floats(values: pd.Series) -> np.ndarray:
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _sorted_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """The order that sorts `x`, the (1-based, ties averaged) ranks in that order, and how many
-    distinct values there are: one sort for all three."""
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """The 1-based ranks of `x`, ties averaged (what Spearman's correlation needs)."""
     order = np.argsort(x)
     ordered = x[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
     ends = np.r_[starts[1:], len(x)]
-    ranks = np.repeat((starts + ends + 1) / 2, ends - starts)
-    return order, ranks, len(starts)
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order, ordered_ranks, _ = _sorted_ranks(x)
     ranks = np.empty(len(x))
-    ranks[order] = ordered_ranks
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
     return ranks
 
 

@@ -480,8 +480,9 @@ def resolve_features(settings: Settings, schema: pa.Schema, *, path: Path) -> Se
     """Check the columns the config names against `schema` and infer the features left out.
 
     `load_settings` does this against the source; the training pipeline does it against the
-    champion's training sample when one exists, so a feature column that vanished from new data
-    is reported by validation instead of silently dropped from the inferred features.
+    champion's training sample plus the new data's added columns (`flows.training.known_columns`),
+    so a feature column that vanished from new data is reported by validation instead of being
+    dropped from the inferred features or refused as a config error.
     """
     ds = settings.dataset
     columns = schema.names

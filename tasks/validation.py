@@ -380,7 +380,6 @@ def _training_checks(settings: Settings) -> list[dict[str, Any]]:
     """What only training data must satisfy: enough rows, two classes, no leaked target."""
     ds, cfg = settings.dataset, settings.validation
     rows = "expect_table_row_count_to_be_between"
-    classes = CLASS_COUNT
     leakage = {
         "features": settings.features.all,
         "target": ds.target,
@@ -390,7 +389,7 @@ def _training_checks(settings: Settings) -> list[dict[str, Any]]:
     return [
         _config(rows, "too_few_rows", "training", min_value=cfg.min_rows),
         *(
-            [_config(classes, "invalid_target", "training", column=ds.target, min_value=2)]
+            [_config(CLASS_COUNT, "invalid_target", "training", column=ds.target, min_value=2)]
             if ds.task == "classification"
             else []
         ),
