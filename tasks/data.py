@@ -9,7 +9,7 @@ Every read goes through `pyarrow.fs`, so a local path and a bucket take the same
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -17,39 +17,39 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from tasks.errors import DriftloopError
+from tasks.errors import DataError as DataError  # re-exported: what reading data raises
+from tasks.files import first_line, resolve
 
-if TYPE_CHECKING:
-    from tasks.settings import DatasetConfig, SplitConfig
+
+class Contract(Protocol):
+    """What a split reads of the data contract (tasks.settings.DatasetConfig has it)."""
+
+    @property
+    def target(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def id(self) -> str | None: ...
+
+
+class Fractions(Protocol):
+    """The split's shares and seed (tasks.settings.SplitConfig has them)."""
+
+    @property
+    def validation(self) -> float: ...
+    @property
+    def holdout(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+
 
 ColumnKind = Literal["integer", "float", "boolean", "string", "timestamp", "other"]
-
-
-class DataError(DriftloopError, ValueError):
-    """The data cannot be read; the message names the file and the problem in one line."""
 
 
 class Splits(NamedTuple):
     train: pa.Table
     validation: pa.Table
     holdout: pa.Table
-
-
-def resolve(source: str) -> tuple[pafs.FileSystem, str]:
-    """The file system and path behind a local path or a URI (file://, s3://, gs://)."""
-    if "://" not in source:
-        return pafs.LocalFileSystem(), str(source)
-    try:
-        return pafs.FileSystem.from_uri(source)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-        raise DataError(f"{source}: cannot open this URI: {_first_line(exc)}") from None
-
-
-def join(location: str, *parts: str) -> str:
-    """`location/part/...` for a path or a URI; a URI keeps its options (`?endpoint_override=`)
-    at the end, so the joined location opens the same store."""
-    base, mark, query = location.partition("?") if "://" in location else (location, "", "")
-    return "/".join([base.rstrip("/"), *parts]) + mark + query
 
 
 def dataset(source: str) -> pads.Dataset:
@@ -164,8 +164,8 @@ def row_hashes(table: pa.Table) -> np.ndarray:
 def split(
     table: pa.Table,
     *,
-    dataset: DatasetConfig,
-    config: SplitConfig,
+    dataset: Contract,
+    config: Fractions,
     hashes: np.ndarray | None = None,
 ) -> Splits:
     """A deterministic train / validation / holdout split.
@@ -207,7 +207,7 @@ def _unit_keys(table: pa.Table, *, id_column: str | None, hashes: np.ndarray | N
     return ids
 
 
-def _check_parts(parts: Splits, *, units: int, id_column: str | None, config: SplitConfig) -> None:
+def _check_parts(parts: Splits, *, units: int, id_column: str | None, config: Fractions) -> None:
     """An empty part would train, gate or judge on nothing: refuse it, with the counts."""
     sizes = {name: part.num_rows for name, part in zip(parts._fields, parts, strict=True)}
     if all(sizes.values()):
@@ -350,11 +350,7 @@ def _starts_like_parquet(fs: pafs.FileSystem, path: str) -> bool:
 
 
 def _explain(exc: Exception) -> str:
-    text = _first_line(exc)
+    text = first_line(exc)
     if "magic bytes" in text or "minimum file footer" in text:
         return "not Parquet (no Parquet magic bytes; is it CSV or another format?)"
     return text
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -10,6 +10,10 @@ class DriftloopError(Exception):
     """A failure with a one-line reason (what was wrong, and where)."""
 
 
+class DataError(DriftloopError, ValueError):
+    """The data cannot be read; the message names the file and the problem in one line."""
+
+
 class _WithoutTraceback(logging.Filter):
     """Keeps the message of a run that failed with a DriftloopError, drops its traceback."""
 

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from tasks import data
+from tasks import files
 from tasks.model import (
     ModelSpec,
     Preprocessor,
@@ -195,7 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            model.load_state_dict(load_file(str(Path(folder) / "model" / "weights.safetensors")))
+            model.load_state_dict(load_file(str(Path(folder) / "model" / files.WEIGHTS)))
             optimizer_state = torch.load(
                 Path(folder) / "optimizer.pt", map_location="cpu", weights_only=True
             )
@@ -246,7 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 def read_shard(path: str, *, rank: int, world_size: int) -> Shard:
     """This worker's row groups (`rank::world_size`) of an encoded split, as tensors."""
-    fs, fs_path = data.resolve(path)
+    fs, fs_path = files.resolve(path)
     parquet = pq.ParquetFile(fs_path, filesystem=fs, pre_buffer=True)
     table = parquet.read_row_groups(list(range(rank, parquet.num_row_groups, world_size)))
     n = table.num_rows
@@ -269,7 +269,7 @@ def _matrix(table: pa.Table, column: str, dtype: type, rows: int) -> np.ndarray:
 
 def _steps_per_epoch(path: str, *, world_size: int, batch_size: int) -> int:
     """The same step count on every worker (DDP needs it): the smallest shard decides."""
-    fs, fs_path = data.resolve(path)
+    fs, fs_path = files.resolve(path)
     meta = pq.ParquetFile(fs_path, filesystem=fs).metadata
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     smallest = min(sum(sizes[r::world_size]) for r in range(world_size))

@@ -23,14 +23,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import nn
 
-from tasks import data
+from tasks import files
 from tasks.errors import DriftloopError
+from tasks.files import MODEL_FILES, PREPROCESSING, WEIGHTS
+from tasks.files import MODEL_JSON as MODEL
 
 if TYPE_CHECKING:
     from tasks.settings import Features, TrainingConfig
@@ -40,7 +41,6 @@ Kind = Literal["binary", "multiclass", "regression"]
 Label = str | int | float | bool
 
 FORMAT = "driftloop.model/1"
-WEIGHTS, PREPROCESSING, MODEL = "weights.safetensors", "preprocessing.json", "model.json"
 _PREDICT_CHUNK = 65_536  # rows per forward pass: bounds memory on large tables
 
 
@@ -331,22 +331,31 @@ def save_model(
 def load_model(directory: str | os.PathLike[str]) -> Predictor:
     """Load a model directory written by `save_model`, from a path or a URI (a registry version
     on a bucket); tensors only, nothing is unpickled."""
-    fs, path = data.resolve(os.fspath(directory))
-    files = {}
-    for name in (WEIGHTS, PREPROCESSING, MODEL):
-        if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.File:
-            raise ModelError(f"{directory}: not a model directory (no {name})")
-        with fs.open_input_stream(f"{path}/{name}") as stream:
-            files[name] = bytes(stream.read())
-    meta = json.loads(files[MODEL])
-    if meta.get("format") != FORMAT:
-        raise ModelError(
-            f"{directory}: unknown model format {meta.get('format')!r}; expected {FORMAT}"
-        )
+    fs, path = files.resolve(os.fspath(directory))
+    found: dict[str, bytes] = {}
+    for name in MODEL_FILES:
+        try:
+            found[name] = files.read_bytes_fs(fs, f"{path}/{name}")
+        except FileNotFoundError:
+            raise ModelError(f"{directory}: not a model directory (no {name})") from None
+    try:
+        meta = json.loads(found[MODEL])
+    except ValueError:
+        raise ModelError(f"{directory}/{MODEL}: not JSON; is this a driftloop model?") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        shown = meta.get("format") if isinstance(meta, dict) else None
+        raise ModelError(f"{directory}: unknown model format {shown!r}; expected {FORMAT}")
     spec = ModelSpec(**meta["architecture"])
     model = TabularMLP(spec)
-    model.load_state_dict(load_safetensors(files[WEIGHTS]))
-    preprocessor = Preprocessor.from_json(files[PREPROCESSING].decode())
+    try:  # safetensors holds tensors only: a pickle (torch.save, joblib) is refused, never run
+        state = load_safetensors(found[WEIGHTS])
+    except Exception as exc:  # safetensors raises its own SafetensorError or a ValueError
+        raise ModelError(
+            f"{directory}/{WEIGHTS}: not a safetensors file ({files.first_line(exc)}); driftloop "
+            "loads tensors only and never unpickles a model"
+        ) from None
+    model.load_state_dict(state)
+    preprocessor = Preprocessor.from_json(found[PREPROCESSING].decode())
     return Predictor(model=model, spec=spec, preprocessor=preprocessor)
 
 

@@ -79,13 +79,13 @@ from typing import Any, Literal
 
 import pyarrow.fs as pafs
 
-from tasks import data, events
+from tasks import events, files
 from tasks.errors import DriftloopError
 
 CHAMPION = "champion"
-METADATA, ALIASES, HISTORY = "metadata.json", "aliases.json", "history"
-# The files of a model directory (tasks.model's names; not imported: reading needs no torch).
-MODEL_FILES = ("weights.safetensors", "preprocessing.json", "model.json")
+METADATA, ALIASES, HISTORY = files.METADATA, "aliases.json", "history"
+# The files of a model directory (named in tasks.files: reading them needs no torch)
+MODEL_FILES = files.MODEL_FILES
 _STAGING, _LOCK, _CLAIM = ".staging", ".lock", ".claim-"
 _STALE_AFTER_S = 3600  # a staging folder or temp file this old belongs to a dead writer
 _LEASE_S = 60  # the shortest lease a Prefect server grants: a dead holder blocks others ~75 s
@@ -183,7 +183,7 @@ def register(
         _prefect_api_url(place)  # refuse before uploading anything
     extras = dict(extra_files or {})
     _check_extra_names(extras)
-    src_fs, src_dir = data.resolve(os.fspath(model_dir))
+    src_fs, src_dir = files.resolve(os.fspath(model_dir))
     for name in MODEL_FILES:
         if src_fs.get_file_info(f"{src_dir}/{name}").type != pafs.FileType.File:
             raise RegistryError(f"{model_dir}: not a model directory (no {name})")
@@ -197,7 +197,7 @@ def register(
         if isinstance(source, bytes):
             _write(place.fs, f"{stage}/{name}", source)
         else:
-            extra_fs, extra_path = data.resolve(os.fspath(source))
+            extra_fs, extra_path = files.resolve(os.fspath(source))
             _copy(extra_fs, extra_path, place.fs, f"{stage}/{name}")
     names = sorted([*MODEL_FILES, *extras])
     record = {
@@ -320,8 +320,34 @@ def aliases(*, root: PathOrUri, model: str) -> dict[str, int]:
     return _read_aliases(_place(root, model)).aliases
 
 
-def resolve(*, root: PathOrUri, model: str, ref: str | int) -> str:
-    """The folder of a version, named by number (3, "3") or by alias ("champion"); a path or URI."""
+@dataclass(frozen=True)
+class VersionRef:
+    """One registered version: its number and its folder (a path or a URI)."""
+
+    model: str
+    version: int
+    location: str
+
+    def file(self, name: str) -> str:
+        """A file of the version, e.g. `ref.file(files.REFERENCE)`."""
+        return files.join(self.location, name)
+
+
+def champion(*, root: PathOrUri, model: str) -> VersionRef | None:
+    """The champion, the one look-up every stage uses; None before the first promotion."""
+    version = aliases(root=root, model=model).get(CHAMPION)
+    if version is None:
+        return None
+    place = _place(root, model)
+    return VersionRef(model=model, version=version, location=place.uri(place.path(str(version))))
+
+
+def find(*, root: PathOrUri, model: str, ref: str | int) -> VersionRef:
+    """A version named by number (3, "3") or by alias ("champion").
+
+    Raises:
+        RegistryError: no such complete version, or no such alias; the message lists what there is.
+    """
     place = _place(root, model)
     text = str(ref)
     if text.isdigit():
@@ -335,7 +361,12 @@ def resolve(*, root: PathOrUri, model: str, ref: str | int) -> str:
             names = ", ".join(sorted(table)) or "none yet"
             raise RegistryError(f"{model}: no alias {text!r}; aliases: {names}")
         version = table[text]
-    return place.uri(place.path(str(version)))
+    return VersionRef(model=model, version=version, location=place.uri(place.path(str(version))))
+
+
+def resolve(*, root: PathOrUri, model: str, ref: str | int) -> str:
+    """The folder of a version, named by number (3, "3") or by alias ("champion"); a path or URI."""
+    return find(root=root, model=model, ref=ref).location
 
 
 def history(*, root: PathOrUri, model: str) -> list[AliasChange]:
@@ -356,7 +387,7 @@ def _place(root: PathOrUri, model: str) -> _Place:
     if not _MODEL_NAME.match(model):
         raise RegistryError(f"model name {model!r}: use letters, digits, '_', '.' and '-'")
     text = os.fspath(root)
-    fs, path = data.resolve(text)
+    fs, path = files.resolve(text)
     remote = "://" in text and not _is_local(fs)
     scheme = text.split("://", 1)[0] + "://" if remote else ""
     query = "?" + text.split("?", 1)[1] if remote and "?" in text else ""

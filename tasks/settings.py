@@ -31,7 +31,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from tasks import data, stack
+from tasks import data, files, stack
 from tasks.errors import DriftloopError
 
 CONFIG_FILE = "driftloop.yaml"
@@ -39,6 +39,21 @@ _Built = TypeVar("_Built", bound=BaseSettings)
 MetricName = Literal[
     "accuracy", "f1", "roc_auc", "pr_auc", "log_loss", "brier", "ece", "rmse", "mae", "r2"
 ]
+
+
+# The column kinds (tasks.data.column_kind) each role in the data contract takes: the one table
+# that settings checks declared columns against and validation checks the data against. A target
+# takes the kinds of its task. Booleans are numeric (0/1) or categorical, as the user declares.
+Role = Literal["id", "timestamp", "numeric", "categorical", "slice", "classification", "regression"]
+ROLE_KINDS: dict[Role, frozenset[str]] = {
+    "id": frozenset({"integer", "string"}),
+    "timestamp": frozenset({"timestamp"}),
+    "numeric": frozenset({"integer", "float", "boolean"}),
+    "categorical": frozenset({"string", "boolean", "integer"}),
+    "slice": frozenset({"string", "boolean", "integer"}),
+    "classification": frozenset({"integer", "boolean", "string"}),
+    "regression": frozenset({"integer", "float"}),
+}
 
 
 class ConfigError(DriftloopError, ValueError):
@@ -220,7 +235,7 @@ class Settings(BaseSettings):
     def location(self, *parts: str) -> str:
         """A path or URI under the home: `location("registry", "churn")`; a URI keeps its
         options (`?endpoint_override=...`) at the end."""
-        return data.join(self.home, *parts)
+        return files.join(self.home, *parts)
 
     @property
     def features(self) -> Features:
@@ -525,24 +540,23 @@ def resolve_features(settings: Settings, schema: pa.Schema, *, path: Path) -> Se
     return settings.model_copy(update={"dataset": resolved})
 
 
-def _check_target_type(field: pa.Field, *, task: str, path: Path) -> None:
+def _check_target_type(
+    field: pa.Field, *, task: Literal["classification", "regression"], path: Path
+) -> None:
     kind = data.column_kind(field.type)
-    allowed = {
-        "classification": {"integer", "boolean", "string"},
-        "regression": {"integer", "float"},
-    }
-    if kind not in allowed[task]:
+    allowed = ROLE_KINDS[task]  # the target's role is its task
+    if kind not in allowed:
         raise ConfigError(
             f"{path}: dataset.target: column {field.name!r} has type {field.type}, which does not "
-            f"fit task {task!r}; allowed: {' or '.join(sorted(allowed[task]))} columns"
+            f"fit task {task!r}; allowed: {' or '.join(sorted(allowed))} columns"
         )
 
 
-# Column kinds each role takes, and where a column of another kind belongs instead.
-_KINDS: dict[str, tuple[set[str], str]] = {
-    "dataset.features.numeric": ({"integer", "float", "boolean"}, "numeric features"),
-    "dataset.features.categorical": ({"string", "boolean", "integer"}, "categorical features"),
-    "dataset.slices": ({"string", "boolean", "integer"}, "slices (evaluated per value)"),
+# The keys whose columns `_check_kind` checks: their role in ROLE_KINDS, and what they are.
+_KINDS: dict[str, tuple[Role, str]] = {
+    "dataset.features.numeric": ("numeric", "numeric features"),
+    "dataset.features.categorical": ("categorical", "categorical features"),
+    "dataset.slices": ("slice", "slices (evaluated per value)"),
 }
 _BELONGS = {
     "string": "list it under dataset.features.categorical",
@@ -554,7 +568,8 @@ _BELONGS = {
 def _check_kind(field: pa.Field, *, key: str, path: Path) -> None:
     """A declared column must have a type its role can use: no strings as numbers, no lists."""
     kind = data.column_kind(field.type)
-    allowed, role = _KINDS[key]
+    role_name, role = _KINDS[key]
+    allowed = ROLE_KINDS[role_name]
     if kind in allowed:
         return
     hint = _BELONGS.get(kind) if key.startswith("dataset.features") else None

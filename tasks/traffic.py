@@ -28,7 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from tasks import data
+from tasks import data, files
 
 Kind = Literal["predictions", "feedback"]
 REQUEST_ID, PREDICTED_AT, RECEIVED_AT = "request_id", "predicted_at", "received_at"
@@ -51,31 +51,29 @@ def append(*, home: str, model: str, kind: Kind, rows: pa.Table) -> str | None:
     if rows.num_rows == 0:
         return None
     rows = _stamped(rows, column=_TIME[kind])
-    fs, base = data.resolve(location(home=home, model=model, kind=kind))
+    fs, base = files.resolve(location(home=home, model=model, kind=kind))
     day = pc.min(rows[_TIME[kind]]).as_py().date().isoformat()
     folder = f"{base}/date={day}"
-    fs.create_dir(folder, recursive=True)
-    name = uuid.uuid4().hex
-    tmp, final = f"{folder}/.{name}.tmp", f"{folder}/{name}.parquet"
-    with fs.open_output_stream(tmp) as out:
-        pq.write_table(rows, out)
-    fs.move(tmp, final)
+    final = f"{folder}/{uuid.uuid4().hex}.parquet"
+    sink = pa.BufferOutputStream()
+    pq.write_table(rows, sink)
+    files.write_atomic_fs(fs, final, sink.getvalue().to_pybytes())
     return final
 
 
 def read(*, home: str, model: str, kind: Kind) -> pa.Table | None:
     """Every row of the log or the labels (None when there are none yet)."""
-    fs, base = data.resolve(location(home=home, model=model, kind=kind))
+    fs, base = files.resolve(location(home=home, model=model, kind=kind))
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         return None
-    files = [
+    parts = [
         i.path
         for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
         if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
     ]
-    if not files:
+    if not parts:
         return None
-    return pads.dataset(files, filesystem=fs, format="parquet").to_table()
+    return pads.dataset(parts, filesystem=fs, format="parquet").to_table()
 
 
 def labelled(*, home: str, model: str, target: str, limit: int) -> pa.Table | None:
@@ -98,7 +96,7 @@ def labelled(*, home: str, model: str, target: str, limit: int) -> pa.Table | No
 
 def location(*, home: str, model: str, kind: Kind) -> str:
     """`<home>/<kind>/<model>`: a path or a URI."""
-    return data.join(home, kind, model)
+    return files.join(home, kind, model)
 
 
 def _stamped(rows: pa.Table, *, column: str) -> pa.Table:

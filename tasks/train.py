@@ -39,7 +39,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import data
+from tasks import files
 from tasks.errors import DriftloopError
 from tasks.loop import (
     EpochRecord,
@@ -293,7 +293,7 @@ def check_storage_is_shared(storage: str) -> None:
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     if len(nodes) < 2 and not ray_client.is_connected():
         return
-    fs, folder = data.resolve(storage)
+    fs, folder = files.resolve(storage)
     if not isinstance(fs, pafs.LocalFileSystem):  # a bucket: shared by nature
         return
     marker = f"{folder}/.driftloop-shared-{os.urandom(4).hex()}"
@@ -431,7 +431,7 @@ def train_model(
     storage = _storage_location(os.fspath(storage_path or settings.location("ray")))
     check_storage_is_shared(storage)
     name = name or _run_name(settings.dataset.name)
-    data_dir = data.join(storage, name, "data")
+    data_dir = files.join(storage, name, "data")
     progress = _ProgressTail(on_epoch)
     try:
         # Data: encoded once, sharded by row group, where every node reads it
@@ -439,7 +439,7 @@ def train_model(
             part: write_encoded(
                 table,
                 pre,
-                data.join(data_dir, f"{part}.parquet"),
+                files.join(data_dir, f"{part}.parquet"),
                 shards=config.num_workers,
                 seed=i,
             )
@@ -537,7 +537,7 @@ def write_encoded(
     groups = shards * max(1, -(-table.num_rows // (shards * _ROWS_PER_GROUP)))
     bounds = np.linspace(0, table.num_rows, groups + 1).astype(int)
     where = os.fspath(location)
-    fs, path = data.resolve(where)
+    fs, path = files.resolve(where)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with pq.ParquetWriter(path, encoded_table.schema, filesystem=fs) as writer:
         for lo, hi in itertools.pairwise(bounds):
@@ -570,7 +570,7 @@ def _model_dir(result: ray.train.Result) -> tuple[Path, bool]:
 
 
 def _remove(location: str) -> None:
-    fs, path = data.resolve(location)
+    fs, path = files.resolve(location)
     with contextlib.suppress(OSError):
         fs.delete_dir(path)
 

@@ -76,7 +76,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, PrivateAttr
 
-from tasks import data, events, expectations, registry
+from tasks import data, events, expectations, files, registry
 from tasks.errors import DriftloopError
 from tasks.settings import ConfigError, Settings, ValidationConfig
 
@@ -187,7 +187,7 @@ def summary(report: ValidationReport) -> str:
     if report.profile is not None:
         lines.append(f"  profile: {report.profile}")
     if report.directory is not None:
-        lines.append(f"  report: {data.join(report.directory, REPORT_HTML)}")
+        lines.append(f"  report: {files.join(report.directory, REPORT_HTML)}")
     return "\n".join(lines)
 
 
@@ -239,7 +239,7 @@ def reference_profile(settings: Settings) -> Reference:
     root, model = settings.home, settings.dataset.name
     version = registry.aliases(root=root, model=model).get(registry.CHAMPION)
     if version is not None:
-        sample = data.join(registry.resolve(root=root, model=model, ref=version), REFERENCE_FILE)
+        sample = files.join(registry.resolve(root=root, model=model, ref=version), REFERENCE_FILE)
         if _exists(sample):
             table = _read_reference(sample, what=f"the champion's ({model} v{version}) sample")
             return Reference(table, f"champion {model} v{version}: {sample}")
@@ -634,8 +634,8 @@ def validate_path(
     suite = build_suite(learned, settings=settings, profile_source=reference.source)
     fingerprint = data.fingerprint(table)
     root = os.fspath(reports_dir) if reports_dir is not None else report_location(settings)
-    folder = data.join(root, fingerprint)
-    save_suite(suite, data.join(folder, SUITE_FILE))
+    folder = files.join(root, fingerprint)
+    save_suite(suite, files.join(folder, SUITE_FILE))
     report = validate(
         table, suite=suite, settings=settings, fingerprint=fingerprint, source=location
     )
@@ -656,7 +656,7 @@ def report_root(settings: Settings) -> Path:
     Raises:
         data.DataError: the home is an object store; use `report_location` there.
     """
-    fs, path = data.resolve(report_location(settings))
+    fs, path = files.resolve(report_location(settings))
     if not isinstance(fs, pafs.LocalFileSystem):
         raise data.DataError(f"{settings.home}: not a local home; use report_location()")
     return Path(path)
@@ -1078,11 +1078,11 @@ def write_reports(
     it lies. The HTML page needs GX's result: a report read back from JSON gets none."""
     folder = os.fspath(directory)
     report.directory = folder
-    written = [_write_atomic(data.join(folder, REPORT_JSON), report.model_dump_json(indent=2))]
+    written = [_write_atomic(files.join(folder, REPORT_JSON), report.model_dump_json(indent=2))]
     if report._gx_result is not None:
-        written.append(_write_atomic(data.join(folder, REPORT_HTML), render_html(report)))
+        written.append(_write_atomic(files.join(folder, REPORT_HTML), render_html(report)))
     if card is not None:
-        written.append(_write_atomic(data.join(folder, CARD_FILE), card))
+        written.append(_write_atomic(files.join(folder, CARD_FILE), card))
     return written
 
 
@@ -1191,7 +1191,7 @@ def _md(text: str) -> str:
 def _write_atomic(location: str, text: str) -> str:
     """Write `text` to a path or URI so that a reader never sees half a file: locally a temp file
     beside it, then a rename over it; on an object store one PUT (atomic there by itself)."""
-    fs, path = data.resolve(location)
+    fs, path = files.resolve(location)
     local = isinstance(fs, pafs.LocalFileSystem)
     if local:
         path = os.path.abspath(path)  # so that a bare file name has a folder to write beside
@@ -1212,13 +1212,13 @@ def _write_atomic(location: str, text: str) -> str:
 
 
 def _read_text(location: str) -> str:
-    fs, path = data.resolve(location)
+    fs, path = files.resolve(location)
     with fs.open_input_stream(path) as stream:
         return bytes(stream.read()).decode("utf-8")
 
 
 def _exists(location: str) -> bool:
-    fs, path = data.resolve(location)
+    fs, path = files.resolve(location)
     return bool(fs.get_file_info(path).type == pafs.FileType.File)
 
 
@@ -1245,7 +1245,7 @@ def validate_task(
     report = validate(table, suite=suite, settings=settings, fingerprint=fingerprint, source=source)
     card = dataset_card(table, settings=settings, report=report)
     folder = os.fspath(directory)
-    save_suite(suite, data.join(folder, SUITE_FILE))
+    save_suite(suite, files.join(folder, SUITE_FILE))
     write_reports(report, directory=folder, card=card)
     publish_artifacts(report, card=card)
     if not report.success:

@@ -9,7 +9,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import data
+from tasks import data, files
 from tasks.settings import DatasetConfig, SplitConfig
 
 
@@ -311,9 +311,9 @@ def test_rows_with_a_null_id_are_each_their_own_unit() -> None:
 
 
 def test_join_puts_parts_under_a_path_or_a_uri_and_keeps_the_uris_options_last() -> None:
-    assert data.join("/srv/home/", "ray", "run") == "/srv/home/ray/run"
-    assert data.join("file:///srv/home", "ray") == "file:///srv/home/ray"
+    assert files.join("/srv/home/", "ray", "run") == "/srv/home/ray/run"
+    assert files.join("file:///srv/home", "ray") == "file:///srv/home/ray"
     assert (
-        data.join("s3://bucket/home?endpoint_override=127.0.0.1:9000&scheme=http", "ray", "x")
+        files.join("s3://bucket/home?endpoint_override=127.0.0.1:9000&scheme=http", "ray", "x")
         == "s3://bucket/home/ray/x?endpoint_override=127.0.0.1:9000&scheme=http"
     )

@@ -8,10 +8,9 @@ import pyarrow as pa
 import pytest
 import torch
 
+from tasks.files import MODEL_JSON as MODEL
+from tasks.files import PREPROCESSING, WEIGHTS
 from tasks.model import (
-    MODEL,
-    PREPROCESSING,
-    WEIGHTS,
     ModelError,
     ModelSpec,
     Preprocessor,
