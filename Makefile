@@ -28,10 +28,11 @@ demo: install ## Run the main job on embedded defaults: synthetic data, local Ra
 test: install lint ## Run lint, types and the whole test suite (real Ray, Prefect server, HTTP)
 	$(PY) -m pytest
 
-lint: install ## ruff lint and format check, mypy (strict)
+lint: install ## ruff lint and format check, mypy (strict), the import layers (lint-imports)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .

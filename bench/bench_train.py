@@ -35,11 +35,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tasks.cluster import connect_ray
 from tasks.model import ModelSpec, Preprocessor, TabularMLP, save_model
 from tasks.settings import DatasetConfig, Features, Settings, TrainingConfig
 from tasks.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, generate
 from tasks.train import (
-    connect_ray,
     evaluate,
     read_shard,
     run_epoch,

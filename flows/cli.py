@@ -7,7 +7,6 @@ its state under `DRIFTLOOP_HOME`, exits 0 on success and non-zero with a one-lin
 Heavy imports (Prefect, Ray, GX) happen inside the commands, so `--help` answers at once.
 """
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -228,17 +227,17 @@ def deploy(
         raise Failure("give exactly one of --version N or --alias NAME")
     settings = load_settings(config, check_source=False)
     root, model = settings.home, settings.dataset.name
-    known = registry.aliases(root=root, model=model)
-    versions = registry.list_versions(root=root, model=model)
-    target = version if version is not None else known.get(str(alias))
-    if target is None or target not in versions:
+    try:
+        ref = version if version is not None else str(alias)
+        target = registry.find(root=root, model=model, ref=ref).version
+    except registry.RegistryError:
         asked = f"version {version}" if version is not None else f"alias {alias!r}"
-        listed = ", ".join(str(v) for v in versions) or "none yet"
-        names = ", ".join(sorted(known)) or "none yet"
+        listed = ", ".join(map(str, registry.list_versions(root=root, model=model))) or "none yet"
+        names = ", ".join(sorted(registry.aliases(root=root, model=model))) or "none yet"
         raise Failure(
             f"the {model!r} registry under {settings.home} has no {asked}; "
             f"versions: {listed}; aliases: {names}"
-        )
+        ) from None
     change = registry.set_alias(
         root=root, model=model, alias="champion", version=target, reason="driftloop deploy"
     )
@@ -305,23 +304,11 @@ def _start_stack(home: str, ports: StackConfig) -> None:
 
 
 def _connect_to_stack(settings: Settings) -> None:
-    """Point Prefect and Ray at the local stack when `driftloop up` runs it.
-
-    A service whose address the user set (RAY_ADDRESS, PREFECT_API_URL) keeps the user's
-    variables: that is how the same commands reach a remote cluster.
-    """
-    if not settings.home_is_local:
-        return  # an object-store home has no local stack
+    """Point Prefect and Ray at the local stack when `driftloop up` runs it (see `stack.use`)."""
     from tasks import stack
 
-    env = stack.connection_env(home=stack.local_home(settings.home))
-    for prefix, address in (("RAY_", "RAY_ADDRESS"), ("PREFECT_", "PREFECT_API_URL")):
-        ours = {k: v for k, v in env.items() if k.startswith(prefix)}
-        if address in os.environ or not ours:
-            continue
-        if prefix == "RAY_":  # a token in the environment would win over the stack's token file
-            os.environ.pop("RAY_AUTH_TOKEN", None)
-        os.environ.update(ours)
+    if settings.home_is_local:  # an object-store home has no local stack
+        stack.use(home=stack.local_home(settings.home))
 
 
 def _describe(state: "StackStatus") -> str:

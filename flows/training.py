@@ -7,7 +7,6 @@ card, learning curve, gate table, model card). A validation failure fails the ru
 trains; a gate rejection completes the run with "rejected" and the champion keeps its place.
 """
 
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ import pyarrow.parquet as pq
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import data, events, traffic, validation
+from tasks import data, events, files, traffic, validation
 from tasks.errors import quiet_expected_failures
-from tasks.evaluate import champion_task, evaluate_task, gate_task, promote_task
+from tasks.evaluate import Training, champion_task, evaluate_task, gate_task, promote_task
 from tasks.model import load_model
 from tasks.settings import Settings, load_settings, resolve_features
 from tasks.train import train_task
@@ -69,9 +68,8 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
     fingerprint = data.fingerprint(table, hashes=hashes)
     reference = validation.reference_profile(declared)
     profile = reference.table if reference.table is not None else table
-    settings = resolve_features(
-        declared, known_columns(declared, profile, table), path=Path(config)
-    )
+    known = validation.known_columns(declared.dataset, profile=profile, table=table)
+    settings = resolve_features(declared, known, path=Path(config))
     ds = settings.dataset
     reports = validation.report_location(settings, fingerprint)
 
@@ -111,24 +109,23 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
         dataset=ds,
         root=settings.home,
         model_dir=str(result.model_dir),
-        metadata={
-            "data_fingerprint": fingerprint,
-            "params": settings.training.model_dump(),
-            "train_rows": parts.train.num_rows,
-            "best_epoch": result.best_epoch,
-            "validation_metric": {result.metric_name: result.best_metric},
-            "production_rows": challenger.production_rows,
-        },
+        model_dir_is_temporary=result.model_dir_is_temporary,  # removed once registered
+        training=Training(
+            data_fingerprint=fingerprint,
+            params=settings.training.model_dump(),
+            train_rows=parts.train.num_rows,
+            best_epoch=result.best_epoch,
+            metric_name=result.metric_name,
+            best_metric=result.best_metric,
+        ),
         extra_files={
             "reference.parquet": reference_sample(parts.train),
-            "suite.json": validation.report_location(settings, fingerprint, validation.SUITE_FILE),
+            "suite.json": validation.report_location(settings, fingerprint, files.SUITE),
             "dataset_card.md": validation.report_location(
-                settings, fingerprint, validation.CARD_FILE
+                settings, fingerprint, files.DATASET_CARD
             ),
         },
     )
-    if result.model_dir_is_temporary:  # a bucket run's local export, registered by now
-        shutil.rmtree(result.model_dir.parent, ignore_errors=True)
     return {
         "model": ds.name,
         "decision": "promoted" if promotion.promoted else "rejected",
@@ -140,20 +137,6 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
         "data_fingerprint": fingerprint,
         "failed_rules": [r.rule for r in decision.failed],
     }
-
-
-def known_columns(settings: Settings, profile: pa.Table, table: pa.Table) -> pa.Schema:
-    """The columns the config's names are checked against, with the profile's types.
-
-    Inferred features come from the profile alone, so a feature that vanished from the new data
-    is a validation failure, not a feature quietly dropped. Declared columns may be in the
-    profile or, new since, in the data: a declared column the new data lost or retyped is then a
-    validation failure too (GX names it), and only a name found in neither is a config error.
-    """
-    if settings.dataset.features is None or profile is table:
-        return profile.schema
-    added = [field for field in table.schema if field.name not in profile.schema.names]
-    return pa.schema([*profile.schema, *added])
 
 
 def reference_sample(train: pa.Table) -> bytes:

@@ -10,19 +10,30 @@ column these cover every column in one, with one result row per column in driftl
     expect_no_target_leakage               features, target, task, threshold (tasks/leakage.py)
 
 Each is a GX `BatchExpectation` over a GX table metric computed on the pandas frame, vectorised.
-`register()` defines them in GX's registry (tasks/validation.py calls it once, on first use of
-GX); this module imports GX only inside it, so importing driftloop stays cheap.
+`load_gx()` imports GX (analytics off) and `register()`s them in GX's registry, once per process;
+this module imports GX only inside its functions, so importing driftloop stays cheap.
+
+The user's own expectations (`validation.expectations`: `{"type", "kwargs", "meta"}` entries) are
+checked here too, by GX itself: `check_user_expectations` at settings-load time, `user_expectations`
+when a suite is built. A bad entry raises `ExpectationError` naming `<label>[i]`; tasks.settings
+and tasks.validation (above this module) turn it into a `ConfigError` with the same text.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import os
+import re
+import threading
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
+from tasks.errors import DriftloopError
 from tasks.leakage import Target
 
 KINDS = "expect_column_kinds_to_match"
@@ -37,6 +48,28 @@ PER_COLUMN: dict[str, str] = {
     RANGES: "ranges",
     DOMAINS: "value_sets",
 }
+USER_KEYS = ("type", "kwargs", "meta")  # what a user's expectation entry (and a saved one) holds
+_INTERNAL_KWARGS = {"id", "meta", "notes", "rendered_content", "batch_id", "description"}
+GX_LOCK = threading.RLock()  # Prefect runs tasks in threads; GX state is process-wide
+
+
+class ExpectationError(DriftloopError, ValueError):
+    """A user's expectation is wrong; the one-line message names the entry and what is wrong."""
+
+
+@functools.cache
+def load_gx() -> Any:
+    """Import GX with its usage analytics off, and register driftloop's expectations."""
+    with GX_LOCK:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no calls to an outside endpoint
+        import great_expectations as gx
+        from great_expectations.expectations.registry import (
+            list_registered_expectation_implementations as registered,
+        )
+
+        if LEAKAGE not in registered():
+            register()
+        return gx
 
 
 # GX registration ----------------------------------------------------------------------------------
@@ -270,3 +303,137 @@ def examples(values: Sequence[Any]) -> str:
     """Up to three distinct offending values, for a report line ("; e.g. 250, 251")."""
     unique = list(dict.fromkeys(repr(v) for v in values))[:3]
     return f"; e.g. {', '.join(unique)}" if unique else ""
+
+
+# The user's expectations --------------------------------------------------------------------------
+
+
+def check_user_expectations(
+    entries: Sequence[Mapping[str, Any]], *, label: str = "validation.expectations"
+) -> None:
+    """Check the user's expectation entries at settings-load time; errors name `label[i]`.
+
+    Raises:
+        ExpectationError: an entry is not `{type, kwargs, meta}`, names no GX expectation (the
+            message suggests the close name), GX rejects its arguments (the message names them),
+            a regex does not compile, or `min_value` is above `max_value`.
+    """
+    if entries:  # GX takes seconds to import: only when there is something to check
+        user_expectations(entries, columns=None, label=label)
+
+
+def user_expectations(
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    columns: Sequence[str] | None,
+    label: str = "validation.expectations",
+) -> list[dict[str, Any]]:
+    """The entries as `{"type", "kwargs", "meta"}` configs, each checked by GX (as
+    `check_user_expectations` does); with `columns`, each column an entry names must be one.
+
+    Raises:
+        ExpectationError: as `check_user_expectations`, or a named column is not in `columns`.
+    """
+    load_gx()
+    from great_expectations.expectations.registry import list_registered_expectation_implementations
+
+    known = sorted(list_registered_expectation_implementations())
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"{label}[{i}]"
+        name, kwargs, meta = _user_entry(entry, where=where, known=known)
+        for column in columns_of(kwargs) if columns is not None else ():
+            if column not in (columns or ()):
+                hint = _hint(column, columns or ())
+                raise ExpectationError(
+                    f"{where} ({name}): column {column!r} is not in the data{hint}"
+                )
+        out.append({"type": name, "kwargs": kwargs, "meta": meta})
+    return out
+
+
+def columns_of(kwargs: Mapping[str, Any]) -> list[str]:
+    """The columns an expectation's arguments name."""
+    names = [kwargs.get(k) for k in ("column", "column_A", "column_B", "target")]
+    names += [*(kwargs.get("column_list") or []), *(kwargs.get("features") or [])]
+    names += [*(kwargs.get("column_set") or [])]
+    for key in PER_COLUMN.values():
+        names += list(kwargs.get(key) or {})
+    return [n for n in names if isinstance(n, str)]
+
+
+def _user_entry(
+    entry: Mapping[str, Any], *, where: str, known: Sequence[str]
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """One `{type, kwargs, meta}` entry, checked by GX itself: the expectation's own model."""
+    from great_expectations.expectations.registry import get_expectation_impl
+
+    for key in entry:
+        if key not in USER_KEYS:
+            hint = _hint(key, USER_KEYS)
+            raise ExpectationError(
+                f"{where}: unknown key {key!r}{hint}; allowed: type, kwargs, meta"
+            )
+    name, kwargs, meta = entry.get("type"), entry.get("kwargs", {}), entry.get("meta", {})
+    if not isinstance(name, str):
+        raise ExpectationError(
+            f"{where}.type: required: the name of a GX expectation, "
+            "e.g. expect_column_values_to_be_between"
+        )
+    if name not in known:
+        raise ExpectationError(
+            f"{where}.type: unknown expectation {name!r}{_hint(name, known)}; "
+            "see https://greatexpectations.io/expectations/"
+        )
+    if not isinstance(kwargs, Mapping) or not isinstance(meta, Mapping):
+        raise ExpectationError(f"{where} ({name}): kwargs and meta must be mappings")
+    impl = get_expectation_impl(name)
+    try:
+        impl(**kwargs)
+    except (ValueError, TypeError) as exc:  # GX raises pydantic (v1) ValidationErrors
+        raise ExpectationError(f"{where} ({name}): {_describe_gx_error(exc, impl)}") from None
+    problem = _value_problem(kwargs)
+    if problem is not None:  # GX itself would only fail when the suite runs
+        raise ExpectationError(f"{where} ({name}): {problem}")
+    return name, dict(kwargs), dict(meta)
+
+
+def _value_problem(kwargs: Mapping[str, Any]) -> str | None:
+    """What GX accepts at load time but fails on at run time: a bad regex, an empty range."""
+    patterns = [("regex", kwargs.get("regex"))]
+    patterns += [(f"regex_list[{i}]", p) for i, p in enumerate(kwargs.get("regex_list") or [])]
+    for key, pattern in patterns:
+        if isinstance(pattern, str):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                return f"kwargs.{key}: {pattern!r} is not a valid regular expression ({exc})"
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+    if numbers and low > high:  # type: ignore[operator]  # both are numbers here
+        return f"kwargs.min_value ({low}) is above kwargs.max_value ({high}): no value can pass"
+    return None
+
+
+def _describe_gx_error(exc: Exception, impl: type) -> str:
+    """GX's argument errors, one per argument: `kwargs.<name>: <what is wrong>`."""
+    allowed = sorted(set(getattr(impl, "__fields__", {})) - _INTERNAL_KWARGS)
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    seen: dict[str, str] = {}
+    for err in errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "value_error.extra":
+            hint = _hint(key, allowed)
+            seen[key] = f"kwargs.{key}: unknown argument{hint}; allowed: {', '.join(allowed)}"
+        elif key == "__root__":
+            seen.setdefault(key, err["msg"])
+        else:
+            seen.setdefault(key, f"kwargs.{key}: {err['msg']}")
+    return "; ".join(seen.values())
+
+
+def _hint(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""

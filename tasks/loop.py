@@ -5,28 +5,33 @@
 100 MB to every worker's start.
 
 
-Ingest. The driver fits the preprocessing on the training split, encodes both splits once and
-writes them as Parquet under the run's storage folder: one fixed-size-list column per input kind,
-rows shuffled, row groups of equal size in a multiple of the worker count. Each worker reads only
-its own row groups (`rank::world_size`) with pyarrow straight into tensors, once, and iterates
-in-memory batches (one shuffled gather per epoch, then contiguous slices). Measured by
-bench/bench_train.py on 2 busy cores (850k rows, 128-row batches per worker; bench/RESULTS.md),
-against reading the same Parquet with pyarrow straight into tensors: the first epoch (read +
-batches) 0.75x of that read in a fresh process (0.17x of a warm process, which no longer pays
-this VM's first touch of fresh memory), later epochs 1.1x (the tensors are reused), Ray Data's
-`get_dataset_shard` + `iter_torch_batches` 0.016x (0.12-0.21x in STACK.md with larger batches).
-The price is that a
-worker's shard must fit in its memory, which holds for the tabular sizes driftloop targets
-(1M rows x 20 features is 80 MB of float32). The data lies under the run's Ray Train storage,
-which every node sees (a bucket URI or a shared folder; Ray Train requires it for checkpoints
-anyway), and is read through `pyarrow.fs`; the driver deletes it when the run ends.
+Ingest: `tasks.shards` (each worker reads its own row groups straight into tensors).
 
-Recovery. Rank 0 reports a checkpoint every epoch (model directory, optimizer state, epoch, best
-metric, history). After a worker dies, Ray Train restarts the whole worker group (up to
-`training.max_failures` times) and the loop resumes from `ray.train.get_checkpoint()`; the
-state records the checkpoint epoch each attempt loaded. Epoch shuffles and dropout are seeded per
-(seed, epoch, rank), so a resumed run repeats what the lost epochs would have done, and two runs
-with the same seed and workers learn the same history.
+Budget. `tasks.budget.plan_budget` fixes the optimizer steps once from the training rows and
+the global batch (the driver computes it and passes it in `LoopConfig.budget`), so 1 and N workers
+take exactly the same steps. Each worker draws its `global // N` rows a step from its shard as a
+stream of seeded passes: pass p is a permutation seeded by (seed, p, rank) (pass 0 keeps the
+stored order, which `write_encoded` already shuffled), and step s is batch s % per_pass of pass
+s // per_pass, so the stream never runs out of rows and a resume at step s continues it exactly.
+The learning rate warms up linearly, then decays on a cosine (`tasks.budget.lr_factor`; AdamW
+with weight decay).
+
+Rounds. Every `budget.eval_every` steps the loop validates, checkpoints and reports: an
+"epoch" in `EpochRecord`, `FaultInjection` and the history is one such evaluation round (one
+pass over the data for a large table; for a small one, many passes), and `EpochRecord.step`
+says how many optimizer steps had run. Early stopping counts rounds whose validation LOSS did
+not improve (`training.early_stopping_patience`); the best model is the round with the best
+validation metric (ties go to the lower validation loss), and Ray Train ranks the checkpoints it
+keeps by that metric. Each checkpoint also carries the best round's weights (`best/`, when that
+is not the round itself), so the best model is exported from the newest checkpoint even when
+Ray Train dropped the best round's own.
+
+Recovery. Rank 0 reports a checkpoint every round (model directory, optimizer and scheduler
+state, the round, the step, best metric, history). After a worker dies, Ray Train restarts the
+whole worker group (up to `training.max_failures` times) and the loop resumes from
+`ray.train.get_checkpoint()`; the state records the checkpoint round each attempt loaded. Passes
+and dropout are seeded per (seed, pass or round, rank), so a resumed run repeats what the lost
+rounds would have done, and two runs with the same seed and workers learn the same history.
 """
 
 from __future__ import annotations
@@ -39,18 +44,16 @@ import socket
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
 from tasks import files
+from tasks.budget import Budget, lr_factor, plan_budget
 from tasks.model import (
     ModelSpec,
     Preprocessor,
@@ -60,6 +63,14 @@ from tasks.model import (
     to_predictions,
     unwrap,
 )
+from tasks.shards import BatchStream, Shard, count_rows, read_shard
+
+__all__ = [  # the shard readers are re-exported: the driver, benchmarks and tests use them here
+    "BatchStream",
+    "Shard",
+    "count_rows",
+    "read_shard",
+]
 
 if TYPE_CHECKING:
     from tasks.model import Kind
@@ -67,12 +78,14 @@ if TYPE_CHECKING:
 
 Mode = Literal["max", "min"]
 _AUC_BINS = 4096  # the all-reducible AUC is exact up to ties within 1/4096 of a probability
-_MIN_DELTA = 1e-4  # relative improvement the validation metric needs to reset the patience
+_MIN_DELTA = 1e-4  # relative improvement a validation metric or loss needs to count
+BEST = "best"  # a checkpoint's folder with the best round's model, when not the round itself
 
 
 @dataclass(frozen=True)
 class FaultInjection:
-    """A fault drill: worker `rank` exits mid-way through `epoch`, once (`marker` remembers it)."""
+    """A fault drill: worker `rank` exits mid-way through round `epoch`, once (`marker` remembers
+    it). A round is one evaluation round of the step budget (see the module docstring)."""
 
     epoch: int
     rank: int
@@ -81,11 +94,14 @@ class FaultInjection:
 
 @dataclass(frozen=True)
 class EpochRecord:
+    """One evaluation round: `epoch` numbers the round, `step` the optimizer steps run by then."""
+
     epoch: int
-    train_loss: float
+    train_loss: float  # mean over the round's steps and all workers
     val_loss: float
     val_metric: float
     seconds: float
+    step: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,9 +123,14 @@ class LoopTraining:
     batch_size: int  # global: each of the N workers takes batch_size // N rows per step
     learning_rate: float
     weight_decay: float
-    patience: int
+    patience: int  # evaluation rounds without a better validation loss before stopping
     seed: int
     threads: int
+    min_steps: int = 0
+    max_steps: int | None = None
+    max_evaluations: int = 1_000_000
+    warmup_share: float = 0.0
+    min_lr_share: float = 1.0  # 1.0: a constant learning rate
 
     @classmethod
     def of(cls, config: TrainingConfig) -> LoopTraining:
@@ -121,6 +142,11 @@ class LoopTraining:
             patience=config.early_stopping_patience,
             seed=config.seed,
             threads=max(1, int(config.cpus_per_worker)),
+            min_steps=config.min_steps,
+            max_steps=config.max_steps,
+            max_evaluations=config.max_evaluations,
+            warmup_share=config.warmup_share,
+            min_lr_share=config.min_lr_share,
         )
 
 
@@ -133,44 +159,27 @@ class LoopConfig:
     training: LoopTraining
     metric_mode: Mode
     fault: FaultInjection | None = None
+    budget: Budget | None = None  # None: planned from the training file's row count
 
 
 @dataclass
 class _State:
-    """What a checkpoint carries besides the weights and the optimizer."""
+    """What a checkpoint carries besides the weights, the optimizer and the scheduler."""
 
-    epoch: int = 0
+    epoch: int = 0  # evaluation rounds done
+    step: int = 0  # optimizer steps done
     best_metric: float | None = None
     best_epoch: int = 0
-    bad_epochs: int = 0
+    best_loss: float | None = None  # the best round's validation loss (breaks metric ties)
+    lowest_loss: float | None = None  # the lowest validation loss so far (early stopping)
+    bad_epochs: int = 0  # rounds since the validation loss last improved
     history: list[dict[str, float]] = field(default_factory=list)
-    attempts: list[int] = field(default_factory=list)  # the checkpoint epoch each attempt loaded
+    attempts: list[int] = field(default_factory=list)  # the checkpoint round each attempt loaded
 
-
-@dataclass(frozen=True)
-class Shard:
-    numeric: torch.Tensor
-    categorical: torch.Tensor
-    target: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.target.shape[0])
-
-    def take(self, index: torch.Tensor) -> Shard:
-        """The rows at `index`, copied (numpy's take is several times faster on CPU here)."""
-        parts = (self.numeric, self.categorical, self.target)
-        if index.device.type != "cpu":
-            return Shard(*(t.index_select(0, index) for t in parts))
-        rows = index.numpy()
-        return Shard(*(torch.from_numpy(np.take(t.numpy(), rows, axis=0)) for t in parts))
-
-    def slice(self, start: int, stop: int) -> Shard:
-        return Shard(
-            self.numeric[start:stop], self.categorical[start:stop], self.target[start:stop]
-        )
-
-    def to(self, device: torch.device) -> Shard:
-        return Shard(self.numeric.to(device), self.categorical.to(device), self.target.to(device))
+    @classmethod
+    def from_json(cls, text: str) -> _State:
+        raw = json.loads(text)
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -186,50 +195,56 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     train = read_shard(cfg.train_path, rank=rank, world_size=world).to(device)
     validation = read_shard(cfg.validation_path, rank=rank, world_size=world).to(device)
-    steps = _steps_per_epoch(cfg.train_path, world_size=world, batch_size=hp.batch_size)
+    budget = cfg.budget or plan_budget(rows=count_rows(cfg.train_path), config=hp)
+    stream = BatchStream(train, batch=budget.per_worker_batch(world), seed=hp.seed, rank=rank)
     kind = cfg.preprocessor.kind
 
     torch.manual_seed(hp.seed)
     model = TabularMLP(cfg.spec)
-    optimizer_state, state = None, _State()
+    saved: dict[str, Any] = {}
+    state = _State()
+    best: dict[str, torch.Tensor] | None = None  # the best round's weights (rank 0 keeps them)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            model.load_state_dict(load_file(str(Path(folder) / "model" / files.WEIGHTS)))
-            optimizer_state = torch.load(
-                Path(folder) / "optimizer.pt", map_location="cpu", weights_only=True
-            )
-            state = _State(**json.loads((Path(folder) / "state.json").read_text()))
+            state, best, saved = _read_checkpoint(Path(folder), model)
     state.attempts.append(state.epoch)
     ddp = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(
         ddp.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
     )
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
+    scheduler = make_scheduler(optimizer, budget, min_lr_share=hp.min_lr_share)
+    if saved:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
 
-    walls: list[float] = []  # this attempt's epochs, checkpoint and report included
-    while state.epoch < hp.epochs and state.bad_epochs < hp.patience:
+    walls: list[float] = []  # this attempt's rounds, checkpoint and report included
+    while state.step < budget.total_steps and state.bad_epochs < hp.patience:
         epoch, started = state.epoch + 1, time.perf_counter()
         crash = (
             cfg.fault if cfg.fault and (cfg.fault.epoch, cfg.fault.rank) == (epoch, rank) else None
         )
-        train_loss = run_epoch(
-            ddp, optimizer, train, kind=kind, steps=steps, batch=hp.batch_size // world,
-            seed=(hp.seed, epoch, rank), fault=crash,
+        stop = budget.round_end(epoch)
+        train_loss = run_steps(
+            ddp, optimizer, stream, kind=kind, start=state.step, stop=stop, scheduler=scheduler,
+            dropout_seed=(hp.seed, epoch, rank), fault=crash,
         )  # fmt: skip
         val_loss, val_metric = evaluate(
             ddp, validation, kind=kind, target_std=cfg.preprocessor.target_std
         )
-        record = EpochRecord(epoch, train_loss, val_loss, val_metric, time.perf_counter() - started)
-        _advance(state, record, mode=cfg.metric_mode)
+        seconds = time.perf_counter() - started
+        record = EpochRecord(epoch, train_loss, val_loss, val_metric, seconds, step=stop)
+        state.step = stop
+        if _advance(state, record, mode=cfg.metric_mode) and rank == 0:
+            best = _weights(ddp)
         metrics = {**asdict(record), "resumed_from_epoch": state.attempts[-1]}
         with tempfile.TemporaryDirectory() as folder:
-            saved = None
+            report = None
             if rank == 0:
-                _write_checkpoint(Path(folder), ddp, optimizer, state, cfg)
-                saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=saved)
+                other = best if state.best_epoch != epoch else None  # None: this round is best
+                _write_checkpoint(Path(folder), ddp, optimizer, scheduler, state, cfg, best=other)
+                report = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=report)
         walls.append(time.perf_counter() - started)
 
     workers = _all_gather(_worker_info(rank, device), world)
@@ -238,42 +253,53 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "attempts": state.attempts,
         "best_epoch": state.best_epoch,
         "best_metric": state.best_metric,
-        "stopped_early": state.bad_epochs >= hp.patience and state.epoch < hp.epochs,
+        "stopped_early": state.bad_epochs >= hp.patience and state.step < budget.total_steps,
+        "steps": state.step,
+        "budget": asdict(budget),
         "workers": workers,
         "epoch_seconds": walls,
     }
 
 
-def read_shard(path: str, *, rank: int, world_size: int) -> Shard:
-    """This worker's row groups (`rank::world_size`) of an encoded split, as tensors."""
-    fs, fs_path = files.resolve(path)
-    parquet = pq.ParquetFile(fs_path, filesystem=fs, pre_buffer=True)
-    table = parquet.read_row_groups(list(range(rank, parquet.num_row_groups, world_size)))
-    n = table.num_rows
-    numeric = _matrix(table, "numeric", np.float32, n)
-    categorical = _matrix(table, "categorical", np.int64, n)
-    target = table.column("target").to_numpy()
-    with warnings.catch_warnings():  # Arrow buffers are read-only; nothing writes into them
-        warnings.simplefilter("ignore", UserWarning)
-        return Shard(
-            torch.from_numpy(numeric), torch.from_numpy(categorical), torch.from_numpy(target)
-        )
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, budget: Budget, *, min_lr_share: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay (`tasks.budget.lr_factor`), stepped once per step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, budget, min_lr_share=min_lr_share)
+    )
 
 
-def _matrix(table: pa.Table, column: str, dtype: type, rows: int) -> np.ndarray:
-    if column not in table.column_names:
-        return np.zeros((rows, 0), dtype=dtype)
-    lists = table.column(column).combine_chunks()
-    return lists.values.to_numpy().reshape(rows, lists.type.list_size)
-
-
-def _steps_per_epoch(path: str, *, world_size: int, batch_size: int) -> int:
-    """The same step count on every worker (DDP needs it): the smallest shard decides."""
-    fs, fs_path = files.resolve(path)
-    meta = pq.ParquetFile(fs_path, filesystem=fs).metadata
-    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    smallest = min(sum(sizes[r::world_size]) for r in range(world_size))
-    return max(1, -(-smallest // max(1, batch_size // world_size)))
+def run_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stream: BatchStream,
+    *,
+    kind: Kind,
+    start: int,
+    stop: int,
+    dropout_seed: tuple[int, ...],
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    fault: FaultInjection | None = None,
+) -> float:
+    """Optimizer steps `start` .. `stop - 1` from the stream; the mean loss of all workers."""
+    model.train()
+    torch.manual_seed(_seed((*dropout_seed, 1)))
+    total = torch.zeros(2, dtype=torch.float64, device=stream.shard.target.device)  # sum, rows
+    for step in range(start, stop):
+        if fault and step == (start + stop) // 2:
+            _fire(fault)
+        part = stream.at(step)
+        loss = compute_loss(model(part.numeric, part.categorical), part.target, kind=kind).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total[0] += loss.detach().double() * len(part)
+        total[1] += len(part)
+    _all_reduce(total)
+    return float(total[0] / total[1]) if float(total[1]) else math.nan
 
 
 def run_epoch(
@@ -287,32 +313,12 @@ def run_epoch(
     seed: tuple[int, int, int],  # (seed, epoch, rank)
     fault: FaultInjection | None = None,
 ) -> float:
-    """One pass over a shuffled shard in `steps` batches; the mean training loss of all workers.
-
-    Epoch 1 takes the rows in stored order: `write_encoded` already wrote them in a seeded random
-    order, so the first epoch skips a gather of the whole shard. Later epochs reshuffle.
-    """
-    model.train()
-    torch.manual_seed(_seed((*seed, 1)))  # dropout
-    shuffled = shard
-    if seed[1] > 1:
-        generator = torch.Generator().manual_seed(_seed(seed))
-        order = torch.randperm(len(shard), generator=generator).to(shard.target.device)
-        shuffled = shard.take(order)
-    batch = max(1, batch)
-    total = torch.zeros(2, dtype=torch.float64, device=shard.target.device)  # loss sum, rows
-    for step in range(steps):  # `steps` batches fit in the smallest shard: none is empty
-        if fault and step == steps // 2:
-            _fire(fault)
-        part = shuffled.slice(step * batch, (step + 1) * batch)
-        loss = compute_loss(model(part.numeric, part.categorical), part.target, kind=kind).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total[0] += loss.detach().double() * len(part)
-        total[1] += len(part)
-    _all_reduce(total)
-    return float(total[0] / total[1])
+    """`steps` batches of `batch` rows, as epoch `seed[1]` (1-based) of a constant learning rate:
+    the loop's steps without a budget, for benchmarks that time an epoch."""
+    stream = BatchStream(shard, batch=batch, seed=seed[0], rank=seed[2])
+    first = (seed[1] - 1) * steps
+    return run_steps(model, optimizer, stream, kind=kind, start=first, stop=first + steps,
+                     dropout_seed=seed, fault=fault)  # fmt: skip
 
 
 def evaluate(
@@ -359,30 +365,79 @@ def auc_from_histograms(positive: torch.Tensor, negative: torch.Tensor) -> float
     return float((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg))
 
 
-def _advance(state: _State, record: EpochRecord, *, mode: Mode) -> None:
+def _advance(state: _State, record: EpochRecord, *, mode: Mode) -> bool:
+    """Record a round; True when it is the best so far (by the metric, ties: the lower loss).
+
+    Early stopping counts the rounds since the validation loss last improved.
+    """
     state.epoch = record.epoch
     state.history.append(asdict(record))
-    best = state.best_metric
+    best, loss = state.best_metric, record.val_loss
     margin = _MIN_DELTA * max(1.0, abs(best)) if best is not None else 0.0
     better = best is None or (
         record.val_metric > best + margin if mode == "max" else record.val_metric < best - margin
     )
+    if not better and best is not None and record.val_metric == best:
+        better = state.best_loss is not None and _lower(loss, state.best_loss)
     if better:
-        state.best_metric, state.best_epoch, state.bad_epochs = record.val_metric, record.epoch, 0
+        state.best_metric, state.best_epoch, state.best_loss = record.val_metric, record.epoch, loss
+    if state.lowest_loss is None or _lower(loss, state.lowest_loss):
+        state.lowest_loss, state.bad_epochs = loss, 0
     else:
         state.bad_epochs += 1
+    return better
+
+
+def _lower(loss: float, reference: float) -> bool:
+    """`loss` improves on `reference` by more than the relative margin."""
+    return loss < reference - _MIN_DELTA * abs(reference)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
 
 
 def _write_checkpoint(
     folder: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: _State,
     cfg: LoopConfig,
+    *,
+    best: dict[str, torch.Tensor] | None,
 ) -> None:
+    """The round's model, optimizer, scheduler and state; `best`: the best round's weights when
+    that is an earlier round (written as a second model directory, `best/`)."""
     save_model(folder / "model", model=model, spec=cfg.spec, preprocessor=cfg.preprocessor)
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    if best is not None:
+        net = TabularMLP(cfg.spec)
+        net.load_state_dict(best)
+        save_model(folder / BEST, model=net, spec=cfg.spec, preprocessor=cfg.preprocessor)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        folder / "optimizer.pt",
+    )
     (folder / "state.json").write_text(json.dumps(asdict(state)))
+
+
+def _read_checkpoint(
+    folder: Path, model: torch.nn.Module
+) -> tuple[_State, dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a checkpoint's weights into `model`; its state, the best round's weights and the
+    optimizer and scheduler states."""
+    model.load_state_dict(load_file(str(folder / "model" / files.WEIGHTS)))
+    best_file = folder / BEST / files.WEIGHTS
+    best = load_file(str(best_file)) if best_file.exists() else _weights(model)
+    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    state = _State.from_json((folder / "state.json").read_text())
+    return state, best, saved
+
+
+def best_model_folder(checkpoint: str | Path) -> Path:
+    """The best round's model directory inside a (local) checkpoint folder."""
+    folder = Path(checkpoint)
+    return folder / BEST if (folder / BEST).exists() else folder / "model"
 
 
 def _fire(fault: FaultInjection) -> None:

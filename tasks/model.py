@@ -6,13 +6,16 @@
     probs = load_model("models/churn").predict(table)   # (n, k) probabilities, or (n,) values
 
 A model directory holds `weights.safetensors` (tensors only), `preprocessing.json` and
-`model.json` (architecture, task, features, classes). Loading it never unpickles anything, and
-every write is atomic: a temporary folder beside the target, then a rename.
+`model.json` (architecture, task, features, classes, and for a classifier the temperature its
+probabilities are calibrated with: `tasks.calibration`). Loading it never unpickles anything, and
+every write is atomic: a temporary folder beside the target, then a rename. A directory written
+before temperatures existed loads with T = 1 (its probabilities as they were).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -29,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tasks import files
+from tasks.calibration import Calibration
 from tasks.errors import DriftloopError
 from tasks.files import MODEL_FILES, PREPROCESSING, WEIGHTS
 from tasks.files import MODEL_JSON as MODEL
@@ -246,8 +250,11 @@ def compute_loss(outputs: torch.Tensor, targets: torch.Tensor, *, kind: Kind) ->
     return (outputs.squeeze(1) - targets.float()) ** 2
 
 
-def to_predictions(outputs: torch.Tensor, *, kind: Kind) -> torch.Tensor:
-    """Class probabilities (n, k) from logits, or the standardised value (n,) for regression."""
+def to_predictions(outputs: torch.Tensor, *, kind: Kind, temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities (n, k) from logits divided by `temperature`, or the standardised value
+    (n,) for regression (which has no temperature)."""
+    if kind != "regression" and temperature != 1.0:
+        outputs = outputs / temperature
     if kind == "binary":
         p = torch.sigmoid(outputs.squeeze(1))
         return torch.stack([1 - p, p], dim=1)
@@ -267,12 +274,42 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class Predictor:
-    """A loaded model: `predict` takes raw feature columns and returns what users need."""
+    """A loaded model: `predict` takes raw feature columns and returns what users need.
 
-    def __init__(self, *, model: TabularMLP, spec: ModelSpec, preprocessor: Preprocessor) -> None:
+    A classifier's probabilities are calibrated: its logits are divided by `temperature` (fitted
+    on the validation split after training; 1.0 when none was). `uncalibrated` is the same model
+    without it, for a before/after comparison.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: TabularMLP,
+        spec: ModelSpec,
+        preprocessor: Preprocessor,
+        calibration: Calibration | None = None,
+    ) -> None:
         self.model = model.eval()
         self.spec = spec
         self.preprocessor = preprocessor
+        self.calibration = calibration if preprocessor.task == "classification" else None
+
+    @property
+    def temperature(self) -> float:
+        """What the logits are divided by before the softmax/sigmoid (1.0: uncalibrated)."""
+        return self.calibration.temperature if self.calibration else 1.0
+
+    @property
+    def uncalibrated(self) -> Predictor:
+        """The same network and preprocessing with temperature 1: the raw probabilities."""
+        return Predictor(model=self.model, spec=self.spec, preprocessor=self.preprocessor)
+
+    def with_calibration(self, calibration: Calibration | None) -> Predictor:
+        """The same network with another calibration (None: uncalibrated)."""
+        return Predictor(
+            model=self.model, spec=self.spec, preprocessor=self.preprocessor,
+            calibration=calibration,
+        )  # fmt: skip
 
     @property
     def classes(self) -> list[Label] | None:
@@ -289,20 +326,34 @@ class Predictor:
     def features(self) -> list[str]:
         return self.preprocessor.features
 
-    def predict(self, table: pa.Table) -> np.ndarray:
-        """Probabilities of shape (n, k) for classification, values of shape (n,) for regression."""
-        encoded = self.preprocessor.transform(table)
+    def predict(self, table: pa.Table, *, calibrated: bool = True) -> np.ndarray:
+        """Probabilities of shape (n, k) for classification (calibrated unless `calibrated` is
+        False), values of shape (n,) for regression."""
         kind = self.preprocessor.kind
+        temperature = self.temperature if calibrated else 1.0
+        parts = [
+            to_predictions(out, kind=kind, temperature=temperature).numpy()
+            for out in self._outputs(table)
+        ]
+        out = np.concatenate(parts).astype(np.float64)
+        if kind == "regression":
+            return out * self.preprocessor.target_std + self.preprocessor.target_mean
+        return out
+
+    def logits(self, table: pa.Table) -> np.ndarray:
+        """The network's raw outputs, float64: (n, 1) for binary and regression, (n, k)
+        multiclass; no temperature applied."""
+        return np.concatenate([o.numpy() for o in self._outputs(table)]).astype(np.float64)
+
+    def _outputs(self, table: pa.Table) -> list[torch.Tensor]:
+        encoded = self.preprocessor.transform(table)
         parts = []
         with torch.inference_mode():
             for start in range(0, max(table.num_rows, 1), _PREDICT_CHUNK):
                 numeric = torch.from_numpy(encoded.numeric[start : start + _PREDICT_CHUNK])
                 categorical = torch.from_numpy(encoded.categorical[start : start + _PREDICT_CHUNK])
-                parts.append(to_predictions(self.model(numeric, categorical), kind=kind).numpy())
-        out = np.concatenate(parts).astype(np.float64)
-        if kind == "regression":
-            return out * self.preprocessor.target_std + self.preprocessor.target_mean
-        return out
+                parts.append(self.model(numeric, categorical))
+        return parts
 
 
 def save_model(
@@ -311,8 +362,21 @@ def save_model(
     model: nn.Module,
     spec: ModelSpec,
     preprocessor: Preprocessor,
+    calibration: Calibration | None = None,
 ) -> Path:
-    """Write a model directory atomically; an existing one at `directory` is replaced."""
+    """Write a model directory atomically; an existing one at `directory` is replaced.
+
+    `calibration` (classifiers): the temperature `Predictor.predict` applies, kept in model.json.
+    """
+    if calibration is not None and not (
+        preprocessor.task == "classification"
+        and math.isfinite(calibration.temperature)
+        and calibration.temperature > 0
+    ):
+        raise ModelError(
+            f"a calibration temperature must be a positive number for a classifier; got "
+            f"{calibration.temperature} for a {preprocessor.task} model"
+        )
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
@@ -320,7 +384,7 @@ def save_model(
         state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / PREPROCESSING).write_text(preprocessor.to_json())
-        (tmp / MODEL).write_text(json.dumps(_describe(spec, preprocessor), indent=1))
+        (tmp / MODEL).write_text(json.dumps(_describe(spec, preprocessor, calibration), indent=1))
         _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -356,10 +420,28 @@ def load_model(directory: str | os.PathLike[str]) -> Predictor:
         ) from None
     model.load_state_dict(state)
     preprocessor = Preprocessor.from_json(found[PREPROCESSING].decode())
-    return Predictor(model=model, spec=spec, preprocessor=preprocessor)
+    calibration = _calibration(meta.get("calibration"), where=f"{directory}/{MODEL}")
+    return Predictor(model=model, spec=spec, preprocessor=preprocessor, calibration=calibration)
 
 
-def _describe(spec: ModelSpec, pre: Preprocessor) -> dict[str, Any]:
+def _calibration(raw: Any, *, where: str) -> Calibration | None:
+    """model.json's calibration; none (a model saved before temperatures existed): T = 1."""
+    if raw is None:
+        return None
+    try:
+        found = Calibration.from_json(raw)
+        ok = math.isfinite(found.temperature) and found.temperature > 0
+    except (TypeError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise ModelError(f"{where}: calibration must hold a positive temperature; got {raw!r}")
+    return found
+
+
+def _describe(
+    spec: ModelSpec, pre: Preprocessor, calibration: Calibration | None
+) -> dict[str, Any]:
+    extra = {"calibration": calibration.to_json()} if calibration is not None else {}
     return {
         "format": FORMAT,
         "task": pre.task,
@@ -368,6 +450,7 @@ def _describe(spec: ModelSpec, pre: Preprocessor) -> dict[str, Any]:
         "features": {"numeric": pre.numeric, "categorical": pre.categorical},
         "classes": pre.classes,
         "architecture": asdict(spec),
+        **extra,
     }
 
 

@@ -728,6 +728,72 @@ def test_the_tasks_promote_a_better_model_reject_a_worse_one_and_tell_prefect(
     assert promoted.payload["version"] == 2
 
 
+@pytest.mark.integration
+def test_a_challenger_that_passes_its_gate_but_loses_the_promotion_race_stays_a_plain_version(
+    prefect_server: None,
+    tmp_path: Path,
+    real_report: ev.EvaluationReport,
+    weak_report: ev.EvaluationReport,
+) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    home, model = str(tmp_path / "home"), "churn-race"  # its own events on the module's server
+    ds = dataset_config().model_copy(update={"name": model})
+    judged = registry.register(root=home, model=model, metadata={},
+                               model_dir=str(fake_model_dir(tmp_path / "judged")))  # fmt: skip
+    registry.set_alias(root=home, model=model, alias="champion", version=judged, reason="first")
+    decision = ev.gate(challenger=real_report, champion=weak_report, config=GATE,
+                       champion_version=judged)  # fmt: skip
+    assert decision.promote, ev.gate_table_markdown(decision)
+    # Another run promotes its model between this run's gate and its promotion
+    other = registry.register(root=home, model=model, metadata={},
+                              model_dir=str(fake_model_dir(tmp_path / "other")))  # fmt: skip
+    registry.set_alias(root=home, model=model, alias="champion", version=other, reason="other",
+                       expect=judged)  # fmt: skip
+    export = fake_model_dir(tmp_path / "export" / "model")  # a temporary export, as on a bucket
+    training = ev.Training(data_fingerprint="f00d", params={"epochs": 1}, train_rows=6000,
+                           best_epoch=3, metric_name="val_auc", best_metric=0.9)  # fmt: skip
+
+    @flow(name="promotion-race-under-test")
+    def run() -> ev.Promotion:
+        return ev.promote_task(
+            decision=decision, report=real_report, dataset=ds, root=home, model_dir=str(export),
+            training=training, model_dir_is_temporary=True,
+        )  # fmt: skip
+
+    promotion = run()
+    assert (promotion.version, promotion.promoted, promotion.previous) == (3, False, judged)
+    assert promotion.reason.startswith("reject: ")
+    assert f"points at v{other} now, not v{judged}" in promotion.reason
+    assert "is not moved in" in promotion.reason
+    assert registry.aliases(root=home, model=model) == {"champion": other}
+    assert registry.list_versions(root=home, model=model) == [1, 2, 3]
+    meta = registry.get_version(root=home, model=model, version=3)
+    assert meta["gate"] == {"passed": True, "summary": decision.summary(), "judged_against": 1}
+    assert meta["validation_metric"] == {"val_auc": 0.9}
+    assert (meta["data_fingerprint"], meta["train_rows"], meta["best_epoch"]) == ("f00d", 6000, 3)
+    assert not export.parent.exists()  # the temporary export is gone once registered
+    wanted = EventFilter(
+        event=EventNameFilter(name=[events.MODEL_PROMOTED, events.MODEL_REJECTED]),
+        resource=EventResourceFilter(id=[f"driftloop.model.{model}"]),
+    )
+    with get_client(sync_client=True) as client:
+        for _ in range(60):  # events are persisted asynchronously: poll for up to 30 s
+            seen = client.read_events(filter=wanted, limit=10).events
+            if seen:
+                break
+            time.sleep(0.5)
+    assert [e.event for e in seen] == [events.MODEL_REJECTED]
+    (rejected,) = seen
+    assert rejected.payload["promote"] is False
+    assert rejected.payload["version"] == 3
+    assert rejected.payload["previous_champion"] == judged
+    assert rejected.payload["reason"] == promotion.reason
+    assert rejected.payload["failed"] == []  # the gate passed: the race, not a rule, rejected it
+
+
 def test_a_driftloop_model_directory_is_a_predictor_evaluation_accepts(
     tmp_path: Path, train: pa.Table, holdout: pa.Table
 ) -> None:

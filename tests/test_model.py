@@ -1,6 +1,7 @@
 """The model: preprocessing fitted on train only, the MLP's outputs, the model directory."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,11 +9,13 @@ import pyarrow as pa
 import pytest
 import torch
 
+from tasks.calibration import Calibration, calibrate, calibration_error, probabilities
 from tasks.files import MODEL_JSON as MODEL
 from tasks.files import PREPROCESSING, WEIGHTS
 from tasks.model import (
     ModelError,
     ModelSpec,
+    Predictor,
     Preprocessor,
     TabularMLP,
     load_model,
@@ -221,6 +224,29 @@ def test_loading_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert load_model(directory).predict(make_table()).shape == (200, 2)
 
 
+def test_a_real_pickle_in_place_of_the_weights_is_refused_in_one_line_and_never_run(
+    tmp_path: Path,
+) -> None:
+    pre = fit(make_table())
+    model, spec = build(pre)
+    directory = save_model(tmp_path / "model", model=model, spec=spec, preprocessor=pre)
+    ran = tmp_path / "the-pickle-ran"
+
+    class Payload:  # what a hostile pickle does on load: run code
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.mkdir, (str(ran),))
+
+    torch.save({"state": model.state_dict(), "payload": Payload()}, directory / WEIGHTS)
+    with pytest.raises(ModelError) as refused:
+        load_model(directory)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert WEIGHTS in message
+    assert "not a safetensors file" in message
+    assert "never unpickles" in message
+    assert not ran.exists()  # the payload never ran
+
+
 def test_saving_over_a_model_replaces_it_whole_and_leaves_no_temporary_folders(
     tmp_path: Path,
 ) -> None:
@@ -243,3 +269,100 @@ def test_a_folder_that_is_not_a_model_directory_is_refused_clearly(tmp_path: Pat
     (tmp_path / "weights.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="not a model directory"):
         load_model(tmp_path)
+
+
+# Calibration -------------------------------------------------------------------------------------
+
+
+def over_confident(
+    rows: int, *, seed: int, scale: float
+) -> tuple[pa.Table, TabularMLP, ModelSpec, Preprocessor]:
+    """Rows where P(y=1) = sigmoid(2 z) (z: standardised charges), and a linear model whose
+    logit is `scale` times that: calibrated at scale 1, over-confident above."""
+    rng = np.random.default_rng(seed)
+    charges = rng.normal(50, 10, rows)
+    z = (charges - 50) / 10
+    y = (rng.random(rows) < 1 / (1 + np.exp(-2 * z))).astype(np.int64)
+    table = pa.table(
+        {
+            "tenure": rng.integers(1, 72, rows),
+            "charges": charges,
+            "contract": rng.choice(["monthly", "yearly", "two-year"], rows),
+            "has_partner": rng.random(rows) < 0.5,
+            "y": y,
+        }
+    )
+    pre = fit(table)
+    model, spec = build(pre, hidden_layers=[])  # one linear layer over inputs and embeddings
+    with torch.no_grad():
+        layer = model.mlp[-1]
+        assert isinstance(layer, torch.nn.Linear)
+        layer.weight.zero_()
+        layer.bias.zero_()
+        # input 1 is charges standardised by the training mean and std: close to z
+        layer.weight[0, 1] = 2.0 * scale * pre.stds[1] / 10
+        layer.bias[0] = 2.0 * scale * (pre.means[1] - 50) / 10
+    return table, model, spec, pre
+
+
+def test_temperature_scaling_lowers_the_ece_on_rows_it_was_not_fitted_on(tmp_path: Path) -> None:
+    table, model, spec, pre = over_confident(6000, seed=0, scale=4.0)
+    fitting, unseen = table.slice(0, 3000), table.slice(3000)
+    raw = Predictor(model=model, spec=spec, preprocessor=pre)
+    y_fit, y_unseen = pre.encode_target(fitting), pre.encode_target(unseen)
+    found = calibrate(raw.logits(fitting), y_fit, kind="binary", bins=15)
+    assert found.temperature == pytest.approx(4.0, rel=0.15)  # it undoes the 4x over-confidence
+    assert found.ece_after < found.ece_before
+    assert found.log_loss_after < found.log_loss_before
+
+    directory = save_model(tmp_path / "m", model=model, spec=spec, preprocessor=pre,
+                           calibration=found)  # fmt: skip
+    loaded = load_model(directory)
+    assert loaded.temperature == pytest.approx(found.temperature)
+    calibrated, uncalibrated = loaded.predict(unseen), loaded.predict(unseen, calibrated=False)
+    before = calibration_error(y_unseen, uncalibrated, bins=15)
+    after = calibration_error(y_unseen, calibrated, bins=15)
+    assert after < 0.5 * before  # on rows the temperature never saw
+    assert after < 0.05  # the gate's default bound; noise alone is about 0.03 here
+    # predict applies the temperature; `uncalibrated` is the same network without it
+    expected = probabilities(loaded.logits(unseen), kind="binary", temperature=found.temperature)
+    np.testing.assert_allclose(calibrated, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(loaded.uncalibrated.predict(unseen), uncalibrated)
+    np.testing.assert_array_equal(calibrated.argmax(axis=1), uncalibrated.argmax(axis=1))
+    assert json.loads((directory / MODEL).read_text())["calibration"]["temperature"] == (
+        pytest.approx(found.temperature)
+    )
+
+
+def test_a_model_directory_without_a_temperature_loads_uncalibrated(tmp_path: Path) -> None:
+    table, model, spec, pre = over_confident(500, seed=1, scale=4.0)
+    directory = save_model(tmp_path / "m", model=model, spec=spec, preprocessor=pre)
+    meta = json.loads((directory / MODEL).read_text())
+    assert "calibration" not in meta  # what every model saved before temperatures looks like
+    loaded = load_model(directory)
+    assert loaded.temperature == 1.0
+    np.testing.assert_array_equal(loaded.predict(table), loaded.predict(table, calibrated=False))
+
+
+def test_a_bad_temperature_in_model_json_is_refused_in_one_line(tmp_path: Path) -> None:
+    _, model, spec, pre = over_confident(200, seed=2, scale=1.0)
+    directory = save_model(tmp_path / "m", model=model, spec=spec, preprocessor=pre)
+    meta = json.loads((directory / MODEL).read_text())
+    meta["calibration"] = {"temperature": -1.0}
+    (directory / MODEL).write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="positive temperature"):
+        load_model(directory)
+
+
+def test_regression_has_no_temperature() -> None:
+    pre = fit(make_table(target="regression"), task="regression")
+    model, spec = build(pre)
+    calibration = Calibration(temperature=2.0, rows=10, log_loss_before=1.0, log_loss_after=1.0,
+                              ece_before=0.1, ece_after=0.1, bins=2)  # fmt: skip
+    with pytest.raises(ModelError, match="classifier"):
+        save_model(Path("unused"), model=model, spec=spec, preprocessor=pre,
+                   calibration=calibration)  # fmt: skip
+    assert (
+        Predictor(model=model, spec=spec, preprocessor=pre, calibration=calibration).temperature
+        == 1.0
+    )

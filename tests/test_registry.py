@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tasks import registry
+from tasks.registry import store as registry_store
 
 MODEL = "churn"
 WEIGHTS_BYTES = 1 << 18  # big enough that a copy takes a while: kills land mid-write
@@ -562,6 +563,7 @@ def test_a_listing_that_races_another_writer_creating_the_folder_is_taken_again(
     folder.mkdir(parents=True)
     (folder / "00000001.json").write_text("{}")
     fs = pafs.PyFileSystem(RacedOnce(fsspec.filesystem("file")))
-    place = registry._Place(fs=fs, base=str(tmp_path / "registry" / MODEL), scheme="", model=MODEL)
-    assert [i.base_name for i in registry._children(place, str(folder))] == ["00000001.json"]
+    base = str(tmp_path / "registry" / MODEL)
+    place = registry_store.Place(fs=fs, base=base, scheme="", model=MODEL)
+    assert [i.base_name for i in registry_store.children(place, str(folder))] == ["00000001.json"]
     assert RacedOnce.raced == 1

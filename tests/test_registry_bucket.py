@@ -23,6 +23,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from tasks import registry
+from tasks.registry import lock as registry_lock
+from tasks.registry import store as registry_store
 
 MODEL = "churn"
 AWS_ENV = {
@@ -239,7 +241,7 @@ def test_writes_to_a_bucket_without_a_reachable_prefect_api_refuse_and_reads_sti
 def test_leftovers_of_writers_that_died_long_ago_are_swept_from_the_bucket(
     home: str, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(registry, "_STALE_AFTER_S", 2)  # "long ago", in seconds, for the test
+    monkeypatch.setattr(registry_store, "STALE_AFTER_S", 2)  # "long ago", in seconds, here
     fs, base = pafs.FileSystem.from_uri(home)
     staging = f"{base}/registry/{MODEL}/.staging"
     with fs.open_output_stream(f"{staging}/dead/weights.safetensors") as out:
@@ -349,7 +351,7 @@ def register_without_the_lock(
 ) -> None:
     """Register `count` versions as if every writer's lease had lapsed mid-copy: no lock at all."""
     os.environ.update(env)
-    registry._lock = no_lock
+    registry_lock.hold = no_lock
     done = []
     start.wait(timeout=60)
     for i in range(count):

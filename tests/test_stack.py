@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tasks import stack
-from tasks.stack import Service, StackError
+from tasks.stack import Service, StackError, processes
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ def alive(pid: int) -> bool:
 
 
 def descendants(pid: int) -> list[int]:
-    return stack._descendants(pid)
+    return processes.descendants(pid)
 
 
 def listening_addresses(pids: list[int]) -> set[str]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -33,12 +33,12 @@ from tasks.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, generate
 from tasks.train import (
     EpochRecord,
     FaultInjection,
+    ProgressTail,
     TrainingFailed,
     TrainResult,
-    _failure_message,
-    _ProgressTail,
     auc_from_histograms,
     check_storage_is_shared,
+    failure_message,
     learning_curve_svg,
     nodes_without_path,
     place_workers,
@@ -61,6 +61,7 @@ def make_settings(home: Path | str, **training: object) -> Settings:
         "early_stopping_patience": 10,
         "checkpoints_to_keep": 2,
         "use_gpu": False,  # the same CPU runs on a GPU machine
+        "min_steps": 0,  # a budget of EPOCHS epochs: each evaluation round is one epoch
     }
     return Settings(
         home=str(home),
@@ -75,21 +76,46 @@ def parts() -> Splits:
     return split(generate(rows=4000, seed=7), dataset=settings.dataset, config=settings.split)
 
 
+class Baseline(NamedTuple):
+    result: TrainResult
+    seen: list[EpochRecord]  # what `on_epoch` was called with, in order
+    seen_at: list[float]  # time.monotonic() at each of those calls
+    fit_ended: float  # time.monotonic() as Ray Train's `fit()` returned
+
+
 @pytest.fixture(scope="module")
-def baseline(
-    ray_local: None, parts: Splits, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[TrainResult, list[EpochRecord]]:
-    """One fault-free run that several tests look at, with the epochs seen live. Its home is a
-    file:// URI: Ray Train storage, the encoded data and the checkpoints go through pyarrow.fs."""
+def baseline(ray_local: None, parts: Splits, tmp_path_factory: pytest.TempPathFactory) -> Baseline:
+    """One fault-free run that several tests look at, with the epochs seen live and when, and
+    when Ray Train's `fit()` returned (a wrapper around `TorchTrainer.fit` notes it). Its home is
+    a file:// URI: Ray Train storage, the encoded data and the checkpoints go through pyarrow.fs."""
+    from ray.train.torch import TorchTrainer
+
     seen: list[EpochRecord] = []
+    seen_at: list[float] = []
+    fit_ended: list[float] = []
+    fit = TorchTrainer.fit
+
+    def on_epoch(record: EpochRecord) -> None:
+        seen.append(record)
+        seen_at.append(time.monotonic())
+
+    def timed_fit(self: TorchTrainer) -> Any:
+        try:
+            return fit(self)
+        finally:
+            fit_ended.append(time.monotonic())
+
     home = tmp_path_factory.mktemp("baseline")
-    result = train_model(
-        train=parts.train,
-        validation=parts.validation,
-        settings=make_settings(home.as_uri()),
-        on_epoch=seen.append,
-    )
-    return result, seen
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TorchTrainer, "fit", timed_fit)
+        result = train_model(
+            train=parts.train,
+            validation=parts.validation,
+            settings=make_settings(home.as_uri()),
+            on_epoch=on_epoch,
+        )
+    (ended,) = fit_ended  # one fit() per run
+    return Baseline(result, seen, seen_at, ended)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +227,7 @@ def test_a_worker_group_that_never_started_is_not_reported_as_restarts() -> None
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
     error = ControllerError(WorkerGroupStartupTimeoutError(num_workers=2))
-    message = _failure_message(error, name="run-1", config=TrainingConfig(max_failures=3))
+    message = failure_message(error, name="run-1", config=TrainingConfig(max_failures=3))
     assert "restart" not in message
     assert message.startswith("training run run-1 could not start its 2 worker(s) in 3 attempts")
     assert "WorkerGroupStartupTimeoutError: The worker group startup timed out" in message
@@ -242,7 +268,7 @@ def test_each_kind_of_training_failure_is_one_line_naming_what_failed() -> None:
         "anything else": (KeyError("x"), "training run r failed: KeyError: 'x'"),
     }
     for case, (error, expected) in cases.items():
-        message = _failure_message(error, name="r", config=config)
+        message = failure_message(error, name="r", config=config)
         assert message == expected, case
 
 
@@ -253,7 +279,7 @@ def test_epochs_that_never_reach_the_driver_live_are_delivered_once_from_the_res
 
     seen: list[EpochRecord] = []
     history = [EpochRecord(i, 1.0 / i, 1.1 / i, 0.7, 0.1) for i in range(1, 4)]
-    tail = _ProgressTail(seen.append)
+    tail = ProgressTail(seen.append)
     after_report: Any = tail.callback.after_report  # called as the Train controller calls it
     # The controller's callback reaches the driver for epoch 1; the rest is out of its sight.
     report = {**asdict(history[0]), "resumed_from_epoch": 0}
@@ -289,9 +315,9 @@ def test_the_learning_curve_is_an_svg_with_one_line_per_loss() -> None:
 
 @pytest.mark.integration
 def test_two_ddp_workers_learn_better_than_chance_and_the_prior(
-    baseline: tuple[TrainResult, list[EpochRecord]], parts: Splits
+    baseline: Baseline, parts: Splits
 ) -> None:
-    result, seen = baseline
+    result, seen = baseline.result, baseline.seen
     assert [w.rank for w in result.workers] == [0, 1]
     assert len({w.pid for w in result.workers}) == 2
     assert [w.device for w in result.workers] == ["cpu", "cpu"]  # use_gpu pinned off
@@ -314,10 +340,24 @@ def test_two_ddp_workers_learn_better_than_chance_and_the_prior(
 
 
 @pytest.mark.integration
-def test_a_file_uri_home_keeps_checkpoints_and_deletes_the_encoded_data(
-    baseline: tuple[TrainResult, list[EpochRecord]],
+def test_progress_reaches_the_driver_while_fit_runs_not_from_the_result_at_the_end(
+    baseline: Baseline,
 ) -> None:
-    result, _ = baseline
+    # Epochs delivered only from the final result (the catch-up for a Train controller out of
+    # the driver's sight) would all arrive after fit() returned. Live, an epoch arrives within
+    # about half a second of its report (the controller polls the workers and the driver reads
+    # the progress file every 0.25 s), so the first one arrives while later epochs still train.
+    result, seen, seen_at, fit_ended = baseline
+    assert seen == result.history
+    late = {r.epoch: round(t - fit_ended, 2) for r, t in zip(seen, seen_at, strict=True)}
+    assert seen_at[0] < fit_ended, f"epoch 1 came after fit() returned (s after, by epoch): {late}"
+
+
+@pytest.mark.integration
+def test_a_file_uri_home_keeps_checkpoints_and_deletes_the_encoded_data(
+    baseline: Baseline,
+) -> None:
+    result = baseline.result
     assert result.run_path.startswith("file:///")
     run = local(result.run_path)
     assert run.parent.name == "ray"  # settings.location("ray")
@@ -329,9 +369,9 @@ def test_a_file_uri_home_keeps_checkpoints_and_deletes_the_encoded_data(
 
 @pytest.mark.integration
 def test_the_kept_checkpoints_are_the_k_best_by_the_validation_metric_plus_the_latest(
-    baseline: tuple[TrainResult, list[EpochRecord]],
+    baseline: Baseline,
 ) -> None:
-    result, _ = baseline
+    result = baseline.result
     metric = {r.epoch: r.val_metric for r in result.history}
     best_two = sorted(metric, key=metric.__getitem__, reverse=True)[:2]  # checkpoints_to_keep
     run = local(result.run_path)
@@ -365,7 +405,7 @@ def test_early_stopping_ends_the_run_when_the_metric_stops_improving(
 
 @pytest.mark.integration
 def test_a_worker_crash_resumes_from_the_newest_registered_checkpoint_and_finishes_alike(
-    crashed: tuple[TrainResult, Path], baseline: tuple[TrainResult, list[EpochRecord]]
+    crashed: tuple[TrainResult, Path], baseline: Baseline
 ) -> None:
     result, marker = crashed
     assert marker.exists()  # the worker really died (os._exit mid-epoch 3)
@@ -385,7 +425,7 @@ def test_a_worker_crash_resumes_from_the_newest_registered_checkpoint_and_finish
 
 @pytest.mark.integration
 def test_two_runs_with_the_same_seed_and_workers_learn_the_same_history(
-    crashed: tuple[TrainResult, Path], baseline: tuple[TrainResult, list[EpochRecord]]
+    crashed: tuple[TrainResult, Path], baseline: Baseline
 ) -> None:
     # The crashed run is the baseline's settings again; seeded shuffles and dropout per (seed,
     # epoch, rank) make even its restarted epochs repeat the baseline's.
@@ -428,7 +468,7 @@ def test_local_storage_a_node_cannot_see_is_refused_before_training_and_leaves_n
 ) -> None:
     import ray
 
-    from tasks import train
+    from tasks.train import checks
 
     # A second machine with its own disk cannot exist here: the cluster's node list and the
     # probe's answer stand in for one. The probe itself is tested against real nodes above.
@@ -441,7 +481,7 @@ def test_local_storage_a_node_cannot_see_is_refused_before_training_and_leaves_n
         return node_ids[1:]
 
     monkeypatch.setattr(ray, "nodes", lambda: alive)
-    monkeypatch.setattr(train, "nodes_without_path", probe)
+    monkeypatch.setattr(checks, "nodes_without_path", probe)
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     storage = tmp_path / "ray"
     with pytest.raises(TrainingFailed) as refused:
@@ -454,7 +494,7 @@ def test_local_storage_a_node_cannot_see_is_refused_before_training_and_leaves_n
     assert "\n" not in message
     assert len(asked) == 1
     assert list(storage.iterdir()) == []
-    monkeypatch.setattr(train, "nodes_without_path", lambda path, *, node_ids: [])
+    monkeypatch.setattr(checks, "nodes_without_path", lambda path, *, node_ids: [])
     check_storage_is_shared(str(storage))  # every node sees it: training may go on
 
 
@@ -478,7 +518,8 @@ import ray
 from pathlib import Path
 from tasks.data import split
 from tasks.synthetic import generate
-from tasks.train import connect_ray, train_model
+from tasks.cluster import connect_ray
+from tasks.train import train_model
 sys.path.insert(0, {tests!r})
 from test_train import make_settings
 

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import data, events, leakage, registry, synthetic, validation
+from tasks import data, events, files, leakage, registry, synthetic, validation
 from tasks.settings import ConfigError, Settings, ValidationConfig, load_settings
 from tasks.validation import COLUMNS, DOMAINS, KINDS, LEAKAGE, NULLS, RANGES, UNIQUE
 
@@ -317,7 +317,7 @@ def test_the_champions_training_sample_is_the_profile_when_no_reference_is_confi
         model="churn",
         model_dir=model_dir,
         metadata={},
-        extra_files={validation.REFERENCE_FILE: str(sample)},
+        extra_files={files.REFERENCE: str(sample)},
     )
     registry.set_alias(
         root=settings.home, model="churn", alias="champion", version=version, reason="test"
@@ -359,7 +359,7 @@ def test_an_unreadable_champion_sample_fails_with_one_line_naming_the_champion(
         (model_dir / name).write_bytes(b"{}")
     version = registry.register(
         root=settings.home, model="churn", model_dir=model_dir, metadata={},
-        extra_files={validation.REFERENCE_FILE: b"PAR1 not a parquet file"},
+        extra_files={files.REFERENCE: b"PAR1 not a parquet file"},
     )  # fmt: skip
     registry.set_alias(
         root=settings.home, model="churn", alias="champion", version=version, reason="test"
@@ -368,7 +368,7 @@ def test_an_unreadable_champion_sample_fails_with_one_line_naming_the_champion(
         validation.reference_profile(settings)
     message = str(refused.value)
     assert message.startswith(f"the champion's (churn v{version}) sample: ")
-    assert validation.REFERENCE_FILE in message
+    assert files.REFERENCE in message
     assert "\n" not in message
 
 
@@ -382,7 +382,8 @@ def test_a_leaked_target_is_caught_when_the_reference_predates_that_column(
     report = validation.validate_path(settings.dataset.source, settings=settings)
     assert failed(report) == {(LEAKAGE, "churn_flag")}
     kinds = configs_of(validation.suite_for(leaky, settings=settings))[KINDS]["kwargs"]["kinds"]
-    assert kinds["churn_flag"] == ["integer", "float"]  # the contract's check: a numeric feature
+    # the contract's check: a numeric feature (settings.ROLE_KINDS, sorted)
+    assert kinds["churn_flag"] == ["boolean", "float", "integer"]
 
 
 def test_a_contract_column_the_reference_lacks_gets_only_the_contracts_checks(
@@ -392,7 +393,7 @@ def test_a_contract_column_the_reference_lacks_gets_only_the_contracts_checks(
     suite = validation.build_suite(old, settings=settings, profile_source="an old sample")
     configs = configs_of(suite)
     assert "age" in configs[COLUMNS]["kwargs"]["column_set"]
-    assert configs[KINDS]["kwargs"]["kinds"]["region"] == ["string", "boolean", "integer"]
+    assert configs[KINDS]["kwargs"]["kinds"]["region"] == ["boolean", "integer", "string"]
     assert "age" not in configs[RANGES]["kwargs"]["ranges"]
     assert "region" not in configs[DOMAINS]["kwargs"]["value_sets"]
     assert "age" not in configs[NULLS]["kwargs"]["max_shares"]
@@ -722,7 +723,7 @@ def test_validate_path_writes_the_suite_the_reports_and_the_dataset_card(
     pq.write_table(batch("missing_spike", features=["age"]), path)
     report = validation.validate_path(path, settings=settings, reports_dir=tmp_path / "reports")
     folder = tmp_path / "reports" / report.fingerprint
-    assert (folder / validation.SUITE_FILE).is_file()
+    assert (folder / files.SUITE).is_file()
     saved = validation.ValidationReport.model_validate_json(
         (folder / "validation.json").read_text()
     )
@@ -749,7 +750,7 @@ def test_the_dataset_card_shows_every_class_of_a_many_class_target(
     table = with_column(reference, TARGET, classes)
     report = validation.validate(table, suite=validation.suite_for(table, settings=settings),
                                  settings=settings)  # fmt: skip
-    card = validation.dataset_card(table, settings=settings, report=report)
+    card = validation.dataset_card(table, dataset=settings.dataset, report=report)
     balance = card.split("## Class balance", 1)[1].split("##", 1)[0]
     assert [line.split("|")[1].strip() for line in balance.splitlines() if "375" in line] == [
         str(c) for c in range(8)
@@ -764,16 +765,16 @@ def test_reports_go_under_a_file_uri_home(reference: pa.Table, tmp_path: Path) -
     folder = tmp_path / "home" / "reports" / "churn" / report.fingerprint
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [
-            validation.SUITE_FILE,
-            validation.REPORT_JSON,
-            validation.REPORT_HTML,
-            validation.CARD_FILE,
+            files.SUITE,
+            files.VALIDATION_JSON,
+            files.VALIDATION_HTML,
+            files.DATASET_CARD,
         ]
     )
-    assert json.loads((folder / validation.REPORT_JSON).read_text())["directory"] == (
+    assert json.loads((folder / files.VALIDATION_JSON).read_text())["directory"] == (
         report.directory
     )
-    assert validation.load_suite(f"{report.directory}/{validation.SUITE_FILE}").expectations
+    assert validation.load_suite(f"{report.directory}/{files.SUITE}").expectations
     assert validation.report_root(settings) == tmp_path / "home" / "reports" / "churn"
 
 
@@ -785,7 +786,7 @@ def test_a_report_read_back_from_json_has_no_gx_page_to_render(
     with pytest.raises(ValueError, match=r"^churn: no GX result to render \(a report read from"):
         validation.render_html(saved)
     written = validation.write_reports(saved, directory=tmp_path)
-    assert [Path(w).name for w in written] == [validation.REPORT_JSON]  # JSON only, no page
+    assert [Path(w).name for w in written] == [files.VALIDATION_JSON]  # JSON only, no page
 
 
 def test_report_root_refuses_an_object_store_home_naming_it(settings: Settings) -> None:

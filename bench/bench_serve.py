@@ -1,0 +1,330 @@
+"""Benchmarks of serving on Ray Serve against the same app on plain uvicorn, ratios from one run.
+
+    flock /tmp/driftloop-heavy.lock .venv/bin/python bench/bench_serve.py   # ~3 minutes, 2 cores
+
+Goals (issue #10), all over HTTP on 127.0.0.1 with the same client: single-record requests at 32
+concurrent clients >= 0.5x the req/s of the same FastAPI app on plain uvicorn (Serve with
+RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress, the client on the replica's own port, found
+through the controller); added median latency at 1 client <= 2 ms; 1,000-record requests at
+>= 0.5x the rows/s of the same model in-process. Reported beside them: p50/p99 of each arm, the
+Serve proxy port (port 8000's path), batched vs unbatched, int8 vs float32. Writes
+bench/results/serve.json; the last lines say PASS or MISS per goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks import registry
+from tasks.model import ModelSpec, Preprocessor, TabularMLP, save_model
+from tasks.settings import Features, ServingConfig, TrainingConfig
+
+MODEL = "bench"
+NUMERIC = [f"x{i}" for i in range(12)]
+CATEGORICAL = [f"c{i}" for i in range(4)]  # 16 features, as STACK.md's bare measurement
+RESULTS = Path(__file__).resolve().parent / "results" / "serve.json"
+
+
+# The model -------------------------------------------------------------------------------------
+
+
+def table(rows: int, *, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    columns: dict[str, Any] = {n: rng.normal(0, 1, rows) for n in NUMERIC}
+    columns |= {c: rng.choice(["a", "b", "c", "d"], rows) for c in CATEGORICAL}
+    columns["y"] = (columns["x0"] + rng.normal(0, 1, rows) > 0).astype(np.int64)
+    return pa.table(columns)
+
+
+def make_home() -> str:
+    home = tempfile.mkdtemp(prefix="dl-bench-serve-")
+    features = Features(numeric=NUMERIC, categorical=CATEGORICAL)
+    pre = Preprocessor.fit(
+        table(2_000, seed=0), features=features, target="y", task="classification"
+    )
+    spec = ModelSpec.build(pre, TrainingConfig())  # the default 128-64 MLP
+    torch.manual_seed(0)
+    saved = save_model(Path(home) / "m", model=TabularMLP(spec), spec=spec, preprocessor=pre)
+    version = registry.register(root=home, model=MODEL, model_dir=str(saved), metadata={})
+    registry.set_alias(root=home, model=MODEL, alias="champion", version=version, reason="bench")
+    return home
+
+
+def body(rows: int, *, seed: int) -> bytes:
+    records = table(rows, seed=seed).drop_columns(["y"]).to_pylist()
+    return json.dumps({"records": records}).encode()
+
+
+# The client: aiohttp, keep-alive connections, one per concurrent client -------------------------
+
+
+async def _load(url: str, payload: bytes, *, clients: int, seconds: float) -> dict[str, float]:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=clients)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client() -> None:
+            nonlocal errors
+            for _ in range(1_000_000):  # bounded by count and by `seconds`
+                if time.perf_counter() > deadline:
+                    return
+                started = time.perf_counter()
+                async with session.post(url, data=payload, headers=headers) as answer:
+                    await answer.read()
+                    if answer.status != 200:
+                        errors += 1
+                        continue
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - began
+    ms = sorted(x * 1e3 for x in latencies)
+    return {
+        "requests_per_s": len(ms) / elapsed,
+        "p50_ms": ms[len(ms) // 2] if ms else float("nan"),
+        "p99_ms": ms[int(len(ms) * 0.99)] if ms else float("nan"),
+        "requests": len(ms),
+        "errors": errors,
+    }
+
+
+def load(url: str, payload: bytes, *, clients: int, seconds: float) -> dict[str, float]:
+    asyncio.run(_load(url, payload, clients=clients, seconds=1.0))  # warm up connections, JIT
+    return asyncio.run(_load(url, payload, clients=clients, seconds=seconds))
+
+
+def wait_ready(url: str, timeout_s: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer /healthz")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# The arms ----------------------------------------------------------------------------------------
+
+
+def plain_server(home: str, port: int, *, quantize: bool) -> None:
+    """`--plain`: the same FastAPI app (tasks.serve.make_api) on uvicorn, one process."""
+    import uvicorn
+
+    from tasks.serve import Service, make_api
+
+    torch.set_num_threads(1)  # as a 1-CPU replica
+    service = Service(home=home, model=MODEL, serving=ServingConfig(quantize_int8=quantize))
+    service.load(1)
+    uvicorn.run(
+        make_api(service), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+
+
+def start_plain(home: str, *, quantize: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    args = [sys.executable, __file__, "--plain", home, str(port)] + (["--int8"] if quantize else [])
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    return process, url
+
+
+def replica_url(app: str, *, proxy_port: int) -> str:
+    """The replica's own HTTP port under direct ingress: the controller's target groups (no
+    public API; `ray.serve._private.test_utils.get_application_urls` reads the same)."""
+    from ray.serve._private.test_utils import get_application_urls
+
+    urls = get_application_urls(app_name=app, use_localhost=False)
+    direct = [u for u in urls if f":{proxy_port}/" not in f"{u}/"]
+    if not direct:
+        raise RuntimeError(f"no replica port among {urls}: is direct ingress on?")
+    return direct[0].replace("localhost", "127.0.0.1")
+
+
+def deploy(home: str, *, name: str, proxy_port: int, **serving: Any) -> str:
+    from ray import serve
+
+    from tasks.serve import ServeArgs, bind_app, load_version
+
+    args = ServeArgs(
+        home=home,
+        model=MODEL,
+        serving=ServingConfig(port=proxy_port, max_ongoing_requests=64, **serving),
+    )
+    serve.run(bind_app(args, version=1, loader=load_version), name=name, route_prefix=f"/{name}")
+    return replica_url(name, proxy_port=proxy_port)
+
+
+def in_process(payload_rows: int) -> dict[str, float]:
+    """The same model on the same 1,000 records in this process: records -> table -> predict."""
+    from tasks.model import load_model
+
+    home = make_home()
+    predictor = load_model(registry.resolve(root=home, model=MODEL, ref="champion"))
+    records = table(payload_rows, seed=3).drop_columns(["y"]).to_pylist()
+    times = []
+    for _ in range(30):
+        started = time.perf_counter()
+        predictor.predict(pa.Table.from_pylist(records))
+        times.append(time.perf_counter() - started)
+    return {
+        "rows_per_s": payload_rows / statistics.median(times),
+        "ms": statistics.median(times) * 1e3,
+    }
+
+
+# The run -----------------------------------------------------------------------------------------
+
+
+def run(seconds: float) -> dict[str, Any]:
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # before Ray starts: replicas inherit it
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "0"  # no 30 s drain per swap
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    from ray import serve
+
+    home = make_home()
+    one, thousand = body(1, seed=1), body(1_000, seed=2)
+    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}}
+
+    # Plain uvicorn, float32 and int8 -----------------------------------------------------------
+    for label, quantize in (("plain", False), ("plain_int8", True)):
+        process, url = start_plain(home, quantize=quantize)
+        try:
+            out[label] = {
+                "c32": load(f"{url}/predict", one, clients=32, seconds=seconds),
+                "c1": load(f"{url}/predict", one, clients=1, seconds=seconds),
+                "rows1000": load(f"{url}/predict", thousand, clients=2, seconds=seconds),
+            }
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+    # Ray Serve, direct ingress ------------------------------------------------------------------
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=2)
+    proxy_port = free_port()
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": proxy_port},
+        logging_config={"log_level": "WARNING"},
+    )
+    arms = {"serve": {}, "serve_batched": {"batching": True}, "serve_int8": {"quantize_int8": True}}
+    for label, serving in arms.items():
+        url = deploy(home, name=label, proxy_port=proxy_port, **serving)
+        wait_ready(url)
+        out[label] = {
+            "url": url,
+            "c32": load(f"{url}/predict", one, clients=32, seconds=seconds),
+            "c1": load(f"{url}/predict", one, clients=1, seconds=seconds),
+            "rows1000": load(f"{url}/predict", thousand, clients=2, seconds=seconds),
+        }
+        if label == "serve":  # the proxy's path (what port 8000 gives without direct ingress)
+            proxied = f"http://127.0.0.1:{proxy_port}/{label}/predict"
+            out["serve_proxy"] = {
+                "c32": load(proxied, one, clients=32, seconds=seconds),
+                "c1": load(proxied, one, clients=1, seconds=seconds),
+            }
+        serve.delete(label)
+    serve.shutdown()
+    ray.shutdown()
+    out["in_process"] = in_process(1_000)
+    return out
+
+
+def verdicts(out: dict[str, Any]) -> list[tuple[str, str, float, str]]:
+    serve_, plain = out["serve"], out["plain"]
+    ratio = serve_["c32"]["requests_per_s"] / plain["c32"]["requests_per_s"]
+    added = serve_["c1"]["p50_ms"] - plain["c1"]["p50_ms"]
+    rows = serve_["rows1000"]["requests_per_s"] * 1_000 / out["in_process"]["rows_per_s"]
+    batched = out["serve_batched"]["c32"]["requests_per_s"] / serve_["c32"]["requests_per_s"]
+    int8 = out["plain_int8"]["c32"]["requests_per_s"] / plain["c32"]["requests_per_s"]
+    int8_rows = (
+        out["plain_int8"]["rows1000"]["requests_per_s"] / plain["rows1000"]["requests_per_s"]
+    )
+    return [
+        (
+            "PASS" if ratio >= 0.5 else "MISS",
+            "Serve / uvicorn req/s, 1 record, 32 clients",
+            ratio,
+            "goal >= 0.5",
+        ),
+        (
+            "PASS" if added <= 2 else "MISS",
+            "added median latency at 1 client, ms",
+            added,
+            "goal <= 2",
+        ),
+        (
+            "PASS" if rows >= 0.5 else "MISS",
+            "Serve 1,000-record rows/s / in-process",
+            rows,
+            "goal >= 0.5",
+        ),
+        ("REPORT", "batched / unbatched Serve req/s, 32 clients", batched, ""),
+        ("REPORT", "int8 / float32 req/s (uvicorn), 32 clients", int8, ""),
+        ("REPORT", "int8 / float32 rows/s (uvicorn), 1,000-record requests", int8_rows, ""),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--plain", nargs=2, metavar=("HOME", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--int8", action="store_true", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.plain:
+        plain_server(options.plain[0], int(options.plain[1]), quantize=options.int8)
+        return
+    out = run(options.seconds)
+    out["verdicts"] = [
+        {"verdict": v, "what": w, "figure": f, "goal": g} for v, w, f, g in verdicts(out)
+    ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1, default=str))
+    for arm in ("plain", "plain_int8", "serve", "serve_batched", "serve_int8", "serve_proxy"):
+        for key, m in out[arm].items():
+            if isinstance(m, dict):
+                print(
+                    f"{arm:14s} {key:9s} {m['requests_per_s']:8.1f} req/s  p50 {m['p50_ms']:7.2f}"
+                    f" ms  p99 {m['p99_ms']:7.2f} ms  errors {m['errors']}"
+                )
+    print(f"in-process     1,000 rows: {out['in_process']['rows_per_s']:.0f} rows/s")
+    for v, what, figure, goal in verdicts(out):
+        print(f"{v:7s} {what}: {figure:.3g} {f'({goal})' if goal else ''}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""The served model behind HTTP, free of Ray: the Serve replica and the plain uvicorn app of the
+benchmark both run it.
+
+    service = Service(home=home, model="churn", serving=settings.serving, loader=load_version)
+    service.load(3)                       # or a swap: the next request answers with version 3
+    app = make_api(service)               # FastAPI: /predict /feedback /healthz /model /docs
+
+Every answered record gets its own request id and a row in the prediction log; a response names
+the version that produced it (in the body and in `X-Model-Version`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from tasks import files, registry, traffic
+from tasks.model import Predictor, load_model
+from tasks.serve.log import PredictionLog, batch_table
+from tasks.serve.schema import BadRequest, Schemas
+from tasks.serve.scoring import Scorer
+from tasks.settings import ServingConfig
+
+log = logging.getLogger("driftloop.serve")
+API_KEY_HEADER = "X-API-Key"
+VERSION_HEADER = "X-Model-Version"
+
+
+class Loader(Protocol):
+    """Loads one registered version: its predictor and its registry metadata."""
+
+    def __call__(
+        self, *, home: str, model: str, version: int
+    ) -> tuple[Predictor, dict[str, Any]]: ...
+
+
+def load_version(*, home: str, model: str, version: int) -> tuple[Predictor, dict[str, Any]]:
+    """The registry's version `version`: weights-only model directory plus its metadata.json."""
+    ref = registry.find(root=home, model=model, ref=version)
+    meta = registry.get_version(root=home, model=model, version=ref.version)
+    return load_model(ref.location), meta
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a request needs of the served version: the model and its request schemas."""
+
+    scorer: Scorer
+    schemas: Schemas
+
+    @property
+    def version(self) -> int:
+        return self.scorer.version
+
+
+Score = Callable[[Loaded, pa.Table], Awaitable[Any]]
+
+
+async def score_now(loaded: Loaded, table: pa.Table) -> Any:
+    """Score one request on its own (no batching)."""
+    return loaded.scorer.score(table)
+
+
+class Service:
+    """One model name served from the registry under `home`; swappable in place."""
+
+    def __init__(
+        self, *, home: str, model: str, serving: ServingConfig, loader: Loader = load_version
+    ) -> None:
+        self.home, self.model, self.serving, self.loader = home, model, serving, loader
+        self.current: Loaded | None = None
+        self.reason = "no champion loaded yet"  # why /healthz answers 503
+        self.score: Score = score_now
+        self._swap_lock = threading.Lock()
+        self.log = PredictionLog(
+            home=home,
+            model=model,
+            flush_rows=serving.log_flush_rows,
+            flush_seconds=serving.log_flush_seconds,
+        )
+
+    # Model --------------------------------------------------------------------------------------
+
+    def load(self, version: int | None) -> None:
+        """Serve `version` from the next request on (None: serve nothing, /healthz says why).
+        A version that fails to load leaves the one being served in place, and raises."""
+        with self._swap_lock:
+            if version is None:
+                self.current, self.reason = None, f"no champion for {self.model!r} in the registry"
+            elif self.current is None or self.current.version != version:
+                predictor, meta = self.loader(home=self.home, model=self.model, version=version)
+                scorer = Scorer.of(
+                    predictor, version=version, metadata=meta, quantize=self.serving.quantize_int8
+                )
+                schemas = Schemas.build(predictor, max_records=self.serving.max_records)
+                self.current = Loaded(scorer=scorer, schemas=schemas)
+                log.info("serving %s version %d", self.model, version)
+        self.log.flush()  # the files written before a swap hold the old version's rows only
+
+    def require(self) -> Loaded:
+        loaded = self.current
+        if loaded is None:
+            raise BadRequest(503, self.reason)
+        return loaded
+
+    # Requests -----------------------------------------------------------------------------------
+
+    async def predict(self, body: bytes) -> dict[str, Any]:
+        """Answer `{"records": [...]}`: a prediction and a request id per record, and log them."""
+        started = time.perf_counter()
+        loaded = self.require()
+        table = loaded.schemas.records(body)
+        out = await self.score(loaded, table)
+        ids = [uuid.uuid4().hex for _ in range(table.num_rows)]
+        scorer = loaded.scorer
+        answers = scorer.answers(out, ids)
+        latency_ms = (time.perf_counter() - started) * 1e3
+        self.log.add(
+            batch_table(
+                features=table,
+                request_ids=ids,
+                version=scorer.version,
+                predictions=scorer.predictions(out),
+                probabilities=None
+                if scorer.classes is None
+                else {str(c): out[:, k] for k, c in enumerate(scorer.classes)},
+                latency_ms=latency_ms,
+                prediction_type=loaded.schemas.label_type(),
+            )
+        )
+        return {"model": self.model, "version": scorer.version, "predictions": answers}
+
+    def feedback(self, body: bytes) -> dict[str, Any]:
+        """Take labels for earlier request ids; unknown ids refuse the whole request (404)."""
+        loaded = self.require()
+        labels = loaded.schemas.labels(body)
+        ids = [rid for rid, _ in labels]
+        unknown = set(ids) - self.log.pending_ids() - logged_ids(self.home, self.model, set(ids))
+        if unknown:
+            errors = [
+                {"field": f"labels.{i}.request_id", "message": f"unknown request id {rid!r}"}
+                for i, rid in enumerate(ids)
+                if rid in unknown
+            ]
+            shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+            raise BadRequest(404, f"{shown} (no prediction has it)", errors=errors)
+        target = loaded.schemas.target
+        rows = pa.table(
+            {
+                traffic.REQUEST_ID: pa.array(ids, pa.string()),
+                target: pa.array([label for _, label in labels], loaded.schemas.label_type()),
+            }
+        )
+        traffic.append(home=self.home, model=self.model, kind="feedback", rows=rows)
+        return {"model": self.model, "accepted": len(ids)}
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        loaded = self.current
+        if loaded is None:
+            return 503, {"status": "unavailable", "model": self.model, "reason": self.reason}
+        return 200, {"status": "ok", "model": self.model, "version": loaded.version}
+
+    def info(self) -> dict[str, Any]:
+        loaded = self.require()
+        scorer, schemas = loaded.scorer, loaded.schemas
+        return {
+            "model": self.model,
+            "version": scorer.version,
+            "task": scorer.predictor.task,
+            "target": schemas.target,
+            "features": {"numeric": schemas.numeric, "categorical": schemas.categorical},
+            "classes": scorer.classes,
+            "device": scorer.device,
+            "quantized": scorer.quantize,
+            "metadata": scorer.metadata,
+        }
+
+    def close(self) -> None:
+        """Flush the prediction log and stop its thread."""
+        self.log.close()
+
+
+def logged_ids(home: str, model: str, wanted: set[str]) -> set[str]:
+    """Which of `wanted` the prediction log holds (reads the request_id column only)."""
+    fs, base = files.resolve(traffic.location(home=home, model=model, kind="predictions"))
+    if not wanted or fs.get_file_info(base).type != pafs.FileType.Directory:
+        return set()
+    parts = [
+        i.path
+        for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+    ]
+    if not parts:
+        return set()
+    dataset = pads.dataset(parts, filesystem=fs, format="parquet")
+    found = dataset.to_table(
+        columns=[traffic.REQUEST_ID],
+        filter=pc.field(traffic.REQUEST_ID).isin(pa.array(sorted(wanted), pa.string())),
+    )
+    return set(found[traffic.REQUEST_ID].to_pylist())
+
+
+# HTTP ---------------------------------------------------------------------------------------------
+
+
+def make_api(service: Service) -> FastAPI:
+    """The FastAPI app over `service`: request bodies are read, size-checked and validated here
+    against the served version's schema (so a swap to new features needs no restart)."""
+    app = FastAPI(
+        title=f"driftloop: {service.model}",
+        description="Predictions from the registry's champion; every answer is logged.",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    key = service.serving.api_key
+    secret = key.get_secret_value().encode() if key is not None else None
+    limit = service.serving.max_body_bytes
+
+    def check_key(request: Request) -> None:
+        if secret is None:
+            return
+        given = request.headers.get(API_KEY_HEADER, "").encode()
+        if not hmac.compare_digest(given, secret):
+            raise BadRequest(401, f"missing or wrong {API_KEY_HEADER} header")
+
+    @app.exception_handler(BadRequest)
+    async def _refused(_: Request, exc: BadRequest) -> JSONResponse:
+        headers = {"WWW-Authenticate": API_KEY_HEADER} if exc.status == 401 else None
+        if exc.status == 503:
+            headers = {"Retry-After": str(max(1, round(service.serving.retry_after_s)))}
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.post("/predict", openapi_extra=_body("PredictRequest"))
+    async def predict(request: Request) -> JSONResponse:
+        """Predictions for `{"records": [{feature: value, ...}, ...]}` (or a bare list)."""
+        check_key(request)
+        answer = await service.predict(await read_body(request, limit=limit))
+        return JSONResponse(answer, headers={VERSION_HEADER: str(answer["version"])})
+
+    @app.post("/feedback", openapi_extra=_body("FeedbackRequest"))
+    async def feedback(request: Request) -> JSONResponse:
+        """Labels for earlier request ids: `{"labels": [{"request_id": ..., "label": ...}]}`."""
+        check_key(request)
+        body = await read_body(request, limit=limit)
+        return JSONResponse(await asyncio.to_thread(service.feedback, body))  # file I/O
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        """200 with the served version, or 503 with the reason none is served."""
+        status, body = service.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/model")
+    async def model(request: Request) -> JSONResponse:
+        """The served version, its features, classes and registry metadata."""
+        check_key(request)
+        return JSONResponse(service.info())
+
+    def openapi() -> dict[str, Any]:
+        schema = get_openapi(title=app.title, version=_served(service), routes=app.routes,
+                             description=app.description)  # fmt: skip
+        if service.current is not None:
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                _flatten(service.current.schemas.openapi())
+            )
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The request body, refused with a 413 past `limit` bytes (before reading it all)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BadRequest(413, f"body: larger than {limit} bytes (serving.max_body_bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, f"body: larger than {limit} bytes (serving.max_body_bytes)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        raise BadRequest(422, "body: empty; send JSON")
+    return body
+
+
+def _body(name: str) -> dict[str, Any]:
+    schema = {"$ref": f"#/components/schemas/{name}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _served(service: Service) -> str:
+    return f"version {service.current.version}" if service.current else "no version served"
+
+
+def _flatten(schemas: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Top-level schemas plus the `$defs` pydantic nests in them, as OpenAPI components."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, schema in schemas.items():
+        schema = dict(schema)
+        out.update(schema.pop("$defs", {}))
+        out[name] = schema
+    return out

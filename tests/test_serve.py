@@ -1,0 +1,703 @@
+"""Serving: predictions over real HTTP on 127.0.0.1 from a real Ray Serve, every answer logged,
+feedback joined, swaps in place under load, malformed requests refused with a 4xx.
+
+The unit tests run the same FastAPI app in-process (no Ray); the integration tests share one Serve
+app per module (Serve start costs ~6.5 s) and end by stopping it gracefully.
+"""
+
+import json
+import socket
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tasks import registry, traffic
+from tasks.model import ModelSpec, Predictor, Preprocessor, TabularMLP, load_model, save_model
+from tasks.serve import (
+    APP_NAME,
+    DEPLOYMENT,
+    INT8_TOLERANCE,
+    PredictionLog,
+    Scorer,
+    ServeArgs,
+    Service,
+    bind_app,
+    build_app,
+    control,
+    load_version,
+    make_api,
+)
+from tasks.settings import Features, ServingConfig, TrainingConfig
+
+with warnings.catch_warnings():  # starlette's TestClient wants `httpx2`; httpx works as it is
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+MODEL = "churn"
+FEATURES = Features(numeric=["tenure", "charges"], categorical=["contract", "has_partner"])
+KEY = "test-key-0123456789"
+MAX_RECORDS = 50
+MAX_BODY = 64 * 1024
+
+
+def make_table(rows: int, *, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    charges = rng.normal(50, 10, rows)
+    return pa.table(
+        {
+            "tenure": rng.integers(1, 72, rows),
+            "charges": charges,
+            "contract": rng.choice(["monthly", "yearly", "two-year"], rows),
+            "has_partner": rng.random(rows) < 0.5,
+            "y": (charges + rng.normal(0, 5, rows) > 50).astype(np.int64),
+        }
+    )
+
+
+def records(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows as a client sends them (booleans as JSON true/false)."""
+    return table.select(FEATURES.all).to_pylist()
+
+
+def fitted(seed: int) -> tuple[TabularMLP, ModelSpec, Preprocessor]:
+    pre = Preprocessor.fit(
+        make_table(400, seed=0), features=FEATURES, target="y", task="classification"
+    )
+    spec = ModelSpec.build(pre, TrainingConfig(hidden_layers=[32, 16]))
+    torch.manual_seed(seed)
+    return TabularMLP(spec), spec, pre
+
+
+def register(home: str, seed: int) -> int:
+    net, spec, pre = fitted(seed)
+    saved = save_model(Path(home) / f"m{seed}", model=net, spec=spec, preprocessor=pre)
+    return registry.register(root=home, model=MODEL, model_dir=str(saved), metadata={"seed": seed})
+
+
+@dataclass
+class Models:
+    home: str
+    versions: list[int]
+
+    def predictor(self, version: int) -> Predictor:
+        return load_model(registry.find(root=self.home, model=MODEL, ref=version).location)
+
+
+def make_home(path: Path) -> Models:
+    home = str(path)
+    versions = [register(home, seed) for seed in (1, 2)]
+    registry.set_alias(root=home, model=MODEL, alias="champion", version=versions[0], reason="t")
+    return Models(home=home, versions=versions)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
+    return make_home(tmp_path_factory.mktemp("serve-home"))
+
+
+def serving(**overrides: Any) -> ServingConfig:
+    base: dict[str, Any] = {
+        "max_records": MAX_RECORDS,
+        "max_body_bytes": MAX_BODY,
+        "log_flush_seconds": 0.5,
+    }
+    return ServingConfig(**{**base, **overrides})
+
+
+# In-process: the same FastAPI app, no Ray ---------------------------------------------------------
+
+
+@pytest.fixture
+def client(models: Models, tmp_path: Path) -> Iterator[tuple[TestClient, Service]]:
+    service = Service(home=models.home, model=MODEL, serving=serving(api_key=KEY))
+    service.load(models.versions[0])
+    with TestClient(make_api(service), headers={"X-API-Key": KEY}) as test_client:
+        yield test_client, service
+    service.close()
+
+
+def test_the_request_schema_comes_from_the_models_features_and_shows_on_the_openapi_page(
+    client: tuple[TestClient, Service],
+) -> None:
+    http, _ = client
+    schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    record = schemas["Record"]
+    assert sorted(record["properties"]) == sorted(FEATURES.all)
+    assert record["additionalProperties"] is False
+    assert set(record["required"]) == set(FEATURES.all)
+    assert {"type": "number"} in record["properties"]["tenure"]["anyOf"]
+    assert {"type": "string"} in record["properties"]["contract"]["anyOf"]
+    body = http.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("/PredictRequest")
+
+
+def test_bad_requests_get_a_4xx_whose_message_names_the_field(
+    client: tuple[TestClient, Service],
+) -> None:
+    http, _ = client
+    good = records(make_table(1, seed=5))[0]
+    cases: list[tuple[bytes | Any, int, str]] = [
+        ({"records": [{**good, "color": "red"}]}, 422, "records.0.color"),
+        ({"records": [{k: v for k, v in good.items() if k != "tenure"}]}, 422, "records.0.tenure"),
+        ({"records": [{**good, "charges": "a lot"}]}, 422, "records.0.charges"),
+        ({"records": [{**good, "contract": 1.5}]}, 422, "records.0.contract"),
+        (
+            b'{"records": [{"tenure": NaN, "charges": 1, "contract": "m", "has_partner": "x"}]}',
+            422,
+            "records.0.tenure",
+        ),
+        ({"records": []}, 422, "records"),
+        ({"records": [good] * (MAX_RECORDS + 1)}, 422, "records"),
+        (b"x" * (MAX_BODY + 1), 413, "body"),
+        (b"{not json", 422, "body"),
+    ]
+    for payload, status, named in cases:
+        answer = (
+            http.post("/predict", content=payload)
+            if isinstance(payload, bytes)
+            else http.post("/predict", json=payload)
+        )
+        assert answer.status_code == status, (payload, answer.text)
+        assert named in answer.json()["detail"], answer.json()
+
+
+def test_a_bare_list_of_records_is_taken_too(client: tuple[TestClient, Service]) -> None:
+    http, _ = client
+    answer = http.post("/predict", json=records(make_table(3, seed=6)))
+    assert answer.status_code == 200
+    assert len(answer.json()["predictions"]) == 3
+
+
+def test_feedback_refuses_unknown_ids_and_labels_of_the_wrong_type(
+    client: tuple[TestClient, Service],
+) -> None:
+    http, _ = client
+    rid = http.post("/predict", json={"records": records(make_table(1, seed=7))}).json()[
+        "predictions"
+    ][0]["request_id"]
+    unknown = http.post("/feedback", json={"labels": [{"request_id": "f" * 32, "y": 1}]})
+    assert unknown.status_code == 404
+    assert "labels.0.request_id" in unknown.json()["detail"]
+    for label in ["1", 1.5, True, 7]:
+        wrong = http.post("/feedback", json={"labels": [{"request_id": rid, "y": label}]})
+        assert wrong.status_code == 422, label
+        assert "labels.0" in wrong.json()["detail"]
+    assert http.post("/feedback", json={"labels": [{"request_id": rid, "y": 1}]}).json() == {
+        "model": MODEL,
+        "accepted": 1,
+    }
+
+
+def test_without_a_champion_healthz_answers_503_with_the_reason(models: Models) -> None:
+    service = Service(home=models.home, model="nothing-here", serving=serving())
+    service.load(None)
+    http = TestClient(make_api(service))
+    answer = http.get("/healthz")
+    assert answer.status_code == 503
+    assert "no champion" in answer.json()["reason"]
+    assert http.post("/predict", json={"records": [{}]}).status_code == 503
+    service.close()
+
+
+def test_int8_predictions_agree_with_float32_on_a_holdout_within_the_tolerance(
+    models: Models,
+) -> None:
+    predictor = models.predictor(models.versions[0])
+    holdout = make_table(2_000, seed=11)
+    plain = Scorer.of(predictor, version=1).score(holdout)
+    np.testing.assert_allclose(plain, predictor.predict(holdout), atol=1e-6)
+    int8 = Scorer.of(models.predictor(models.versions[0]), version=1, quantize=True)
+    assert int8.quantize
+    assert np.abs(int8.score(holdout) - plain).max() <= INT8_TOLERANCE
+
+
+def test_the_log_writes_whole_files_by_rows_by_time_and_on_close(tmp_path: Path) -> None:
+    def rows(n: int, start: int) -> pa.Table:
+        return pa.table({"request_id": [f"r{start + i}" for i in range(n)], "x": [1.0] * n})
+
+    log = PredictionLog(home=str(tmp_path), model=MODEL, flush_rows=10, flush_seconds=0.3)
+    log.add(rows(12, 0))  # past flush_rows: written soon, without waiting for the timer
+    deadline = time.monotonic() + 5
+    while log.written_rows < 12 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert log.written_rows == 12
+    log.add(rows(3, 100))  # below flush_rows: the timer writes it
+    time.sleep(1.0)
+    assert log.written_rows == 15
+    log.add(rows(2, 200))
+    log.close()  # and what is left on close
+    table = traffic.read(home=str(tmp_path), model=MODEL, kind="predictions")
+    assert table is not None
+    assert table.num_rows == 17
+    assert len(set(table["request_id"].to_pylist())) == 17
+
+
+# Real Ray Serve over HTTP on 127.0.0.1 -----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Served:
+    args: ServeArgs
+    models: Models
+    url: str
+    answered: list[str] = field(default_factory=list)  # every request id answered with a 200
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=30, **kwargs)
+
+    def predict(self, http: httpx.Client, rows: list[dict[str, Any]]) -> httpx.Response:
+        answer = http.post("/predict", json={"records": rows})
+        if answer.status_code == 200:
+            with self.lock:
+                self.answered.extend(p["request_id"] for p in answer.json()["predictions"])
+        return answer
+
+
+@pytest.fixture(scope="module")
+def served(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    from ray import serve
+
+    models = make_home(tmp_path_factory.mktemp("served-home"))
+    port = free_port()
+    args = ServeArgs(home=models.home, model=MODEL, serving=serving(port=port, api_key=KEY))
+    status = control.start(args)
+    assert status.running, status
+    assert status.version == models.versions[0], status
+    yield Served(args=args, models=models, url=status.url)
+    serve.shutdown()
+
+
+def replica_actors() -> set[str]:
+    import ray
+
+    names = ray.util.list_named_actors(all_namespaces=True)
+    return {a["name"] for a in names if f"{APP_NAME}#{DEPLOYMENT}" in a["name"]}
+
+
+@pytest.mark.integration
+def test_predictions_over_http_equal_the_models_in_process_predictions(served: Served) -> None:
+    table = make_table(40, seed=21)
+    expected = served.models.predictor(served.models.versions[0]).predict(table)
+    with served.client() as http:
+        answer = served.predict(http, records(table))
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert answer.headers["X-Model-Version"] == str(body["version"])
+        assert body["version"] == served.models.versions[0]
+        got = np.array(
+            [[p["probabilities"]["0"], p["probabilities"]["1"]] for p in body["predictions"]]
+        )
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert [p["prediction"] for p in body["predictions"]] == expected.argmax(1).tolist()
+        ids = [p["request_id"] for p in body["predictions"]]
+        assert len(set(ids)) == 40
+        assert http.get("/healthz").json()["version"] == served.models.versions[0]
+        info = http.get("/model").json()
+        assert info["features"] == {
+            "numeric": FEATURES.numeric,
+            "categorical": FEATURES.categorical,
+        }
+        assert info["metadata"]["seed"] == 1
+
+
+@pytest.mark.integration
+def test_a_swap_under_load_fails_no_request_and_each_client_sees_each_switch_once(
+    served: Served,
+) -> None:
+    first, second = served.models.versions
+    stop = threading.Event()
+    seen: list[list[int]] = [[] for _ in range(4)]
+    failures: list[str] = []
+    rows = records(make_table(1, seed=31))
+
+    def loop(k: int) -> None:
+        with served.client() as http:
+            for _ in range(20_000):  # bounded in count, and in time below
+                if stop.is_set():
+                    return
+                try:
+                    answer = served.predict(http, rows)
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if answer.status_code != 200:
+                    failures.append(f"{answer.status_code} {answer.text}")
+                else:
+                    seen[k].append(answer.json()["version"])
+
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        assert control.swap(served.args, version=second).version == second
+        time.sleep(1.0)
+        assert control.swap(served.args, version=first).version == first
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert failures == []
+    for versions in seen:
+        switches = [v for i, v in enumerate(versions) if i == 0 or v != versions[i - 1]]
+        assert switches == [first, second, first], switches[:10]
+
+
+def malformed() -> st.SearchStrategy[tuple[str, bytes, str]]:
+    """(path, body, the field the message must name) for requests that are always wrong."""
+    number = st.floats(allow_nan=False, allow_infinity=False, width=32) | st.integers(-999, 999)
+    text = st.text(max_size=8)
+    record = st.fixed_dictionaries(
+        {"tenure": number, "charges": number, "contract": text, "has_partner": st.booleans()}
+    )
+    not_a_number: st.SearchStrategy[Any] = (
+        text | st.booleans() | st.lists(st.integers(), max_size=2) | st.just({})
+    )
+    not_a_text = (
+        st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not float(f).is_integer())
+        | st.lists(text, max_size=2)
+        | st.just({"a": 1})
+    )
+
+    def body(rows: Any) -> bytes:
+        return json.dumps({"records": rows}).encode()
+
+    def drop(r: dict[str, Any], key: str) -> tuple[str, bytes, str]:
+        return "/predict", body([{k: v for k, v in r.items() if k != key}]), f"records.0.{key}"
+
+    missing = record.flatmap(lambda r: st.sampled_from(sorted(r)).map(lambda k: drop(r, k)))
+    unknown = st.tuples(
+        record, st.text(min_size=1, max_size=12).filter(lambda k: k not in FEATURES.all)
+    ).map(lambda p: ("/predict", body([{**p[0], p[1]: 1}]), "records.0."))
+    bad_number = st.tuples(record, st.sampled_from(FEATURES.numeric), not_a_number).map(
+        lambda p: ("/predict", body([{**p[0], p[1]: p[2]}]), f"records.0.{p[1]}")
+    )
+    bad_text = st.tuples(record, st.sampled_from(FEATURES.categorical), not_a_text).map(
+        lambda p: ("/predict", body([{**p[0], p[1]: p[2]}]), f"records.0.{p[1]}")
+    )
+    non_finite = st.tuples(
+        record,
+        st.sampled_from(FEATURES.numeric),
+        st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999"]),
+    ).map(
+        lambda p: (
+            "/predict",
+            body([{**p[0], p[1]: "@"}]).replace(b'"@"', p[2].encode()),
+            f"records.0.{p[1]}",
+        )
+    )
+    empty = st.sampled_from([b'{"records": []}', b"[]"]).map(lambda b: ("/predict", b, "records"))
+    too_many = st.tuples(record, st.integers(MAX_RECORDS + 1, MAX_RECORDS + 30)).map(
+        lambda p: ("/predict", body([p[0]] * p[1]), "records")
+    )
+    shape = st.sampled_from([b'{"rows": []}', b"1", b'"x"', b'{"records": {}}', b"null"]).map(
+        lambda b: ("/predict", b, "")
+    )
+    garbage = st.binary(max_size=64).map(lambda b: ("/predict", b, ""))
+    oversized = st.integers(MAX_BODY + 1, MAX_BODY + 2_000).map(
+        lambda n: ("/predict", b" " * n, "body")
+    )
+    unknown_id = st.text(min_size=1, max_size=40).map(
+        lambda rid: (
+            "/feedback",
+            json.dumps({"labels": [{"request_id": rid, "y": 1}]}).encode(),
+            "labels.0.request_id",
+        )
+    )
+    bad_label = st.one_of(text, st.floats(), st.booleans(), st.integers(2, 99)).map(
+        lambda y: (
+            "/feedback",
+            json.dumps({"labels": [{"request_id": "x", "y": y}]}).encode(),
+            "labels.0",
+        )
+    )
+    return st.one_of(
+        missing,
+        unknown,
+        bad_number,
+        bad_text,
+        non_finite,
+        empty,
+        too_many,
+        shape,
+        garbage,
+        oversized,
+        unknown_id,
+        bad_label,
+    )
+
+
+@pytest.mark.integration
+def test_a_thousand_malformed_requests_get_4xx_naming_the_field_and_no_replica_restarts(
+    served: Served,
+) -> None:
+    before = replica_actors()
+    assert before
+    counted: list[int] = []
+    with served.client() as http:
+
+        @settings(
+            max_examples=1_000,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(malformed())
+        def check(case: tuple[str, bytes, str]) -> None:
+            path, body, named = case
+            answer = http.post(path, content=body, headers={"Content-Type": "application/json"})
+            counted.append(answer.status_code)
+            assert 400 <= answer.status_code < 500, (path, body[:200], answer.text)
+            assert named in answer.json()["detail"], (body[:200], answer.json())
+
+        check()
+        assert http.get("/healthz").status_code == 200
+    assert len(counted) >= 1_000
+    assert replica_actors() == before
+
+
+@pytest.mark.integration
+def test_requests_without_or_with_a_wrong_api_key_get_401(served: Served) -> None:
+    rows = {"records": records(make_table(1, seed=41))}
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        assert http.post("/predict", json=rows).status_code == 401
+        wrong = http.post("/predict", json=rows, headers={"X-API-Key": KEY[:-1] + "x"})
+        assert wrong.status_code == 401
+        assert KEY not in wrong.text
+        assert http.get("/model").status_code == 401
+        assert http.get("/healthz").status_code == 200  # probes need no key
+
+
+@pytest.mark.integration
+def test_every_answer_reaches_the_log_across_swaps_and_a_graceful_shutdown_and_feedback_joins(
+    served: Served,
+) -> None:
+    rows = records(make_table(5, seed=51))
+
+    def burst(_: int) -> None:
+        with served.client() as http:
+            for _ in range(25):
+                assert served.predict(http, rows).status_code == 200
+
+    threads = [threading.Thread(target=burst, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    labelled = served.answered[-100:]
+    with served.client() as http:
+        answer = http.post(
+            "/feedback", json={"labels": [{"request_id": r, "y": 1} for r in labelled]}
+        )
+        assert answer.status_code == 200, answer.text
+    assert control.stop()  # graceful: the replica's __del__ flushes what it buffered
+    home = served.args.home
+    folder = Path(traffic.location(home=home, model=MODEL, kind="predictions"))
+    parts = sorted(folder.rglob("*.parquet"))
+    assert parts
+    assert all(pq.read_table(p).num_rows > 0 for p in parts)
+    logged = traffic.read(home=home, model=MODEL, kind="predictions")
+    assert logged is not None
+    ids = logged["request_id"].to_pylist()
+    assert len(ids) == len(served.answered) == len(set(ids))
+    assert set(ids) == set(served.answered)
+    assert set(logged["model_version"].to_pylist()) == set(served.models.versions)
+    joined = traffic.labelled(home=home, model=MODEL, target="y", limit=10_000)
+    assert joined is not None
+    assert set(joined["request_id"].to_pylist()) == set(labelled)
+
+
+class SlowNetwork(torch.nn.Module):
+    """A model that takes 1 s per call: a replica with one request in flight is full."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        time.sleep(1.0)
+        out: torch.Tensor = self.inner(numeric, categorical)
+        return out
+
+
+def slow_loader(*, home: str, model: str, version: int) -> tuple[Predictor, dict[str, Any]]:
+    predictor, meta = load_version(home=home, model=model, version=version)
+    slow = Predictor(
+        model=SlowNetwork(predictor.model),  # type: ignore[arg-type]
+        spec=predictor.spec,
+        preprocessor=predictor.preprocessor,
+    )
+    return slow, meta
+
+
+@pytest.mark.integration
+def test_excess_load_gets_a_fast_503_with_retry_after_not_a_pile_up(
+    served: Served, tmp_path: Path
+) -> None:
+    from ray import cloudpickle, serve
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the replica loads slow_loader
+    models = make_home(tmp_path)
+    config = serving(
+        port=served.args.serving.port,
+        max_ongoing_requests=1,
+        max_queued_requests=1,
+        retry_after_s=2,
+    )
+    args = ServeArgs(home=models.home, model=MODEL, serving=config)
+    serve.run(
+        bind_app(args, version=models.versions[0], loader=slow_loader),
+        name="busy",
+        route_prefix="/busy",
+    )
+    results: list[tuple[int, float, str | None]] = []
+    rows = {"records": records(make_table(1, seed=61))}
+
+    def one() -> None:
+        started = time.monotonic()
+        answer = httpx.post(f"{served.url}/busy/predict", json=rows, timeout=60)
+        results.append(
+            (answer.status_code, time.monotonic() - started, answer.headers.get("Retry-After"))
+        )
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    serve.delete("busy")
+    refused = [r for r in results if r[0] == 503]
+    assert refused, results
+    assert {r[0] for r in results} <= {200, 503}
+    # refused at once (under one model call), where a pile-up would wait for the calls ahead
+    assert all(r[2] == "2" and r[1] < 1.0 for r in refused), refused
+
+
+@pytest.mark.integration
+def test_a_replica_killed_outright_loses_at_most_its_last_flush_interval(
+    served: Served, tmp_path: Path
+) -> None:
+    import ray
+    from ray import serve
+
+    models = make_home(tmp_path)
+    config = serving(port=served.args.serving.port, log_flush_seconds=1.0)
+    args = ServeArgs(home=models.home, model=MODEL, serving=config)
+    serve.run(
+        bind_app(args, version=models.versions[0], loader=load_version),
+        name="kill",
+        route_prefix="/kill",
+    )
+    answered: list[tuple[float, str]] = []
+    stop = threading.Event()
+    rows = {"records": records(make_table(1, seed=71))}
+
+    def loop() -> None:
+        with httpx.Client(base_url=f"{served.url}/kill", timeout=10) as http:
+            for _ in range(20_000):
+                if stop.is_set():
+                    return
+                with_errors = None
+                try:
+                    answer = http.post("/predict", json=rows)
+                except httpx.HTTPError as exc:
+                    with_errors = exc
+                if with_errors is None and answer.status_code == 200:
+                    answered.append(
+                        (time.monotonic(), answer.json()["predictions"][0]["request_id"])
+                    )
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    time.sleep(2.5)
+    [name] = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "kill#" in a["name"] and DEPLOYMENT in a["name"]
+    ]
+    killed_at = time.monotonic()
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    time.sleep(1.0)
+    stop.set()
+    thread.join(timeout=60)
+    serve.delete("kill")  # the replacement replica (if up by now) flushes gracefully
+    logged = traffic.read(home=models.home, model=MODEL, kind="predictions")
+    logged_ids = set(logged["request_id"].to_pylist()) if logged is not None else set()
+    lost = [(t, rid) for t, rid in answered if rid not in logged_ids]
+    before = [rid for t, rid in answered if t < killed_at]
+    print(
+        f"kill: {len(before)} answered before the kill, {len(lost)} lost "
+        f"({len(lost) / max(len(before), 1):.1%}), flush interval 1.0 s"
+    )
+    assert all(t > killed_at - config.log_flush_seconds - 0.5 for t, _ in lost), lost[:3]
+
+
+# The Serve config files -------------------------------------------------------------------------
+
+INFRA = Path(__file__).parents[1] / "infra"
+
+
+def test_the_serve_config_builds_this_app_on_loopback_with_args_serve_args_accepts() -> None:
+    import importlib
+
+    import yaml
+
+    config = yaml.safe_load((INFRA / "serve" / "driftloop.yaml").read_text())
+    assert config["http_options"]["host"] == "127.0.0.1"  # a config file's default is 0.0.0.0
+    [app] = config["applications"]
+    module, name = app["import_path"].split(":")
+    assert getattr(importlib.import_module(module), name) is build_app
+    args = ServeArgs.model_validate(app["args"])
+    assert args.serving.host == "127.0.0.1"
+    assert Path(args.home).is_absolute()  # replicas run elsewhere: made absolute at validation
+
+
+def test_the_ray_service_manifest_serves_the_same_app_with_token_auth() -> None:
+    import yaml
+
+    manifest = yaml.safe_load((INFRA / "ray-service.driftloop.yaml").read_text())
+    assert manifest["kind"] == "RayService"
+    serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    [app] = serve_config["applications"]
+    assert app["import_path"] == "tasks.serve:build_app"
+    ServeArgs.model_validate(app["args"])
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    env = {e["name"]: e for e in head["containers"][0]["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert "value" not in env["RAY_AUTH_TOKEN"]
+
+
+def test_equal_args_give_one_code_version_so_a_swap_reconfigures_in_place(models: Models) -> None:
+    from tasks.serve.app import actor_options, code_version
+
+    args = ServeArgs(home=models.home, model=MODEL, serving=serving())
+    same = ServeArgs(home=models.home, model=MODEL, ref="2", serving=serving())
+    other = ServeArgs(home=models.home, model=MODEL, serving=serving(max_records=7))
+    assert code_version(args, load_version) == code_version(same, load_version)
+    assert code_version(args, load_version) != code_version(other, load_version)
+    assert actor_options(serving()) == {"num_cpus": 1}
+    assert actor_options(serving(num_gpus=1)) == {"num_cpus": 1, "num_gpus": 1}
