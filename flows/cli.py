@@ -7,9 +7,11 @@ its state under `DRIFTLOOP_HOME`, exits 0 on success and non-zero with a one-lin
 Heavy imports (Prefect, Ray, GX) happen inside the commands, so `--help` answers at once.
 """
 
+import json
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,6 +25,7 @@ from tasks.settings import (
 )
 
 if TYPE_CHECKING:
+    from tasks.serve.probe import ServeStatus
     from tasks.stack import StackStatus
 
 app = typer.Typer(
@@ -39,6 +42,9 @@ ConfigPath = Annotated[
         "--config", "-c", envvar="DRIFTLOOP_CONFIG", help="The settings file.", show_default=True
     ),
 ]
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
 
 
 class Failure(DriftloopError):
@@ -117,10 +123,14 @@ def generate(
 
 
 @app.command()
-def up(config: ConfigPath = Path(CONFIG_FILE)) -> None:
-    """Start the local stack: Prefect server + UI and a Ray head, all on 127.0.0.1."""
+def up(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) -> None:
+    """Start the local stack: Prefect server + UI, a Ray head and the Serve app with the champion
+    (when there is one), all on 127.0.0.1."""
     home, ports = load_stack_settings(config)
-    _start_stack(home, ports)
+    state = _start_stack(home, ports, echo=not as_json)
+    serving = _serve_champion(config, echo=not as_json)
+    if as_json:
+        typer.echo(json.dumps({**_stack_json(state), "serving": serving}, indent=1))
 
 
 @app.command()
@@ -138,22 +148,34 @@ def down(
     from tasks import stack
 
     home, _ = _stack_settings(config)
-    stopped = stack.down(home=home, force=force)
+    served = _stop_serving(config, home)  # first: its replicas flush their prediction logs
+    stopped = ["serve"] * served + stack.down(home=home, force=force)
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @app.command()
-def status(config: ConfigPath = Path(CONFIG_FILE)) -> None:
-    """Say what runs, where, and which version is champion."""
+def status(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) -> None:
+    """Say what runs, where, which version is champion and which one the Serve app serves."""
     from tasks import registry, stack
+    from tasks.serve.probe import probe
 
     home, _ = _stack_settings(config)
-    typer.echo(_describe(stack.status(home=home)))
+    state = stack.status(home=home)
+    out: dict[str, Any] = {**_stack_json(state), "serving": None, "champion": None}
+    if not as_json:
+        typer.echo(_describe(state))
     if config.exists():  # the champion is the model's, named in the config
         settings = load_settings(config, check_source=False)
         model = settings.dataset.name
-        version = registry.aliases(root=settings.home, model=model).get(registry.CHAMPION)
-        typer.echo(f"champion: {model} {_v(version)}")
+        champion = registry.champion(root=settings.home, model=model)
+        served = probe(settings.serving, model=model)
+        out["serving"] = served.as_dict()
+        out["champion"] = {"model": model, "version": champion.version if champion else None}
+        if not as_json:
+            typer.echo(_serving_line(served))
+            typer.echo(f"champion: {model} {_v(champion.version if champion else None)}")
+    if as_json:
+        typer.echo(json.dumps(out, indent=1))
 
 
 @app.command()
@@ -187,7 +209,7 @@ def train(config: ConfigPath = Path(CONFIG_FILE)) -> None:
 
 
 @app.command()
-def models(config: ConfigPath = Path(CONFIG_FILE)) -> None:
+def models(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) -> None:
     """List the registry's versions, their metrics and aliases, and the alias history."""
     from tasks import registry
 
@@ -197,6 +219,9 @@ def models(config: ConfigPath = Path(CONFIG_FILE)) -> None:
     for alias, version in registry.aliases(root=root, model=model).items():
         by_version.setdefault(version, []).append(alias)
     versions = registry.list_versions(root=root, model=model)
+    if as_json:
+        typer.echo(json.dumps(_models_json(settings, versions, by_version), indent=1))
+        return
     if not versions:
         typer.echo(f"no versions of {model!r} under {settings.location('registry')} yet")
     for version in versions:
@@ -242,6 +267,7 @@ def deploy(
         root=root, model=model, alias="champion", version=target, reason="driftloop deploy"
     )
     typer.echo(f"champion: {_v(change.from_version)} -> {_v(change.to_version)}")
+    _swap_served(settings, change.to_version)
 
 
 @app.command()
@@ -252,6 +278,7 @@ def rollback(config: ConfigPath = Path(CONFIG_FILE)) -> None:
     settings = load_settings(config, check_source=False)
     change = registry.rollback(root=settings.home, model=settings.dataset.name)
     typer.echo(f"champion: {_v(change.from_version)} -> {_v(change.to_version)}")
+    _swap_served(settings, change.to_version)
 
 
 @app.command()
@@ -290,7 +317,7 @@ def _stack_settings(config: Path) -> tuple[Path, StackConfig]:
     return stack.local_home(home), ports
 
 
-def _start_stack(home: str, ports: StackConfig) -> None:
+def _start_stack(home: str, ports: StackConfig, *, echo: bool = True) -> "StackStatus":
     """`driftloop up` with settings already loaded (`demo` reuses its own)."""
     from tasks import stack
 
@@ -300,7 +327,117 @@ def _start_stack(home: str, ports: StackConfig) -> None:
         ray_port=ports.ray_port,
         dashboard_port=ports.dashboard_port,
     )
-    typer.echo(_describe(state))
+    if echo:
+        typer.echo(_describe(state))
+    return state
+
+
+def _serve_champion(config: Path, *, echo: bool) -> dict[str, Any] | None:
+    """`up`: the Serve app with the champion, on the stack's Ray (None: no config or champion).
+    It outlives this command (Serve's controller is detached); `down` stops it."""
+    if not config.exists():
+        return None
+    settings = load_settings(config, check_source=False)
+    from tasks import serve
+
+    _connect_to_stack(settings)
+    served = serve.start_champion(settings)
+    if echo:
+        typer.echo(_serving_line(served))
+    return None if served is None else served.as_dict()
+
+
+def _stop_serving(config: Path, home: Path) -> bool:
+    """`down`: stop the Serve app gracefully before the Ray under it (replicas flush their
+    prediction logs); only the app on this stack's Ray, never one another RAY_ADDRESS names."""
+    from tasks import stack
+    from tasks.serve.probe import probe
+    from tasks.settings import ServingConfig
+
+    settings = load_settings(config, check_source=False) if config.exists() else None
+    if not probe(settings.serving if settings else ServingConfig()).running:
+        return False
+    ours = stack.connection_env(home=home).get("RAY_ADDRESS")
+    stack.use(home=home)
+    if ours is None or os.environ.get("RAY_ADDRESS") != ours:
+        return False
+    from tasks import cluster, serve
+
+    try:
+        cluster.connect_ray()
+        return serve.stop(everything=True)
+    except Exception as exc:  # a Ray that is going anyway: say so, then stop the stack
+        typer.echo(f"serve: not stopped gracefully ({exc.__class__.__name__}: {exc})", err=True)
+        return False
+
+
+def _swap_served(settings: Settings, version: int) -> None:
+    """`deploy`/`rollback`: a running Serve app switches to `version` in place."""
+    from tasks.serve.probe import probe
+
+    if not probe(settings.serving, model=settings.dataset.name).running:
+        return  # nothing serves: the next `driftloop up` serves the champion
+    from tasks import cluster, serve
+
+    _connect_to_stack(settings)
+    cluster.connect_ray()
+    served = serve.deploy_version(serve.ServeArgs.of(settings), ref=version)
+    if served is not None:
+        typer.echo(_serving_line(served))
+
+
+def _serving_line(served: "ServeStatus | None") -> str:
+    if served is None:
+        return "serving: no champion yet (`driftloop train` makes one)"
+    if not served.running:
+        return f"serving: not running ({served.url})"
+    why = f" ({served.reason})" if served.reason else ""
+    return f"serving: {served.url} {_v(served.version)}{why}"
+
+
+def _stack_json(state: "StackStatus") -> dict[str, Any]:
+    services = {
+        name: {"running": s.running, "healthy": s.healthy, "pid": s.pid, "url": s.url}
+        for name, s in state.services.items()
+    }
+    return {
+        "home": str(state.home),
+        "services": services,
+        "prefect_api_url": state.prefect_api_url,
+        "dashboard_url": state.dashboard_url,
+    }
+
+
+def _models_json(
+    settings: Settings, versions: list[int], by_version: dict[int, list[str]]
+) -> dict[str, Any]:
+    from tasks import registry
+
+    root, model = settings.home, settings.dataset.name
+    listed = []
+    for version in versions:
+        meta = registry.get_version(root=root, model=model, version=version)
+        listed.append(
+            {
+                "version": version,
+                "aliases": sorted(by_version.get(version, [])),
+                "created_at": meta.get("created_at"),
+                "metrics": meta.get("metrics", {}),
+            }
+        )
+    history = [
+        {
+            "at": c.at,
+            "alias": c.alias,
+            "from": c.from_version,
+            "to": c.to_version,
+            "action": c.action,
+            "reason": c.reason,
+        }
+        for c in registry.history(root=root, model=model)
+    ]
+    aliases = registry.aliases(root=root, model=model)
+    return {"model": model, "versions": listed, "aliases": aliases, "history": history}
 
 
 def _connect_to_stack(settings: Settings) -> None:

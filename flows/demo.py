@@ -35,9 +35,10 @@ def demo(config: str = "driftloop.yaml") -> dict[str, Any]:
         batch, suite=validation.suite_for(batch, settings=settings), settings=settings
     )
     logger.info("production batch: %s", report.summary())
+    champion = registry.champion(root=root, model=model)
     return {
         "training": outcome,
-        "champion_version": registry.aliases(root=root, model=model).get("champion"),
+        "champion_version": champion.version if champion else None,
         "production_batch_ok": report.success,
         "production_problems": report.problems,
     }

@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import data, events, files, traffic, validation
@@ -23,8 +22,6 @@ from tasks.evaluate import Training, champion_task, evaluate_task, gate_task, pr
 from tasks.model import load_model
 from tasks.settings import Settings, load_settings, resolve_features
 from tasks.train import train_task
-
-REFERENCE_ROWS = 20_000  # training rows kept with each version: the drift monitor's reference
 
 
 @task(name="read-source", cache_policy=NO_CACHE)
@@ -54,6 +51,21 @@ def read_labelled_traffic(*, settings: Settings) -> pa.Table | None:
         target=settings.dataset.target,
         limit=settings.evaluation.production_rows,
     )
+
+
+@task(name="serve-champion", cache_policy=NO_CACHE)
+def serve_champion(*, settings: Settings, version: int) -> int | None:
+    """Swap the running Serve app to the new champion in place (no restart, no failed request);
+    returns the version it serves, None when no app runs on this Ray (the next `driftloop up`
+    serves the champion). A failed swap is logged, not raised: the registry already moved."""
+    from tasks import serve
+
+    try:
+        served = serve.deploy_version(serve.ServeArgs.of(settings), ref=version)
+    except Exception as exc:
+        get_run_logger().warning("the Serve app still serves its old version: %s", exc)
+        return None
+    return None if served is None else served.version
 
 
 @flow(name="training-pipeline")
@@ -119,13 +131,15 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
             best_metric=result.best_metric,
         ),
         extra_files={
-            "reference.parquet": reference_sample(parts.train),
+            files.REFERENCE: data.sample_parquet(parts.train, rows=data.REFERENCE_ROWS),
             "suite.json": validation.report_location(settings, fingerprint, files.SUITE),
             "dataset_card.md": validation.report_location(
                 settings, fingerprint, files.DATASET_CARD
             ),
         },
     )
+    if promotion.promoted:  # where the Serve app runs on this Ray, it serves the new champion
+        serve_champion(settings=settings, version=promotion.version)
     return {
         "model": ds.name,
         "decision": "promoted" if promotion.promoted else "rejected",
@@ -137,16 +151,6 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
         "data_fingerprint": fingerprint,
         "failed_rules": [r.rule for r in decision.failed],
     }
-
-
-def reference_sample(train: pa.Table) -> bytes:
-    """A seeded sample of the training rows (Parquet), kept with the version: the next run's
-    validation profile and the drift monitor's reference."""
-    rows = min(train.num_rows, REFERENCE_ROWS)
-    picked = np.sort(np.random.default_rng(0).choice(train.num_rows, size=rows, replace=False))
-    sink = pa.BufferOutputStream()
-    pq.write_table(train.take(pa.array(picked)), sink)
-    return bytes(sink.getvalue())
 
 
 if __name__ == "__main__":

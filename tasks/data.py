@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from tasks.errors import DataError as DataError  # re-exported: what reading data raises
 from tasks.files import first_line, resolve
@@ -43,6 +44,8 @@ class Fractions(Protocol):
     def seed(self) -> int: ...
 
 
+# Training rows kept with each version: the next run's validation profile, the drift reference
+REFERENCE_ROWS = 20_000
 ColumnKind = Literal["integer", "float", "boolean", "string", "timestamp", "other"]
 
 
@@ -84,6 +87,15 @@ def read_table(source: str, *, columns: list[str] | None = None) -> pa.Table:
         return found.to_table(columns=columns)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{source}: corrupt or truncated Parquet data: {_explain(exc)}") from None
+
+
+def sample_parquet(table: pa.Table, *, rows: int, seed: int = 0) -> bytes:
+    """A seeded sample of at most `rows` rows, in their order, as the bytes of a Parquet file."""
+    count = min(table.num_rows, rows)
+    picked = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=count, replace=False))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.take(pa.array(picked)), sink)
+    return bytes(sink.getvalue())
 
 
 def column_kind(dtype: pa.DataType) -> ColumnKind:

@@ -37,6 +37,25 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+# Fixtures that start a real service; a test that takes one (even through another fixture) is
+# `integration`, and `pytest -m "not integration"` runs the pure tests alone.
+SERVICE_FIXTURES = frozenset({"ray_local", "prefect_server", "s3_endpoint", "running", "serve_app"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start real services but lack @pytest.mark.integration: "
+            + ", ".join(unmarked)
+        )
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     for folder in _SCRATCH:
         shutil.rmtree(folder, ignore_errors=True)

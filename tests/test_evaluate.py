@@ -810,3 +810,139 @@ def test_a_driftloop_model_directory_is_a_predictor_evaluation_accepts(
     assert got.classes == [0, 1]
     assert set(got.robustness) == set(ev.PERTURBATIONS)
     assert got.robustness_errors == {}
+
+
+# A first model against the trivial baseline; calibration judged by what the rows can tell --------
+
+
+class Constant:
+    """The trivial model: the training prior (or mean) for every row, whatever its features."""
+
+    def __init__(self, table: pa.Table, *, target: str = "churned", regression: bool = False):
+        y = table[target].to_numpy()
+        self.regression = regression
+        self.value = float(np.mean(y))
+
+    @property
+    def classes(self) -> list[int] | None:
+        return None if self.regression else [0, 1]
+
+    def predict(self, table: pa.Table) -> np.ndarray:
+        n = table.num_rows
+        if self.regression:
+            return np.full(n, self.value)
+        return np.tile([1 - self.value, self.value], (n, 1))
+
+
+def test_a_first_model_no_better_than_the_prior_is_refused_with_that_reason(
+    train: pa.Table, holdout: pa.Table, real_report: ev.EvaluationReport
+) -> None:
+    no_floors = GATE.model_copy(update={"floors": {}})  # the baseline rule alone decides
+    prior = ev.gate(challenger=report(Constant(train), holdout), champion=None, config=no_floors)
+    assert failed_rules(prior) == ["roc_auc: beats the baseline"], ev.gate_table_markdown(prior)
+    rule = prior.failed[0]
+    assert rule.champion == pytest.approx(0.5)  # the prior's ROC-AUC on the same rows
+    assert "class prior" in rule.detail
+    assert "roc_auc: beats the baseline" in prior.summary()
+    advice = prior.advice(7)
+    assert advice is not None
+    assert "first model was refused (roc_auc: beats the baseline)" in advice
+    assert "`driftloop deploy --version 7`" in advice
+    # a real model beats the prior, and a model judged against a champion is not held to it
+    assert ev.gate(challenger=real_report, champion=None, config=no_floors).promote
+    against = ev.gate(challenger=real_report, champion=real_report, config=no_floors)
+    assert not any(r.rule.endswith("beats the baseline") for r in against.rules)
+    assert against.advice(7) is None  # a champion serves: nothing to advise
+
+
+def test_a_first_regression_model_must_beat_the_mean() -> None:
+    target = synthetic.TARGETS["regression"]
+    reg_train = synthetic.generate(rows=3000, seed=1, task="regression")
+    reg_hold = synthetic.generate(rows=1000, seed=2, task="regression")
+    ds, cfg = dataset_config("regression"), EvaluationConfig()
+    no_floors = GATE.model_copy(update={"floors": {}})
+    mean = ev.evaluate(Constant(reg_train, target=target, regression=True), reg_hold,
+                       dataset=ds, config=cfg)  # fmt: skip
+    assert failed_rules(ev.gate(challenger=mean, champion=None, config=no_floors)) == [
+        "rmse: beats the baseline"
+    ]
+    good = Linear(reg_train, numeric=NUMERIC, categorical=CATEGORICAL, target=target)
+    judged = ev.gate(challenger=ev.evaluate(good, reg_hold, dataset=ds, config=cfg),
+                     champion=None, config=no_floors)  # fmt: skip
+    assert "rmse: beats the baseline" not in failed_rules(judged)
+
+
+def test_calibration_on_too_few_rows_is_reported_as_not_enough_rows_not_as_a_failure(
+    real: Linear, holdout: pa.Table
+) -> None:
+    def overconfident(table: pa.Table, probs: np.ndarray) -> np.ndarray:
+        p = np.where(probs[:, 1] > 0.5, 0.999, 0.001)
+        return np.c_[1 - p, p]
+
+    few = report(Altered(real, overconfident), holdout.slice(0, 20))
+    decision = ev.gate(challenger=few, champion=None, config=GATE.model_copy(
+        update={"floors": {}, "min_calibration_rows": 30}))  # fmt: skip
+    rule = next(r for r in decision.rules if r.rule == "calibration: ECE")
+    assert rule.passed
+    assert rule.skipped
+    assert rule.detail == "not enough rows: 20 holdout rows < gate.min_calibration_rows=30"
+    assert "| calibration: ECE | – | – | – | skipped | not enough rows: 20 holdout rows" in (
+        ev.gate_table_markdown(decision)
+    )
+    # with the rows to judge it, the same over-confidence fails: the interval's low end is out
+    many = report(Altered(real, overconfident), holdout)
+    judged = ev.gate(challenger=many, champion=None, config=GATE)
+    rule = next(r for r in judged.rules if r.rule == "calibration: ECE")
+    assert not rule.passed
+    assert not rule.skipped
+    assert rule.observed is not None
+    assert rule.observed > GATE.max_calibration_error  # type: ignore[operator]
+    assert "equal-mass bins" in rule.detail
+
+
+def test_a_small_holdout_is_judged_on_fewer_bins_and_passes_when_its_interval_allows(
+    real: Linear, holdout: pa.Table
+) -> None:
+    small = report(real, holdout.slice(0, 120))  # a calibrated model on 120 rows
+    rule = next(r for r in ev.gate(challenger=small, champion=None, config=GATE).rules
+                if r.rule == "calibration: ECE")  # fmt: skip
+    assert rule.passed
+    assert "over 2 equal-mass bins of 120 rows" in rule.detail
+
+
+def test_the_card_of_a_calibrated_model_reports_the_ece_before_and_after_its_temperature(
+    tmp_path: Path, train: pa.Table, holdout: pa.Table
+) -> None:
+    from tasks import model
+    from tasks.calibration import calibrate
+    from tasks.settings import TrainingConfig
+
+    features = Features(numeric=NUMERIC, categorical=CATEGORICAL)
+    pre = model.Preprocessor.fit(train, features=features, target="churned", task="classification")
+    spec = model.ModelSpec.build(pre, TrainingConfig(hidden_layers=[8]))
+    torch_model = model.TabularMLP(spec)
+    raw = model.Predictor(model=torch_model, spec=spec, preprocessor=pre)
+    validation = holdout.slice(0, 1000)
+    fitted = calibrate(raw.logits(validation), pre.encode_target(validation), kind="binary",
+                       bins=15)  # fmt: skip
+    saved = model.save_model(tmp_path / "m", model=torch_model, spec=spec, preprocessor=pre,
+                             calibration=fitted)  # fmt: skip
+    got = report(model.load_model(saved), holdout.slice(1000))
+    assert got.calibration is not None
+    assert got.calibration["temperature"] == pytest.approx(fitted.temperature)
+    assert got.calibration["holdout_rows"] == 2000
+    decision = ev.gate(challenger=got, champion=None, config=GATE)
+    card = ev.model_card(dataset=dataset_config(), report=got, decision=decision)
+    assert "\n## Calibration\n" in card
+    assert f"T = {fitted.temperature:.3f}, fitted on 1000 validation rows" in card
+    assert f"before {fitted.ece_before:.4f}, after {fitted.ece_after:.4f}" in card
+    cal = got.calibration
+    before, after = cal["holdout_ece_before"], cal["holdout_ece_after"]
+    holdout_line = (f"ECE on the holdout ({cal['holdout_bins']} equal-mass bins, 2000 rows): "
+                    f"before {before:.4f}, after {after:.4f}")  # fmt: skip
+    assert holdout_line in card
+    assert got.to_dict()["calibration"]["temperature"] == pytest.approx(fitted.temperature)
+    # an uncalibrated classifier's card says so
+    plain = report(Constant(train), holdout)
+    assert "- not calibrated" in ev.model_card(dataset=dataset_config(), report=plain,
+                                               decision=decision)  # fmt: skip

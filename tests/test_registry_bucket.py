@@ -26,6 +26,9 @@ from tasks import registry
 from tasks.registry import lock as registry_lock
 from tasks.registry import store as registry_store
 
+# moto's S3 server and a Prefect server on 127.0.0.1: real services
+pytestmark = pytest.mark.integration
+
 MODEL = "churn"
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "driftloop-test",

@@ -699,5 +699,75 @@ def test_equal_args_give_one_code_version_so_a_swap_reconfigures_in_place(models
     other = ServeArgs(home=models.home, model=MODEL, serving=serving(max_records=7))
     assert code_version(args, load_version) == code_version(same, load_version)
     assert code_version(args, load_version) != code_version(other, load_version)
-    assert actor_options(serving()) == {"num_cpus": 1}
-    assert actor_options(serving(num_gpus=1)) == {"num_cpus": 1, "num_gpus": 1}
+    assert actor_options(serving())["num_cpus"] == 1
+    assert "num_gpus" not in actor_options(serving())
+    assert actor_options(serving(num_gpus=1))["num_gpus"] == 1
+
+
+# The CLI on the local stack: up serves the champion, deploy swaps it, down flushes the log -------
+
+
+@pytest.mark.integration
+def test_up_serves_the_champion_deploy_swaps_it_status_shows_it_and_down_flushes_the_log(
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+
+    driftloop = str(Path(sys.executable).parent / "driftloop")
+    home = tmp_path / "home"
+    models = make_home(home)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")}
+    port = free_port()
+    env |= {
+        "DRIFTLOOP_HOME": str(home),
+        "DRIFTLOOP_SERVING__PORT": str(port),
+        "DRIFTLOOP_STACK__PREFECT_PORT": str(free_port()),
+        "DRIFTLOOP_STACK__RAY_PORT": str(free_port()),
+        "DRIFTLOOP_STACK__DASHBOARD_PORT": str(free_port()),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [driftloop, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    run("init", "--rows", "500")
+    try:
+        up = json.loads(run("up", "--json").stdout)
+        assert up["serving"]["version"] == models.versions[0]
+        url = up["serving"]["url"]
+        assert url == f"http://127.0.0.1:{port}"
+        rows = {"records": records(make_table(3, seed=81))}
+        first = httpx.post(f"{url}/predict", json=rows, timeout=30).json()
+        assert first["version"] == models.versions[0]
+        swapped = run("deploy", "--version", str(models.versions[1]))
+        assert f"serving: {url} v{models.versions[1]}" in swapped.stdout
+        second = httpx.post(f"{url}/predict", json=rows, timeout=30).json()
+        assert second["version"] == models.versions[1]
+        shown = json.loads(run("status", "--json").stdout)
+        assert shown["serving"] == {
+            "url": url,
+            "running": True,
+            "version": models.versions[1],
+            "reason": None,
+        }
+        assert shown["champion"] == {"model": MODEL, "version": models.versions[1]}
+        listed = json.loads(run("models", "--json").stdout)
+        assert [v["version"] for v in listed["versions"]] == models.versions
+    finally:
+        down = run("down")
+    assert "serve" in down.stdout
+    answered = {p["request_id"] for p in first["predictions"] + second["predictions"]}
+    logged = traffic.read(home=str(home), model=MODEL, kind="predictions")
+    assert logged is not None
+    assert set(logged["request_id"].to_pylist()) == answered
+    assert not (home / "logs" / "serve").exists() or any((home / "logs" / "serve").iterdir())

@@ -22,7 +22,7 @@ import pytest
 from tasks import stack
 from tasks.stack import Service, StackError, processes
 
-pytestmark = pytest.mark.integration
+# Tests that start services (a real stack, or processes standing in for one) are `integration`.
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
@@ -144,6 +144,7 @@ def running(home: Path, ports: dict[str, int], user_home: Path) -> Iterator[stac
 # --- up and what it starts ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_up_starts_prefect_and_ray_that_answer_on_loopback(
     running: stack.StackStatus, ports: dict[str, int]
 ) -> None:
@@ -156,6 +157,7 @@ def test_up_starts_prefect_and_ray_that_answer_on_loopback(
     assert accepts(ports["ray_port"])
 
 
+@pytest.mark.integration
 def test_a_driver_with_the_connection_env_joins_the_stacks_ray(
     running: stack.StackStatus, home: Path
 ) -> None:
@@ -171,6 +173,7 @@ def test_a_driver_with_the_connection_env_joins_the_stacks_ray(
     assert nodes == [["127.0.0.1", True]]
 
 
+@pytest.mark.integration
 def test_a_flow_client_with_the_connection_env_talks_to_the_stacks_prefect(
     running: stack.StackStatus, home: Path
 ) -> None:
@@ -181,6 +184,7 @@ def test_a_flow_client_with_the_connection_env_talks_to_the_stacks_prefect(
     assert run_driver(stack.connection_env(home=home), code) == running.prefect_api_url
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the environment from /proc")
 def test_the_prefect_server_keeps_sqlite_in_the_home_with_analytics_off(
     running: stack.StackStatus, home: Path
@@ -194,6 +198,7 @@ def test_the_prefect_server_keeps_sqlite_in_the_home_with_analytics_off(
     assert [p.name for p in (home / "prefect").glob("*.db")] == ["prefect.db"]
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the environment from /proc")
 def test_rays_session_files_and_token_stay_in_the_home(
     running: stack.StackStatus, home: Path, user_home: Path
@@ -212,6 +217,7 @@ def test_rays_session_files_and_token_stay_in_the_home(
     assert not (user_home / ".ray").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listeners from /proc")
 def test_every_port_the_stack_listens_on_is_bound_to_loopback(
     running: stack.StackStatus,
@@ -223,6 +229,7 @@ def test_every_port_the_stack_listens_on_is_bound_to_loopback(
     assert addresses <= LOOPBACK
 
 
+@pytest.mark.integration
 def test_status_reports_both_services_with_their_urls(
     running: stack.StackStatus, home: Path, ports: dict[str, int]
 ) -> None:
@@ -238,6 +245,7 @@ def test_status_reports_both_services_with_their_urls(
     }
 
 
+@pytest.mark.integration
 def test_up_twice_reuses_the_running_services(
     running: stack.StackStatus, home: Path, ports: dict[str, int]
 ) -> None:
@@ -247,6 +255,7 @@ def test_up_twice_reuses_the_running_services(
     }
 
 
+@pytest.mark.integration
 def test_up_on_other_ports_while_the_stack_runs_is_refused(
     running: stack.StackStatus, home: Path, ports: dict[str, int]
 ) -> None:
@@ -254,6 +263,7 @@ def test_up_on_other_ports_while_the_stack_runs_is_refused(
         stack.up(home=home, **{**ports, "prefect_port": free_port()})
 
 
+@pytest.mark.integration
 def test_a_service_whose_process_died_is_forgotten_and_restarted_by_up(
     running: stack.StackStatus, home: Path, ports: dict[str, int]
 ) -> None:
@@ -278,6 +288,7 @@ def test_a_service_whose_process_died_is_forgotten_and_restarted_by_up(
 # --- down --------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_down_stops_what_up_started_and_leaves_another_ray_alone(
     running: stack.StackStatus, home: Path, ports: dict[str, int], ray_local: None
 ) -> None:
@@ -323,6 +334,7 @@ def test_a_taken_port_fails_fast_naming_the_port_and_service_and_starts_nothing(
     assert not stack.ray_temp_dir(home=tmp_path).is_symlink()
 
 
+@pytest.mark.integration
 def test_a_service_that_exits_while_starting_reports_the_tail_of_its_log(
     tmp_path: Path,
 ) -> None:
@@ -338,6 +350,7 @@ def test_a_service_that_exits_while_starting_reports_the_tail_of_its_log(
     assert stack.status(home=tmp_path).services == {}
 
 
+@pytest.mark.integration
 def test_a_service_that_never_answers_times_out_and_is_stopped(tmp_path: Path) -> None:
     silent = Service(
         name="silent",
@@ -353,6 +366,7 @@ def test_a_service_that_never_answers_times_out_and_is_stopped(tmp_path: Path) -
     assert stack.status(home=tmp_path).services == {}
 
 
+@pytest.mark.integration
 def test_a_recorded_pid_now_used_by_another_process_is_not_treated_as_ours(
     tmp_path: Path,
 ) -> None:
@@ -387,6 +401,7 @@ def sleeper(name: str) -> Service:
     )
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds marked processes through /proc")
 def test_a_corrupt_state_file_says_how_to_recover_and_down_force_stops_the_stack(
     tmp_path: Path,
@@ -410,6 +425,7 @@ def test_a_corrupt_state_file_says_how_to_recover_and_down_force_stops_the_stack
     assert stack.status(home=tmp_path).services == {}
 
 
+@pytest.mark.integration
 def test_down_force_leaves_another_homes_stack_alone(tmp_path: Path) -> None:
     other = stack.start(home=tmp_path / "other", services=[sleeper("other")])
     try:

@@ -6,11 +6,17 @@
 The gate's rules (`GateConfig`), each recorded with both models' values:
 - floors: every model meets absolute bounds (default ROC-AUC >= 0.6, R² >= 0). A first model (no
   champion) is judged on these and on the model-only rules below.
+- baseline (a first model): the primary metric beats the trivial model of the same holdout rows
+  (the class prior, or the mean) with the low end of a paired bootstrap CI of the gain above 0.
+  A refused first model leaves the message of what failed and how to serve it anyway
+  (`GateDecision.advice`: `driftloop deploy --version N`).
 - gain: the primary metric improves on the champion's by at least `min_improvement` (relative),
   AND the lower bound of the paired bootstrap CI of the difference (at `confidence`, two-sided,
   percentile) is above 0: the gain is both large enough to matter and unlikely to be noise.
 - slices: no slice value with >= `min_slice_rows` rows loses more than `max_slice_regression`.
-- calibration: expected calibration error <= `max_calibration_error` (classification).
+- calibration (classification): the ECE over equal-mass bins suited to the holdout rows
+  (`tasks.calibration.ece_interval`) fails only when its bootstrap CI's low end is above
+  `max_calibration_error`; under `min_calibration_rows` rows it says "not enough rows" (skipped).
 - robustness: the primary metric loses at most `max_robustness_drop` under the worst perturbation.
 - production: on labelled production rows (when both reports have enough), no loss beyond
   `max_production_regression`.
@@ -27,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from tasks import events
+from tasks.calibration import calibration_error, ece_interval
 from tasks.evaluate.measure import (
     CLASSIFICATION_METRICS,
     DEFAULT_PRIMARY,
@@ -55,6 +62,7 @@ class RuleResult:
     passed: bool
     detail: str
     relative: bool = False  # observed and threshold are shares (0.05 = 5%), not metric values
+    skipped: bool = False  # not judged (too few rows, nothing to compare): passes, decides nothing
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,18 @@ class GateDecision:
             return f"promote: {what} ({len(self.rules)} rules passed)"
         return "reject: " + "; ".join(f"{r.rule} ({r.detail})" for r in self.failed)
 
+    def advice(self, version: int | None = None) -> str | None:
+        """For a refused first model: why nothing serves yet and what the user can do."""
+        if self.promote or self.has_champion:
+            return None
+        which = f"--version {version}" if version is not None else "--version N"
+        failed = ", ".join(r.rule for r in self.failed)
+        return (
+            f"no model serves yet: this first model was refused ({failed}); "
+            "fix what failed (more rows, better features, or the gate.* settings named) and "
+            f"retrain, or serve this version anyway with `driftloop deploy {which}`"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dict(events.jsonable(asdict(self)))
 
@@ -106,6 +126,7 @@ def gate(
     rules = [
         *_comparable_rules(champion_version, champion_error),
         *_floor_rules(challenger, champion, config),
+        *_baseline_rules(challenger, champion, config, primary),
         *_gain_rules(challenger, champion, config, primary),
         *_slice_rules(challenger, champion, config, primary),
         *_calibration_rules(challenger, champion, config),
@@ -212,7 +233,7 @@ def _comparable_rules(version: int | None, error: str | None) -> list[RuleResult
 
 
 def _skipped(rule: str, detail: str) -> RuleResult:
-    return RuleResult(rule, None, None, None, "", None, True, detail)
+    return RuleResult(rule, None, None, None, "", None, True, detail, skipped=True)
 
 
 def _failed(rule: str, detail: str) -> RuleResult:
@@ -235,6 +256,38 @@ def _floor_rules(
             detail=f"{name} {fmt(value)} must be {op} {fmt(bound)}",
         ))  # fmt: skip
     return rules
+
+
+def trivial_predictions(report: EvaluationReport) -> np.ndarray:
+    """The trivial model of the report's own rows: the class prior (n, k), or the mean (n,)."""
+    y = report.y_true
+    if report.task == "regression":
+        return np.full(len(y), float(np.mean(y)) if len(y) else 0.0)
+    k = len(report.classes or []) or int(y.max(initial=0)) + 1
+    prior = np.bincount(y.astype(np.int64), minlength=k)[:k] / max(len(y), 1)
+    return np.tile(prior, (len(y), 1))
+
+
+def _baseline_rules(
+    c: EvaluationReport, champion: EvaluationReport | None, config: GateConfig, primary: str
+) -> list[RuleResult]:
+    if champion is not None:
+        return []  # the champion is the bar
+    trivial = trivial_predictions(c)
+    what = "the class prior" if c.task == "classification" else "the mean"
+    base = metric(primary, c.y_true, trivial, bins=c.calibration_bins)
+    point, low, high = paired_bootstrap(
+        metric_name=primary, challenger=(c.y_true, c.predictions), champion=(c.y_true, trivial),
+        resamples=config.bootstrap_resamples, seed=config.bootstrap_seed,
+        confidence=config.confidence, bins=c.calibration_bins,
+    )  # fmt: skip
+    return [_rule(
+        f"{primary}: beats the baseline", champion=base, challenger=c.metrics[primary],
+        observed=low, op=">", threshold=0.0,
+        detail=f"first model against {what} of these {c.rows} rows ({primary} {fmt(base)}): gain "
+        f"{point:+.4f}, {config.confidence:.0%} CI [{low:+.4f}, {high:+.4f}] over "
+        f"{config.bootstrap_resamples} paired resamples",
+    )]  # fmt: skip
 
 
 def _gain_rules(
@@ -298,11 +351,26 @@ def _calibration_rules(
 ) -> list[RuleResult]:
     if c.task != "classification" or config.max_calibration_error is None:
         return []
-    ece = c.metrics["ece"]
+    name = "calibration: ECE"
+    if c.rows < config.min_calibration_rows:
+        least = config.min_calibration_rows
+        detail = f"not enough rows: {c.rows} holdout rows < gate.min_calibration_rows={least}"
+        return [_skipped(name, detail)]
+    found = ece_interval(
+        c.y_true, c.predictions, max_bins=c.calibration_bins, resamples=config.bootstrap_resamples,
+        confidence=config.confidence, seed=config.bootstrap_seed,
+    )  # fmt: skip
+    old = (
+        calibration_error(champion.y_true, champion.predictions, bins=found.bins)
+        if champion is not None and len(champion.y_true) else None
+    )  # fmt: skip
     return [_rule(
-        "calibration: ECE", champion=champion.metrics["ece"] if champion else None,
-        challenger=ece, observed=ece, op="<=", threshold=config.max_calibration_error,
-        detail=f"expected calibration error over {c.calibration_bins} bins",
+        name, champion=old, challenger=found.ece, observed=found.low, op="<=",
+        threshold=config.max_calibration_error,
+        detail=f"ECE {fmt(found.ece)} over {found.bins} equal-mass bins of {c.rows} rows, "
+        f"{config.confidence:.0%} CI [{fmt(found.low)}, {fmt(found.high)}] over "
+        f"{config.bootstrap_resamples} resamples; fails only when the CI's low end is above "
+        "the bound",
     )]  # fmt: skip
 
 

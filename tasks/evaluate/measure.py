@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks import data, events
+from tasks.calibration import bins_for, calibration_error
 from tasks.errors import DriftloopError
 from tasks.settings import EvaluationConfig, MetricName
 
@@ -206,6 +207,9 @@ class EvaluationReport:
     production_rows: int = 0
     production_fingerprint: str | None = None
     production_error: str | None = None  # why the model could not score the production rows
+    # a calibrated classifier: its temperature, what it did on the validation split, and the
+    # holdout ECE (equal-mass bins) of its probabilities without (`before`) and with it
+    calibration: dict[str, Any] | None = None
     y_true: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     predictions: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
@@ -216,7 +220,7 @@ class EvaluationReport:
         """JSON-safe summary (no per-row arrays; NaN as null)."""
         keep = ("task", "classes", "rows", "fingerprint", "metrics", "robustness",
                 "robustness_errors", "calibration_bins", "production", "production_rows",
-                "production_fingerprint", "production_error")  # fmt: skip
+                "production_fingerprint", "production_error", "calibration")  # fmt: skip
         out = {k: getattr(self, k) for k in keep}
         out["slices"] = [asdict(s) for s in self.slices]
         return dict(events.jsonable(out))
@@ -248,6 +252,7 @@ def evaluate(
         robustness=perturbed,
         robustness_errors=errors,
         calibration_bins=bins,
+        calibration=_calibration(predictor, table, y, pred, dataset=dataset, bins=bins),
         y_true=y,
         predictions=pred,
     )
@@ -259,6 +264,32 @@ def evaluate(
     except CANNOT_SCORE as exc:  # e.g. traffic lacks a new feature
         return replace(report, production_error=f"{type(exc).__name__}: {exc}")
     return _with_production(report, recent, py, ppred)
+
+
+def _calibration(
+    predictor: Predictor,
+    table: pa.Table,
+    y: np.ndarray,
+    pred: np.ndarray,
+    *,
+    dataset: DatasetConfig,
+    bins: int,
+) -> dict[str, Any] | None:
+    """The model's fitted calibration (a `tasks.model.Predictor` has one) and the holdout ECE of
+    its probabilities before and after it; None for regression or an uncalibrated model."""
+    fitted = getattr(predictor, "calibration", None)
+    uncalibrated = getattr(predictor, "uncalibrated", None)
+    if dataset.task != "classification" or fitted is None or uncalibrated is None:
+        return None
+    _, raw = predict_encoded(uncalibrated, table, target=dataset.target, task=dataset.task)
+    holdout_bins = bins_for(len(y), max_bins=bins)
+    return {
+        **fitted.to_json(),
+        "holdout_rows": len(y),
+        "holdout_bins": holdout_bins,
+        "holdout_ece_before": calibration_error(y, raw, bins=holdout_bins),
+        "holdout_ece_after": calibration_error(y, pred, bins=holdout_bins),
+    }
 
 
 def _with_production(

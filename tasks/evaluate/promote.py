@@ -238,8 +238,10 @@ def _promote(
             files.MODEL_CARD: card(None).encode(),  # the number is claimed as it is published
         },
     )  # fmt: skip
+    advice = decision.advice(version)
+    reason = decision.summary() + (f"; {advice}" if advice else "")
     promotion = Promotion(version=version, promoted=False, previous=previous,
-                          reason=decision.summary())  # fmt: skip
+                          reason=reason)  # fmt: skip
     if decision.promote:
         try:
             registry.set_alias(

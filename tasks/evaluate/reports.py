@@ -38,7 +38,7 @@ def gate_table_markdown(decision: GateDecision) -> str:
         threshold = f"{r.op} {_fmt_threshold(r)}" if r.threshold is not None else "–"
         result = "pass" if r.passed else "**FAIL**"
         if r.threshold is None and r.passed:
-            result = "n/a"
+            result = "skipped" if r.skipped else "n/a"
         cells = [r.rule, fmt(r.champion), fmt(r.challenger), threshold, result, r.detail]
         lines.append("| " + " | ".join(artifacts.md(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -78,6 +78,8 @@ def model_card(
         + (f"; labelled production rows: {report.production_rows}" if report.production else ""),
         "", "## Metrics (holdout)", "", _metrics_table(report), "",
     ]  # fmt: skip
+    if report.task == "classification":
+        lines += ["## Calibration", "", *_calibration_lines(report), ""]
     if params:
         lines += ["## Parameters", "", "```json", json.dumps(events.jsonable(params), indent=1),
                   "```", ""]  # fmt: skip
@@ -86,6 +88,26 @@ def model_card(
     lines += ["## Gate decision", "", gate_table_markdown(decision), "## Known limitations", ""]
     lines += [f"- {text}" for text in _limitations(report, primary=decision.primary_metric)]
     return "\n".join(lines) + "\n"
+
+
+def _calibration_lines(report: EvaluationReport) -> list[str]:
+    """The temperature and the ECE before and after it, on the validation split it was fitted
+    on and on the holdout (equal-mass bins, as many as the rows support)."""
+    cal = report.calibration
+    if not cal:
+        return [
+            "- not calibrated: the model has no temperature (saved before calibration, or "
+            "`training.calibrate: false`); its probabilities are the network's own"
+        ]
+    fitted = f"log loss {fmt(cal['log_loss_before'])} → {fmt(cal['log_loss_after'])}"
+    return [
+        f"- temperature scaling: T = {cal['temperature']:.3f}, fitted on {cal['rows']} "
+        f"validation rows ({fitted})",
+        f"- ECE on the validation split ({cal['bins']} equal-mass bins): before "
+        f"{fmt(cal['ece_before'])}, after {fmt(cal['ece_after'])}",
+        f"- ECE on the holdout ({cal['holdout_bins']} equal-mass bins, {cal['holdout_rows']} "
+        f"rows): before {fmt(cal['holdout_ece_before'])}, after {fmt(cal['holdout_ece_after'])}",
+    ]
 
 
 def _metrics_table(report: EvaluationReport) -> str:

@@ -165,9 +165,11 @@ def bind_app(args: ServeArgs, *, version: int | None, loader: Loader) -> serve.A
 
 
 def actor_options(serving: ServingConfig) -> dict[str, Any]:
-    """CPUs per replica, and GPUs when configured (the model then runs on one)."""
+    """CPUs per replica, and GPUs when configured (the model then runs on one). Replicas log to
+    their files only (`logging_config`), not also to stderr, which Ray forwards to drivers."""
     gpus = {"num_gpus": serving.num_gpus} if serving.num_gpus else {}
-    return {"num_cpus": serving.num_cpus, **gpus}
+    quiet = {"runtime_env": {"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "0"}}}
+    return {"num_cpus": serving.num_cpus, **gpus, **quiet}
 
 
 def resolve_version(args: ServeArgs) -> int | None:

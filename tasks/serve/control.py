@@ -16,12 +16,8 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import httpx
-
-from tasks import cluster, files, registry
+from tasks import cluster, registry
 from tasks.errors import DriftloopError
 from tasks.serve.app import (
     APP_NAME,
@@ -32,33 +28,13 @@ from tasks.serve.app import (
     logging_config,
     resolve_version,
 )
-from tasks.serve.service import API_KEY_HEADER, Loader, load_version
-from tasks.settings import ServingConfig
-
-_PROBE_TIMEOUT_S = 2.0
+from tasks.serve.probe import ServeStatus, probe
+from tasks.serve.service import Loader, load_version
+from tasks.settings import ServingConfig, Settings
 
 
 class ServeError(DriftloopError):
     """The app could not be started or swapped; the message says why."""
-
-
-@dataclass(frozen=True)
-class ServeStatus:
-    """What the app serves now, as a client sees it."""
-
-    url: str
-    running: bool  # /healthz answers at all
-    version: int | None  # the version a replica answered with (None: none served)
-    reason: str | None = None  # why nothing is served, when it is not
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "running": self.running, "version": self.version,
-                "reason": self.reason}  # fmt: skip
-
-
-def url(serving: ServingConfig) -> str:
-    host = f"[{serving.host}]" if ":" in serving.host else serving.host
-    return f"http://{host}:{serving.port}"
 
 
 def start(args: ServeArgs, *, loader: Loader = load_version) -> ServeStatus:
@@ -94,6 +70,14 @@ def swap(args: ServeArgs, *, version: int, loader: Loader = load_version) -> Ser
     return probe(args.serving)
 
 
+def start_champion(settings: Settings) -> ServeStatus | None:
+    """`driftloop up`: serve the settings' champion when there is one (None: none yet)."""
+    args = ServeArgs.of(settings)
+    if registry.champion(root=args.home, model=args.model) is None:
+        return None
+    return start(args)
+
+
 def deploy_version(args: ServeArgs, *, ref: str | int) -> ServeStatus | None:
     """Serve the version `ref` names (a number or an alias) when the app runs on the connected
     Ray; None when it does not (the next `start` serves the champion anyway)."""
@@ -123,20 +107,6 @@ def app_state() -> str | None:
     return None if app is None else str(app.status)
 
 
-def probe(serving: ServingConfig) -> ServeStatus:
-    """Ask `/healthz` over HTTP: works from any process, no Ray connection needed."""
-    base = url(serving)
-    try:
-        answer = httpx.get(f"{base}/healthz", timeout=_PROBE_TIMEOUT_S)
-        body = answer.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        return ServeStatus(url=base, running=False, version=None, reason=files.first_line(exc))
-    if answer.status_code == 200:
-        return ServeStatus(url=base, running=True, version=body.get("version"))
-    reason = body.get("reason") or body.get("detail") or f"HTTP {answer.status_code}"
-    return ServeStatus(url=base, running=True, version=None, reason=str(reason))
-
-
 def stop(*, everything: bool = False) -> bool:
     """Delete the app gracefully (each replica flushes its prediction log); with `everything`,
     Serve's controller and proxies go too. False when there was no app to stop."""
@@ -148,12 +118,6 @@ def stop(*, everything: bool = False) -> bool:
     if everything:
         serve.shutdown()
     return True
-
-
-def headers(serving: ServingConfig) -> dict[str, str]:
-    """The headers a client sends: the API key when one is set."""
-    key = serving.api_key
-    return {API_KEY_HEADER: key.get_secret_value()} if key is not None else {}
 
 
 def _check_http(serving: ServingConfig) -> None:

@@ -32,12 +32,12 @@ from fastapi.responses import JSONResponse
 from tasks import files, registry, traffic
 from tasks.model import Predictor, load_model
 from tasks.serve.log import PredictionLog, batch_table
+from tasks.serve.probe import API_KEY_HEADER
 from tasks.serve.schema import BadRequest, Schemas
 from tasks.serve.scoring import Scorer
 from tasks.settings import ServingConfig
 
 log = logging.getLogger("driftloop.serve")
-API_KEY_HEADER = "X-API-Key"
 VERSION_HEADER = "X-Model-Version"
 
 

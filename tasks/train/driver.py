@@ -30,6 +30,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tasks import files
+from tasks.budget import Budget, plan_budget
+from tasks.calibration import Calibration, calibrate
 from tasks.cluster import cluster_nodes, connect_ray
 from tasks.loop import (
     EpochRecord,
@@ -38,9 +40,10 @@ from tasks.loop import (
     LoopTraining,
     Mode,
     WorkerInfo,
+    best_model_folder,
     train_loop_per_worker,
 )
-from tasks.model import Kind, ModelSpec, Preprocessor, load_model, save_model
+from tasks.model import Kind, ModelSpec, Predictor, Preprocessor, load_model, save_model
 from tasks.train.checks import (
     START_RETRIES,
     Placement,
@@ -92,6 +95,9 @@ class TrainResult:
     epoch_seconds: list[float] = field(default_factory=list)
     use_gpu: bool = False
     seconds: float = 0.0
+    steps: int = 0  # optimizer steps run (the budget's, unless early stopping ended the run)
+    budget: Budget | None = None  # planned from the training rows: the same on 1 or N workers
+    calibration: Calibration | None = None  # the temperature fitted on the validation split
 
 
 def train_model(
@@ -104,7 +110,11 @@ def train_model(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     fault: FaultInjection | None = None,
 ) -> TrainResult:
-    """Fit the preprocessing and train the MLP with DDP on Ray Train; export the best model.
+    """Fit the preprocessing and train the MLP with DDP on Ray Train; export the best model,
+    with a temperature fitted on the validation split for a classifier (`training.calibrate`).
+
+    The step budget (`tasks.budget`) is planned here, from the training rows and the global
+    batch, and handed to every worker: 1 and N workers take the same optimizer steps.
 
     Args:
         train: the training split (the preprocessing is fitted on it alone).
@@ -127,6 +137,11 @@ def train_model(
     pre = _fit_preprocessing(train, settings)
     spec = ModelSpec.build(pre, config)
     metric, mode = METRICS[pre.kind]
+    budget = plan_budget(rows=train.num_rows, config=LoopTraining.of(config))
+    logger.info(
+        "budget: %d steps of %d rows (%.1f epochs), %d evaluation rounds of %d steps",
+        budget.total_steps, budget.global_batch, budget.epochs, budget.rounds, budget.eval_every,
+    )  # fmt: skip
 
     # Cluster: fail now on what it can never hold, or on storage its nodes cannot share
     placement = _place_on_cluster(config)
@@ -147,6 +162,7 @@ def train_model(
             training=LoopTraining.of(config),
             metric_mode=mode,
             fault=fault,
+            budget=budget,
         )
         # Scaling config
         scaling = _scaling_config(config, placement)
@@ -170,6 +186,10 @@ def train_model(
         placement=placement,
         registered=progress.registered,
         t0=started,
+        validation=validation,
+        calibrate_on=config.calibrate,
+        bins=settings.evaluation.calibration_bins,
+        budget=budget,
     )
     progress.catch_up(trained.history)
     return trained
@@ -386,21 +406,31 @@ def _collect(
     placement: Placement,
     registered: list[tuple[int, int]],
     t0: float,
+    validation: pa.Table,
+    calibrate_on: bool,
+    bins: int,
+    budget: Budget,
 ) -> TrainResult:
-    """Export the best checkpoint's model and gather what the loop returned."""
+    """Export the best round's model, calibrated, and gather what the loop returned.
+
+    The newest checkpoint carries the best round's weights (`tasks.loop.best_model_folder`),
+    even when Ray Train no longer keeps that round's own checkpoint.
+    """
     run_path = _as_location(storage, str(result.path))
-    best = result.get_best_checkpoint("val_metric", mode)
-    if best is None:
+    newest = result.checkpoint
+    if newest is None:
         raise TrainingFailed(f"training run {run_path} finished without any checkpoint")
     model_dir, temporary = _model_dir(result)
-    with best.as_directory() as folder:
-        predictor = load_model(Path(folder) / "model")
-        save_model(
-            model_dir,
-            model=predictor.model,
-            spec=predictor.spec,
-            preprocessor=predictor.preprocessor,
-        )
+    with newest.as_directory() as folder:
+        predictor = load_model(best_model_folder(folder))
+    calibration = _fit_temperature(predictor, validation, enabled=calibrate_on, bins=bins)
+    save_model(
+        model_dir,
+        model=predictor.model,
+        spec=predictor.spec,
+        preprocessor=predictor.preprocessor,
+        calibration=calibration,
+    )
     # Rank 0's return value (Train V2); else the newest checkpoint's state, which has the same
     # history: the result never depends on what reached the driver live.
     summary: dict[str, Any] = getattr(result, "return_value", None) or _checkpoint_state(
@@ -423,7 +453,28 @@ def _collect(
         use_gpu=placement.use_gpu,
         seconds=time.perf_counter() - t0,
         model_dir_is_temporary=temporary,
+        steps=int(summary.get("steps", 0)),
+        budget=budget,
+        calibration=calibration,
     )
+
+
+def _fit_temperature(
+    predictor: Predictor, validation: pa.Table, *, enabled: bool, bins: int
+) -> Calibration | None:
+    """A classifier's temperature, fitted on the validation split (tasks.calibration)."""
+    pre = predictor.preprocessor
+    if not enabled or pre.kind == "regression" or validation.num_rows == 0:
+        return None
+    found = calibrate(
+        predictor.logits(validation), pre.encode_target(validation), kind=pre.kind, bins=bins
+    )
+    logger.info(
+        "temperature %.3f on %d validation rows: log loss %.4f -> %.4f, ECE %.4f -> %.4f",
+        found.temperature, found.rows, found.log_loss_before, found.log_loss_after,
+        found.ece_before, found.ece_after,
+    )  # fmt: skip
+    return found
 
 
 def _model_dir(result: ray.train.Result) -> tuple[Path, bool]:
