@@ -1,8 +1,9 @@
 """The import layers (pyproject.toml, checked by `lint-imports` in `make lint`) cover the tree."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).parents[1]
 
