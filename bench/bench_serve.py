@@ -1,6 +1,6 @@
 """Benchmarks of serving on Ray Serve against the same app on plain uvicorn, ratios from one run.
 
-    flock /tmp/driftloop-heavy.lock .venv/bin/python bench/bench_serve.py   # ~3 minutes, 2 cores
+    flock /tmp/driftloop-heavy.lock .venv/bin/python bench/bench_serve.py   # ~4 minutes, 2 cores
 
 Goals (issue #10), all over HTTP on 127.0.0.1 with the same client: single-record requests at 32
 concurrent clients >= 0.5x the req/s of the same FastAPI app on plain uvicorn (Serve with
@@ -210,58 +210,67 @@ def in_process(payload_rows: int) -> dict[str, float]:
 # The run -----------------------------------------------------------------------------------------
 
 
-def run(seconds: float) -> dict[str, Any]:
+def run(seconds: float, *, reps: int) -> dict[str, Any]:
+    """Every arm runs at once (idle ones cost nothing); each measurement is taken arm after arm,
+    `reps` rounds, medians kept: the load other jobs put on the machine hits every arm alike."""
     os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # before Ray starts: replicas inherit it
-    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "0"  # no 30 s drain per swap
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "0"  # no 30 s drain at the end
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    token = Path(tempfile.mkdtemp(prefix="dl-bench-ray-")) / "auth_token"  # not ~/.ray's
+    token.write_text(os.urandom(32).hex())
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     import ray
     from ray import serve
 
     home = make_home()
-    one, thousand = body(1, seed=1), body(1_000, seed=2)
+    payloads = {
+        "c32": (body(1, seed=1), 32),
+        "c1": (body(1, seed=1), 1),
+        "rows1000": (body(1_000, seed=2), 2),
+    }
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}}
-
-    # Plain uvicorn, float32 and int8 -----------------------------------------------------------
-    for label, quantize in (("plain", False), ("plain_int8", True)):
-        process, url = start_plain(home, quantize=quantize)
-        try:
-            out[label] = {
-                "c32": load(f"{url}/predict", one, clients=32, seconds=seconds),
-                "c1": load(f"{url}/predict", one, clients=1, seconds=seconds),
-                "rows1000": load(f"{url}/predict", thousand, clients=2, seconds=seconds),
-            }
-        finally:
+    plain, plain_url = start_plain(home)
+    plain8, plain8_url = start_plain(home, quantize=True)
+    urls = {"plain": plain_url, "plain_int8": plain8_url}
+    try:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=4)
+        proxy_port = free_port()
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": proxy_port},
+            logging_config={"log_level": "WARNING"},
+        )
+        arms = {
+            "serve": {},
+            "serve_batched": {"batching": True},
+            "serve_int8": {"quantize_int8": True},
+        }
+        for label, serving in arms.items():
+            urls[label] = deploy(home, name=label, proxy_port=proxy_port, **serving)
+            wait_ready(urls[label])
+        urls["serve_proxy"] = f"http://127.0.0.1:{proxy_port}/serve"
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {a: {} for a in urls}
+        for _ in range(reps):
+            for kind, (payload, clients) in payloads.items():
+                for arm, url in urls.items():
+                    if arm == "serve_proxy" and kind == "rows1000":
+                        continue
+                    m = load(f"{url}/predict", payload, clients=clients, seconds=seconds)
+                    runs[arm].setdefault(kind, []).append(m)
+        for arm, kinds in runs.items():
+            out[arm] = {"url": urls[arm]} | {kind: _median(ms) for kind, ms in kinds.items()}
+        serve.shutdown()
+        ray.shutdown()
+    finally:
+        for process in (plain, plain8):
             process.terminate()
             process.wait(timeout=30)
-
-    # Ray Serve, direct ingress ------------------------------------------------------------------
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=2)
-    proxy_port = free_port()
-    serve.start(
-        http_options={"host": "127.0.0.1", "port": proxy_port},
-        logging_config={"log_level": "WARNING"},
-    )
-    arms = {"serve": {}, "serve_batched": {"batching": True}, "serve_int8": {"quantize_int8": True}}
-    for label, serving in arms.items():
-        url = deploy(home, name=label, proxy_port=proxy_port, **serving)
-        wait_ready(url)
-        out[label] = {
-            "url": url,
-            "c32": load(f"{url}/predict", one, clients=32, seconds=seconds),
-            "c1": load(f"{url}/predict", one, clients=1, seconds=seconds),
-            "rows1000": load(f"{url}/predict", thousand, clients=2, seconds=seconds),
-        }
-        if label == "serve":  # the proxy's path (what port 8000 gives without direct ingress)
-            proxied = f"http://127.0.0.1:{proxy_port}/{label}/predict"
-            out["serve_proxy"] = {
-                "c32": load(proxied, one, clients=32, seconds=seconds),
-                "c1": load(proxied, one, clients=1, seconds=seconds),
-            }
-        serve.delete(label)
-    serve.shutdown()
-    ray.shutdown()
     out["in_process"] = in_process(1_000)
+    out["machine"]["load_after"] = os.getloadavg()
     return out
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
 def verdicts(out: dict[str, Any]) -> list[tuple[str, str, float, str]]:
@@ -269,6 +278,7 @@ def verdicts(out: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     ratio = serve_["c32"]["requests_per_s"] / plain["c32"]["requests_per_s"]
     added = serve_["c1"]["p50_ms"] - plain["c1"]["p50_ms"]
     rows = serve_["rows1000"]["requests_per_s"] * 1_000 / out["in_process"]["rows_per_s"]
+    rows_vs_plain = serve_["rows1000"]["requests_per_s"] / plain["rows1000"]["requests_per_s"]
     batched = out["serve_batched"]["c32"]["requests_per_s"] / serve_["c32"]["requests_per_s"]
     int8 = out["plain_int8"]["c32"]["requests_per_s"] / plain["c32"]["requests_per_s"]
     int8_rows = (
@@ -293,6 +303,7 @@ def verdicts(out: dict[str, Any]) -> list[tuple[str, str, float, str]]:
             rows,
             "goal >= 0.5",
         ),
+        ("REPORT", "Serve / uvicorn rows/s, 1,000-record requests", rows_vs_plain, ""),
         ("REPORT", "batched / unbatched Serve req/s, 32 clients", batched, ""),
         ("REPORT", "int8 / float32 req/s (uvicorn), 32 clients", int8, ""),
         ("REPORT", "int8 / float32 rows/s (uvicorn), 1,000-record requests", int8_rows, ""),
@@ -301,14 +312,15 @@ def verdicts(out: dict[str, Any]) -> list[tuple[str, str, float, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--reps", type=int, default=2, help="rounds over every arm")
     parser.add_argument("--plain", nargs=2, metavar=("HOME", "PORT"), help=argparse.SUPPRESS)
     parser.add_argument("--int8", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.plain:
         plain_server(options.plain[0], int(options.plain[1]), quantize=options.int8)
         return
-    out = run(options.seconds)
+    out = run(options.seconds, reps=options.reps)
     out["verdicts"] = [
         {"verdict": v, "what": w, "figure": f, "goal": g} for v, w, f, g in verdicts(out)
     ]

@@ -355,7 +355,10 @@ def _stop_serving(config: Path, home: Path) -> bool:
     from tasks.settings import ServingConfig
 
     settings = load_settings(config, check_source=False) if config.exists() else None
-    if not probe(settings.serving if settings else ServingConfig()).running:
+    serving, model = (
+        (settings.serving, settings.dataset.name) if settings else (ServingConfig(), None)
+    )
+    if not probe(serving, model=model).running:
         return False
     ours = stack.connection_env(home=home).get("RAY_ADDRESS")
     stack.use(home=home)

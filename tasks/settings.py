@@ -231,6 +231,68 @@ class ServingConfig(_Strict):
     num_gpus: float = Field(0, ge=0)  # per replica; the model moves to the GPU when it has one
 
 
+# Evidently's drift tests by name (evidently.legacy.calculations.stattests): a typo fails at load
+DriftMethod = Literal[
+    "wasserstein", "ks", "anderson", "cramer_von_mises", "ed", "es", "mannw", "t_test",
+    "empirical_mmd", "jensenshannon", "psi", "kl_div", "hellinger", "chisquare", "z", "g_test",
+    "fisher_exact", "TVD",
+]  # fmt: skip
+RetrainOn = Literal["drift", "decay", "drift_and_decay"]
+
+
+class MonitoringConfig(_Strict):
+    """The drift monitor (Evidently) and the retrain governor (tasks/monitor).
+
+    `retrain_on`: `drift` retrains when the inputs drift (quality is shown, not needed);
+    `decay` when quality decayed, measured on feedback labels or estimated from the model's
+    probabilities (CBPE) where none arrived; `drift_and_decay` when quality decayed and either
+    the inputs drifted too or the decay was measured on labels (stable inputs with a measured
+    decay are concept drift): drift alone holds, and so does an estimate no drift backs up.
+    """
+
+    window_hours: float | None = Field(24.0, gt=0)  # the prediction log of the last this many hours
+    window_rows: int | None = Field(None, ge=1)  # and/or its newest this many rows
+    min_rows: int = Field(1_000, ge=1)  # fewer rows in a window: no verdict, hold
+    # window and reference are sampled (seeded) to this many rows for Evidently and the data
+    # checks: Evidently on 1M rows takes ~54 s, and an effect size needs no more rows than this
+    sample_rows: int = Field(20_000, ge=100)
+    seed: int = 0
+    # Evidently's own defaults above 1,000 reference rows, pinned so a small reference does not
+    # switch to p-value tests (on 100,000 rows a p-value flags shifts too small to matter)
+    num_method: DriftMethod = "wasserstein"  # normed Wasserstein distance
+    cat_method: DriftMethod = "jensenshannon"
+    num_threshold: float = Field(0.1, gt=0)  # distances: drift above it (p-value tests: below)
+    cat_threshold: float = Field(0.1, gt=0)
+    per_column_method: dict[str, DriftMethod] = {}  # a column's own test...
+    per_column_threshold: dict[str, float] = {}  # ...and threshold
+    drift_share: float = Field(0.5, gt=0, le=1)  # share of drifted features that is drift
+    retrain_on: RetrainOn = "drift_and_decay"
+    windows_needed: int = Field(2, ge=1)  # M: the signal in M of...
+    windows_considered: int = Field(3, ge=1)  # ...the last N windows judged for this champion
+    cooldown_hours: float = Field(24.0, ge=0)  # per model, after a retrain request
+    schedule_minutes: float = Field(60.0, gt=0)  # how often the monitor deployment runs
+    min_labelled_rows: int = Field(200, ge=1)  # fewer labels in the window: quality is estimated
+    # relative loss of the primary metric against the champion's holdout value that is decay
+    # (the CI of the window's value must also lie below the holdout value)
+    max_quality_drop: float = Field(0.05, ge=0, lt=1)
+    confidence: float = Field(0.95, gt=0.5, lt=1)  # bootstrap CI level of window quality
+    bootstrap_resamples: int = Field(200, ge=50, le=10_000)
+    # retraining: labelled production rows of the last this many days join the source data...
+    feedback_days: float = Field(30.0, gt=0)
+    feedback_gate_share: float = Field(0.3, gt=0, lt=1)  # ...minus this share, kept for the gate
+
+    @model_validator(mode="after")
+    def _m_of_n(self) -> "MonitoringConfig":
+        if self.windows_needed > self.windows_considered:
+            raise ValueError(
+                f"monitoring.windows_needed ({self.windows_needed}) cannot exceed "
+                f"monitoring.windows_considered ({self.windows_considered})"
+            )
+        if self.window_hours is None and self.window_rows is None:
+            raise ValueError("monitoring: set window_hours, window_rows or both")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything driftloop needs to run, from one file plus environment overrides."""
 
@@ -251,6 +313,7 @@ class Settings(BaseSettings):
     gate: GateConfig = GateConfig()
     stack: StackConfig = StackConfig()
     serving: ServingConfig = ServingConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -61,19 +61,46 @@ def append(*, home: str, model: str, kind: Kind, rows: pa.Table) -> str | None:
     return final
 
 
-def read(*, home: str, model: str, kind: Kind) -> pa.Table | None:
-    """Every row of the log or the labels (None when there are none yet)."""
+def read(
+    *,
+    home: str,
+    model: str,
+    kind: Kind,
+    columns: list[str] | None = None,
+    since: datetime | None = None,
+) -> pa.Table | None:
+    """The rows of the log or the labels (None when there are none yet): all of them, or those
+    stamped at or after `since` (day folders before it are not opened); every column, or only
+    `columns` (those the files have: a column no file has is left out, not invented)."""
     fs, base = files.resolve(location(home=home, model=model, kind=kind))
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         return None
-    parts = [
-        i.path
+    first_day = f"date={since.astimezone(timezone.utc).date().isoformat()}" if since else ""
+    found_files = [
+        i
         for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+        if i.type == pafs.FileType.File
+        and i.base_name.endswith(".parquet")
+        and i.path.rsplit("/", 2)[-2] >= first_day
     ]
-    if not parts:
+    if not found_files:
         return None
-    return pads.dataset(parts, filesystem=fs, format="parquet").to_table()
+    parts = [i.path for i in found_files]
+    # the newest file's schema governs: older files are read into it (a column they lack is null)
+    newest = max(found_files, key=lambda i: (i.path.rsplit("/", 2)[-2], i.mtime_ns or 0))
+    schema = pq.read_schema(newest.path, filesystem=fs)
+    found = pads.dataset(parts, schema=schema, filesystem=fs, format="parquet")
+    wanted = None if columns is None else [c for c in columns if c in schema.names]
+    where = (
+        None
+        if since is None
+        else pc.field(_TIME[kind]) >= pa.scalar(since, schema.field(_TIME[kind]).type)
+    )
+    try:
+        return found.to_table(columns=wanted, filter=where)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise TrafficError(f"{kind}/{model}: its files disagree on a column's type: "
+                           f"{files.first_line(exc)}") from None  # fmt: skip
 
 
 def labelled(*, home: str, model: str, target: str, limit: int) -> pa.Table | None:

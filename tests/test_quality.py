@@ -24,7 +24,7 @@ from tasks.settings import (
 from tasks.train import TrainResult, train_model
 
 pytestmark = pytest.mark.integration
-ROWS = 200
+ROWS = 210  # a holdout of 31 rows: enough for the calibration rule (30) to judge
 
 
 def breast_cancer(rows: int) -> tuple[pa.Table, list[str]]:
@@ -66,7 +66,7 @@ def trained(
                        settings=make_settings(home, numeric))  # fmt: skip
 
 
-def test_a_table_of_200_rows_trains_to_a_calibrated_model_the_gate_accepts(
+def test_a_table_of_about_200_rows_trains_to_a_calibrated_model_the_gate_accepts(
     trained: TrainResult, small: tuple[Splits, list[str]]
 ) -> None:
     parts, numeric = small

@@ -31,6 +31,7 @@ from tasks.serve import (
     APP_NAME,
     DEPLOYMENT,
     INT8_TOLERANCE,
+    Batch,
     PredictionLog,
     Scorer,
     ServeArgs,
@@ -218,16 +219,44 @@ def test_int8_predictions_agree_with_float32_on_a_holdout_within_the_tolerance(
 ) -> None:
     predictor = models.predictor(models.versions[0])
     holdout = make_table(2_000, seed=11)
-    plain = Scorer.of(predictor, version=1).score(holdout)
+    scorer = Scorer.of(predictor, version=1)
+    plain = scorer.score(holdout)
     np.testing.assert_allclose(plain, predictor.predict(holdout), atol=1e-6)
+    # the request path's numpy encoding equals Preprocessor.transform's, nulls and unknowns too
+    odd = holdout.slice(0, 50).to_pydict()
+    odd["charges"][:3] = [None, None, None]
+    odd["contract"][3:6] = ["weekly", None, "monthly"]
+    columns = {
+        k: [_as_category(v) for v in vals] if k in FEATURES.categorical else vals
+        for k, vals in odd.items()
+    }
+    np.testing.assert_allclose(
+        scorer.score_columns(columns), predictor.predict(pa.table(odd)), atol=1e-6
+    )
     int8 = Scorer.of(models.predictor(models.versions[0]), version=1, quantize=True)
     assert int8.quantize
     assert np.abs(int8.score(holdout) - plain).max() <= INT8_TOLERANCE
 
 
+def _as_category(value: Any) -> Any:
+    """What the request schema makes of a JSON value for a categorical feature."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
 def test_the_log_writes_whole_files_by_rows_by_time_and_on_close(tmp_path: Path) -> None:
-    def rows(n: int, start: int) -> pa.Table:
-        return pa.table({"request_id": [f"r{start + i}" for i in range(n)], "x": [1.0] * n})
+    def rows(n: int, start: int) -> Batch:
+        return Batch(
+            request_ids=[f"r{start + i}" for i in range(n)],
+            version=1,
+            features={"x": [1.0] * n},
+            types={"x": pa.float64()},
+            predictions=[0] * n,
+            prediction_type=pa.int64(),
+            probabilities={"0": np.ones(n), "1": np.zeros(n)},
+            latency_ms=1.0,
+        )
 
     log = PredictionLog(home=str(tmp_path), model=MODEL, flush_rows=10, flush_seconds=0.3)
     log.add(rows(12, 0))  # past flush_rows: written soon, without waiting for the timer
@@ -244,6 +273,9 @@ def test_the_log_writes_whole_files_by_rows_by_time_and_on_close(tmp_path: Path)
     assert table is not None
     assert table.num_rows == 17
     assert len(set(table["request_id"].to_pylist())) == 17
+    assert {"x", "prediction", "probability_0", "probability_1", "latency_ms"} <= set(
+        table.column_names
+    )
 
 
 # Real Ray Serve over HTTP on 127.0.0.1 -----------------------------------------------------------
@@ -742,7 +774,9 @@ def test_up_serves_the_champion_deploy_swaps_it_status_shows_it_and_down_flushes
 
     run("init", "--rows", "500")
     try:
-        up = json.loads(run("up", "--json").stdout)
+        started = run("up", "--json")
+        up = json.loads(started.stdout)
+        assert "Application 'driftloop'" not in started.stderr  # Serve's logs go to files
         assert up["serving"]["version"] == models.versions[0]
         url = up["serving"]["url"]
         assert url == f"http://127.0.0.1:{port}"
@@ -770,4 +804,4 @@ def test_up_serves_the_champion_deploy_swaps_it_status_shows_it_and_down_flushes
     logged = traffic.read(home=str(home), model=MODEL, kind="predictions")
     assert logged is not None
     assert set(logged["request_id"].to_pylist()) == answered
-    assert not (home / "logs" / "serve").exists() or any((home / "logs" / "serve").iterdir())
+    assert any((home / "logs" / "serve").glob("replica_*.log"))

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         stop,
         swap,
     )
-    from tasks.serve.log import PredictionLog
+    from tasks.serve.log import Batch, PredictionLog
     from tasks.serve.probe import ServeStatus, headers, probe, url
     from tasks.serve.schema import BadRequest, Schemas
     from tasks.serve.scoring import INT8_TOLERANCE, Scorer
@@ -46,7 +46,7 @@ _WHERE = {
     "app": ["APP_NAME", "DEPLOYMENT", "ServeArgs", "bind_app", "build_app", "resolve_version"],
     "control": ["ServeError", "deploy_version", "is_running", "start", "start_champion", "stop",
                 "swap"],
-    "log": ["PredictionLog"],
+    "log": ["Batch", "PredictionLog"],
     "probe": ["ServeStatus", "headers", "probe", "url"],
     "schema": ["BadRequest", "Schemas"],
     "scoring": ["INT8_TOLERANCE", "Scorer"],
@@ -59,6 +59,7 @@ __all__ = [
     "DEPLOYMENT",
     "INT8_TOLERANCE",
     "BadRequest",
+    "Batch",
     "PredictionLog",
     "Schemas",
     "Scorer",

@@ -19,7 +19,6 @@ import json
 import logging
 from typing import Any
 
-import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve.config import BackpressureConfig
@@ -27,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from tasks import files, registry
 from tasks.registry import RegistryError
+from tasks.serve.schema import Columns
 from tasks.serve.service import Loaded, Loader, Service, load_version, make_api
 from tasks.settings import ServingConfig, Settings
 
@@ -102,11 +102,11 @@ class DriftloopServer:
     def __serve_build_asgi_app__(self) -> Any:
         return make_api(self.service)
 
-    async def _score_in_batch(self, loaded: Loaded, table: pa.Table) -> Any:
-        return await self._batched((loaded, table))
+    async def _score_in_batch(self, loaded: Loaded, columns: Columns) -> Any:
+        return await self._batched((loaded, columns))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _batched(self, items: list[tuple[Loaded, pa.Table]]) -> list[Any]:
+    async def _batched(self, items: list[tuple[Loaded, Columns]]) -> list[Any]:
         """One forward pass per version for the requests that arrived together."""
         results: list[Any] = [None] * len(items)
         versions: dict[int, list[int]] = {}
@@ -114,12 +114,14 @@ class DriftloopServer:
             versions.setdefault(id(loaded), []).append(i)
         for positions in versions.values():
             loaded = items[positions[0]][0]
-            tables = [items[i][1] for i in positions]
-            out = loaded.scorer.score(pa.concat_tables(tables))
+            parts = [items[i][1] for i in positions]
+            merged = {name: [v for part in parts for v in part[name]] for name in parts[0]}
+            out = loaded.scorer.score_columns(merged)
             start = 0
-            for i, table in zip(positions, tables, strict=True):
-                results[i] = out[start : start + table.num_rows]
-                start += table.num_rows
+            for i, part in zip(positions, parts, strict=True):
+                rows = len(next(iter(part.values()))) if part else 0
+                results[i] = out[start : start + rows]
+                start += rows
         return results
 
     def __del__(self) -> None:

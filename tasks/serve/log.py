@@ -1,7 +1,7 @@
 """The prediction log writer of a replica: buffered, flushed off the request path.
 
     log = PredictionLog(home=home, model="churn", flush_rows=10_000, flush_seconds=1.0)
-    log.add(batch)       # on the request path: a list append under a lock
+    log.add(Batch(...))  # on the request path: a list append under a lock
     log.flush()          # on a model swap; `close()` on shutdown flushes and stops the thread
 
 A background thread writes what is buffered as one Parquet file (`traffic.append`: written beside
@@ -12,11 +12,14 @@ loses what it buffered since the last flush: at most `flush_seconds` of its answ
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,31 +33,56 @@ MODEL_VERSION, PREDICTION, PROBABILITY, LATENCY_MS = (
 )  # fmt: skip
 
 
-def batch_table(
-    *,
-    features: pa.Table,
-    request_ids: list[str],
-    version: int,
-    predictions: Sequence[object],
-    probabilities: dict[str, np.ndarray] | None,
-    latency_ms: float,
-    prediction_type: pa.DataType,
-) -> pa.Table:
-    """One request's rows as the log stores them: ids, time, version, features, outputs."""
-    n = features.num_rows
-    now = datetime.now(timezone.utc)
+@dataclass(frozen=True)
+class Batch:
+    """One request's answers as the request path leaves them: Python values, no Arrow yet."""
+
+    request_ids: list[str]
+    version: int
+    features: dict[str, list[Any]]  # validated values, column by column
+    types: dict[str, pa.DataType]  # each feature's column type in the log
+    predictions: Sequence[object]
+    prediction_type: pa.DataType
+    probabilities: dict[str, np.ndarray] | None  # class -> one probability per record
+    latency_ms: float
+    predicted_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def rows(self) -> int:
+        return len(self.request_ids)
+
+    def shape(self) -> tuple[object, ...]:
+        """Batches of one shape (a version's columns) become one Arrow table together."""
+        probabilities = tuple(self.probabilities or ())
+        return (tuple(self.types.items()), self.prediction_type, probabilities)
+
+
+def to_table(batches: Sequence[Batch]) -> pa.Table:
+    """The log rows of batches of one shape: ids, time, version, features, outputs. One Arrow
+    array per column for the whole flush (per request it would cost more than the model)."""
+    first = batches[0]
+
+    def joined(values: Callable[[Batch], Iterable[Any]], kind: pa.DataType) -> pa.Array:
+        return pa.array(list(itertools.chain.from_iterable(values(b) for b in batches)), kind)
+
     columns: dict[str, pa.Array] = {
-        traffic.REQUEST_ID: pa.array(request_ids, pa.string()),
-        traffic.PREDICTED_AT: pa.array([now] * n, pa.timestamp("us", tz="UTC")),
-        MODEL_VERSION: pa.array([version] * n, pa.int64()),
+        traffic.REQUEST_ID: joined(lambda b: b.request_ids, pa.string()),
+        traffic.PREDICTED_AT: joined(lambda b: [b.predicted_at] * b.rows, _TIME),
+        MODEL_VERSION: joined(lambda b: [b.version] * b.rows, pa.int64()),
     }
-    for name in features.column_names:
-        columns[name] = features[name]
-    columns[PREDICTION] = pa.array(predictions, prediction_type)
-    for name, values in (probabilities or {}).items():
-        columns[f"{PROBABILITY}{name}"] = pa.array(values, pa.float64())
-    columns[LATENCY_MS] = pa.array([latency_ms] * n, pa.float64())
+    for name, kind in first.types.items():
+        columns[name] = joined(lambda b, name=name: b.features[name], kind)  # type: ignore[misc]
+    columns[PREDICTION] = joined(lambda b: b.predictions, first.prediction_type)
+    for label in first.probabilities or {}:
+        columns[f"{PROBABILITY}{label}"] = pa.array(
+            np.concatenate([b.probabilities[label] for b in batches if b.probabilities]),
+            pa.float64(),
+        )
+    columns[LATENCY_MS] = joined(lambda b: [b.latency_ms] * b.rows, pa.float64())
     return pa.table(columns)
+
+
+_TIME = pa.timestamp("us", tz="UTC")
 
 
 class PredictionLog:
@@ -71,7 +99,7 @@ class PredictionLog:
     ) -> None:
         self.home, self.model, self.kind = home, model, kind
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
-        self._pending: list[pa.Table] = []
+        self._pending: list[Batch] = []
         self._rows = 0
         self._lock = threading.Lock()  # guards _pending and _rows
         self._write_lock = threading.Lock()  # one writer at a time: files stay in order
@@ -82,11 +110,11 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="driftloop-log", daemon=True)
         self._thread.start()
 
-    def add(self, rows: pa.Table) -> None:
-        """Queue rows for the next file (cheap: no I/O)."""
+    def add(self, batch: Batch) -> None:
+        """Queue a request's rows for the next file (a list append: no Arrow, no I/O)."""
         with self._lock:
-            self._pending.append(rows)
-            self._rows += rows.num_rows
+            self._pending.append(batch)
+            self._rows += batch.rows
             full = self._rows >= self.flush_rows
         if full:
             self._wake.set()
@@ -100,7 +128,7 @@ class PredictionLog:
         """Request ids answered but not yet written."""
         with self._lock:
             parts = list(self._pending)
-        return {i for t in parts for i in t[traffic.REQUEST_ID].to_pylist()}
+        return {i for batch in parts for i in batch.request_ids}
 
     def flush(self) -> int:
         """Write what is buffered now, as one file; returns the rows written."""
@@ -110,15 +138,17 @@ class PredictionLog:
             if not parts:
                 return 0
             try:
-                table = pa.concat_tables(parts, promote_options="permissive")
+                groups = [list(g) for _, g in itertools.groupby(parts, key=Batch.shape)]
+                tables = [to_table(group) for group in groups]
+                table = pa.concat_tables(tables, promote_options="permissive")
                 traffic.append(home=self.home, model=self.model, kind=self.kind, rows=table)
             except Exception:
                 self.failed_writes += 1
                 log.exception("prediction log: write failed; %d rows kept for the next try",
-                              sum(p.num_rows for p in parts))  # fmt: skip
+                              sum(p.rows for p in parts))  # fmt: skip
                 with self._lock:
                     self._pending[:0] = parts
-                    self._rows += sum(p.num_rows for p in parts)
+                    self._rows += sum(p.rows for p in parts)
                 return 0
             self.written_rows += table.num_rows
             return table.num_rows

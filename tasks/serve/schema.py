@@ -19,19 +19,22 @@ from typing import Annotated, Any, ClassVar
 import pyarrow as pa
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     StrictStr,
     TypeAdapter,
     ValidationError,
     create_model,
     model_validator,
 )
+from typing_extensions import TypedDict
 
 from tasks.errors import DriftloopError
 from tasks.model import Label, Predictor
 
+Columns = dict[str, list[Any]]  # feature -> validated values (float | None, or str | None)
 MAX_ID_LENGTH = 64  # request ids are 32 hex digits; anything longer is not one of ours
 _SHOWN_ERRORS = 5  # problems named in the one-line message (all of them are in `errors`)
 
@@ -51,17 +54,19 @@ class BadRequest(DriftloopError):
         return {"detail": self.message, "errors": self.errors}
 
 
-def _category_text(value: object) -> object:
+def category_text(value: object) -> object:
     """JSON true/false and integers as the text pyarrow casts them to (the vocabulary's form)."""
+    if value.__class__ is str or value is None:
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return value
+    return str(value)
 
 
 Numeric = Annotated[float | None, Field(strict=True, allow_inf_nan=False)]
-Categorical = Annotated[StrictStr | None, BeforeValidator(_category_text)]
+# A category: text; JSON true/false and integers are taken too (`category_text` reads them as
+# the model's vocabulary holds them), after validation, on the column (cheaper than per value)
+Categorical = Annotated[StrictStr | StrictBool | StrictInt | None, Field()]
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class Schemas:
     categorical: list[str]
     target: str
     classes: list[Label] | None  # None: regression
-    record: type[BaseModel]
+    record: Any  # a TypedDict
     predict: type[BaseModel]
     feedback: type[BaseModel]
     max_records: int
@@ -98,8 +103,8 @@ class Schemas:
             max_records=max_records,
         )
 
-    def records(self, body: bytes) -> pa.Table:
-        """The features of a `{"records": [...]}` body (or a bare list) as a table."""
+    def records(self, body: bytes) -> Columns:
+        """The features of a `{"records": [...]}` body (or a bare list), column by column."""
         try:
             if body.lstrip()[:1] == b"[":
                 try:
@@ -110,12 +115,18 @@ class Schemas:
                 rows = self.predict.model_validate_json(body).records  # type: ignore[attr-defined]
         except ValidationError as exc:
             raise invalid(exc) from None
-        columns: dict[str, pa.Array] = {}
-        for i, name in enumerate(self.numeric):
-            columns[name] = pa.array([getattr(r, f"n{i}") for r in rows], pa.float64())
-        for j, name in enumerate(self.categorical):
-            columns[name] = pa.array([getattr(r, f"c{j}") for r in rows], pa.string())
-        return pa.table(columns)
+        columns: Columns = {name: [r[name] for r in rows] for name in self.numeric}
+        for name in self.categorical:
+            values = [r[name] for r in rows]
+            if any(v.__class__ is not str for v in values):
+                values = [category_text(v) for v in values]
+            columns[name] = values
+        return columns
+
+    def feature_types(self) -> dict[str, pa.DataType]:
+        """The Arrow type of each feature column in the prediction log."""
+        return {**dict.fromkeys(self.numeric, pa.float64()),
+                **dict.fromkeys(self.categorical, pa.string())}  # fmt: skip
 
     def labels(self, body: bytes) -> list[tuple[str, Label]]:
         """The (request id, label) pairs of a `{"labels": [...]}` body."""
@@ -142,25 +153,28 @@ class Schemas:
 _REF = "#/components/schemas/{model}"
 
 
-def record_model(*, numeric: list[str], categorical: list[str]) -> type[BaseModel]:
-    """One record: every feature required, nothing else allowed. Fields are named n0.., c0.. and
-    keyed by the feature's name (an alias), so any column name works, even `model_config`."""
+def record_model(*, numeric: list[str], categorical: list[str]) -> Any:
+    """One record: every feature required, nothing else allowed. A TypedDict keyed by the
+    features' names (any column name works, even `model_config`): validated into plain dicts,
+    several times faster than model instances for a 1,000-record request."""
     fields: dict[str, Any] = {}
-    for i, name in enumerate(numeric):
-        fields[f"n{i}"] = (Numeric, Field(alias=name, description="number (null: missing)"))
-    for j, name in enumerate(categorical):
-        fields[f"c{j}"] = (Categorical, Field(alias=name, description="category (null: missing)"))
-    config = ConfigDict(extra="forbid", populate_by_name=False, title="Record")
-    return create_model("Record", __config__=config, **fields)
+    for name in numeric:
+        fields[name] = Annotated[Numeric, Field(description="a number (null: missing)")]
+    for name in categorical:
+        fields[name] = Annotated[Categorical, Field(description="a category (null: missing)")]
+    make: Any = TypedDict  # the functional form, with keys known only at run time
+    record = make("Record", fields)
+    record.__pydantic_config__ = ConfigDict(extra="forbid", title="Record")
+    return record
 
 
-_BARE: dict[tuple[type[BaseModel], int], TypeAdapter[Any]] = {}
+_BARE: dict[tuple[Any, int], TypeAdapter[Any]] = {}
 
 
-def _bare_list(record: type[BaseModel], max_records: int) -> TypeAdapter[Any]:
+def _bare_list(record: Any, max_records: int) -> TypeAdapter[Any]:
     key = (record, max_records)
     if key not in _BARE:
-        bounded = Annotated[list[record], Field(min_length=1, max_length=max_records)]  # type: ignore[valid-type]
+        bounded = Annotated[list[record], Field(min_length=1, max_length=max_records)]
         _BARE[key] = TypeAdapter(bounded)
     return _BARE[key]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ class Scorer:
     quantize: bool = False
     device: str = "cpu"
     network: nn.Module | None = None
+    _index: list[dict[Any, int]] | None = None  # per categorical feature: value -> slot
 
     @classmethod
     def of(
@@ -71,12 +73,40 @@ class Scorer:
 
     def score(self, table: pa.Table) -> np.ndarray:
         """Probabilities (n, k) for classification, values (n,) for regression."""
+        encoded = self.predictor.preprocessor.transform(table)
+        return self._forward(encoded.numeric, encoded.categorical)
+
+    def score_columns(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
+        """`score` for a request's validated values (numbers or None; strings or None), encoded
+        in numpy as `Preprocessor.transform` encodes a table: a few microseconds, where the
+        table's per-column compute calls cost milliseconds on one record."""
         pre = self.predictor.preprocessor
-        encoded = pre.transform(table)
+        rows = len(columns[pre.features[0]]) if pre.features else 0
+        width = len(pre.numeric)
+        numeric = np.zeros((rows, 2 * width), dtype=np.float32)
+        for i, name in enumerate(pre.numeric):
+            values = np.asarray(columns[name], dtype=np.float64)  # None -> NaN
+            missing = ~np.isfinite(values)
+            numeric[:, i] = np.where(missing, 0.0, (values - pre.means[i]) / pre.stds[i])
+            numeric[:, width + i] = missing
+        categorical = np.zeros((rows, len(pre.categorical)), dtype=np.int64)
+        for j, name in enumerate(pre.categorical):
+            index = self._vocabulary(j)
+            categorical[:, j] = [index.get(v, 0) for v in columns[name]]  # 0: unknown, missing
+        return self._forward(numeric, categorical)
+
+    def _vocabulary(self, j: int) -> dict[Any, int]:
+        if self._index is None:
+            vocabularies = self.predictor.preprocessor.vocabularies
+            self._index = [{v: k + 1 for k, v in enumerate(vocab)} for vocab in vocabularies]
+        return self._index[j]
+
+    def _forward(self, encoded_numeric: np.ndarray, encoded_categorical: np.ndarray) -> np.ndarray:
+        pre = self.predictor.preprocessor
         network = self.network if self.network is not None else self.predictor.model
         with torch.inference_mode():
-            numeric = torch.from_numpy(encoded.numeric).to(self.device)
-            categorical = torch.from_numpy(encoded.categorical).to(self.device)
+            numeric = torch.from_numpy(encoded_numeric).to(self.device)
+            categorical = torch.from_numpy(encoded_categorical).to(self.device)
             logits = network(numeric, categorical)
             out = to_predictions(logits, kind=pre.kind, temperature=self.predictor.temperature)
             values = out.cpu().numpy().astype(np.float64)

@@ -14,26 +14,27 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from tasks import files, registry, traffic
 from tasks.model import Predictor, load_model
-from tasks.serve.log import PredictionLog, batch_table
+from tasks.serve.log import Batch, PredictionLog
 from tasks.serve.probe import API_KEY_HEADER
-from tasks.serve.schema import BadRequest, Schemas
+from tasks.serve.schema import BadRequest, Columns, Schemas
 from tasks.serve.scoring import Scorer
 from tasks.settings import ServingConfig
 
@@ -68,12 +69,12 @@ class Loaded:
         return self.scorer.version
 
 
-Score = Callable[[Loaded, pa.Table], Awaitable[Any]]
+Score = Callable[[Loaded, Columns], Awaitable[Any]]
 
 
-async def score_now(loaded: Loaded, table: pa.Table) -> Any:
+async def score_now(loaded: Loaded, columns: Columns) -> Any:
     """Score one request on its own (no batching)."""
-    return loaded.scorer.score(table)
+    return loaded.scorer.score_columns(columns)
 
 
 class Service:
@@ -124,23 +125,24 @@ class Service:
         """Answer `{"records": [...]}`: a prediction and a request id per record, and log them."""
         started = time.perf_counter()
         loaded = self.require()
-        table = loaded.schemas.records(body)
-        out = await self.score(loaded, table)
-        ids = [uuid.uuid4().hex for _ in range(table.num_rows)]
-        scorer = loaded.scorer
+        columns = loaded.schemas.records(body)
+        out = await self.score(loaded, columns)
+        scorer, schemas = loaded.scorer, loaded.schemas
+        ids = request_ids(len(out))
         answers = scorer.answers(out, ids)
-        latency_ms = (time.perf_counter() - started) * 1e3
+        classes = scorer.classes
         self.log.add(
-            batch_table(
-                features=table,
+            Batch(
                 request_ids=ids,
                 version=scorer.version,
+                features=columns,
+                types=schemas.feature_types(),
                 predictions=scorer.predictions(out),
+                prediction_type=schemas.label_type(),
                 probabilities=None
-                if scorer.classes is None
-                else {str(c): out[:, k] for k, c in enumerate(scorer.classes)},
-                latency_ms=latency_ms,
-                prediction_type=loaded.schemas.label_type(),
+                if classes is None
+                else {str(c): out[:, k] for k, c in enumerate(classes)},
+                latency_ms=(time.perf_counter() - started) * 1e3,
             )
         )
         return {"model": self.model, "version": scorer.version, "predictions": answers}
@@ -195,6 +197,12 @@ class Service:
         self.log.close()
 
 
+def request_ids(n: int) -> list[str]:
+    """`n` random 128-bit ids, 32 hex digits each (uuid4's strength; one system call, not n)."""
+    raw = os.urandom(16 * n).hex()
+    return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
 def logged_ids(home: str, model: str, wanted: set[str]) -> set[str]:
     """Which of `wanted` the prediction log holds (reads the request_id column only)."""
     fs, base = files.resolve(traffic.location(home=home, model=model, kind="predictions"))
@@ -246,11 +254,12 @@ def make_api(service: Service) -> FastAPI:
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.post("/predict", openapi_extra=_body("PredictRequest"))
-    async def predict(request: Request) -> JSONResponse:
+    async def predict(request: Request) -> Response:
         """Predictions for `{"records": [{feature: value, ...}, ...]}` (or a bare list)."""
         check_key(request)
         answer = await service.predict(await read_body(request, limit=limit))
-        return JSONResponse(answer, headers={VERSION_HEADER: str(answer["version"])})
+        return Response(orjson.dumps(answer), media_type="application/json",
+                        headers={VERSION_HEADER: str(answer["version"])})  # fmt: skip
 
     @app.post("/feedback", openapi_extra=_body("FeedbackRequest"))
     async def feedback(request: Request) -> JSONResponse:
