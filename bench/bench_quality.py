@@ -390,7 +390,10 @@ def main() -> None:
     if args.data != list(DATA) and out.exists():  # a partial run updates its data sets only
         old = json.loads(out.read_text())
         kept = [d for d in old.get("data", []) if d["data"] not in args.data]
-        report["data"] = kept + report["data"]
+        order = list(DATA)
+        report["data"] = sorted(kept + report["data"], key=lambda d: order.index(d["data"]))
+        report["table"] = table_lines(report) + ([verdict] if verdict else [])
+        report["merged_from"] = {"earlier": old.get("load_avg_start"), "now": args.data}
     out.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(f"written to {out}")
 
