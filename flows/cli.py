@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from flows import views
 from tasks.errors import DriftloopError, quiet_expected_failures
 from tasks.settings import (
     CONFIG_FILE,
@@ -25,7 +26,6 @@ from tasks.settings import (
 )
 
 if TYPE_CHECKING:
-    from tasks.serve.probe import ServeStatus
     from tasks.stack import StackStatus
 
 app = typer.Typer(
@@ -75,7 +75,7 @@ def init(
     table = synthetic.generate(rows=rows, seed=seed, task=task)  # type: ignore[arg-type]
     data_path = synthetic.write_parquet(table, directory / str(dataset["source"]))
     directory.mkdir(parents=True, exist_ok=True)
-    config.write_text(_example_yaml(yaml.safe_dump({"dataset": dataset}, sort_keys=False)))
+    config.write_text(views.example_yaml(yaml.safe_dump({"dataset": dataset}, sort_keys=False)))
     typer.echo(f"wrote {config} and {data_path} ({table.num_rows:,} rows)")
 
 
@@ -124,13 +124,19 @@ def generate(
 
 @app.command()
 def up(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) -> None:
-    """Start the local stack: Prefect server + UI, a Ray head and the Serve app with the champion
-    (when there is one), all on 127.0.0.1."""
+    """Start the local stack: Prefect server + UI, a Ray head, the Serve app with the champion
+    (when there is one) and the runner of the training, monitor and retraining deployments (when
+    there is a config), all on 127.0.0.1."""
     home, ports = load_stack_settings(config)
     state = _start_stack(home, ports, echo=not as_json)
     serving = _serve_champion(config, echo=not as_json)
+    runner = _run_deployments(config, ports, echo=not as_json)
     if as_json:
-        typer.echo(json.dumps({**_stack_json(state), "serving": serving}, indent=1))
+        from tasks import stack
+
+        state = stack.status(home=state.home) if runner else state
+        out = {**views.stack_json(state), "serving": serving, "deployments": runner}
+        typer.echo(json.dumps(out, indent=1))
 
 
 @app.command()
@@ -161,9 +167,9 @@ def status(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) ->
 
     home, _ = _stack_settings(config)
     state = stack.status(home=home)
-    out: dict[str, Any] = {**_stack_json(state), "serving": None, "champion": None}
+    out: dict[str, Any] = {**views.stack_json(state), "serving": None, "champion": None}
     if not as_json:
-        typer.echo(_describe(state))
+        typer.echo(views.describe(state))
     if config.exists():  # the champion is the model's, named in the config
         settings = load_settings(config, check_source=False)
         model = settings.dataset.name
@@ -172,10 +178,29 @@ def status(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) ->
         out["serving"] = served.as_dict()
         out["champion"] = {"model": model, "version": champion.version if champion else None}
         if not as_json:
-            typer.echo(_serving_line(served))
-            typer.echo(f"champion: {model} {_v(champion.version if champion else None)}")
+            typer.echo(views.serving_line(served))
+            typer.echo(f"champion: {model} {views.v(champion.version if champion else None)}")
     if as_json:
         typer.echo(json.dumps(out, indent=1))
+
+
+@app.command()
+def monitor(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) -> None:
+    """Run one monitoring pass now: drift, data and model quality of the recent traffic against
+    the champion's training sample, and the retrain governor's decision (and why)."""
+    settings = load_settings(config, check_source=False)
+    _connect_to_stack(settings)  # before Prefect is imported: it reads its settings once
+    from tasks.monitor import champion_ref, verdict
+
+    champion_ref(settings)  # fail in one line before a flow run starts: nothing to judge
+    from flows.monitoring import monitoring_pass
+
+    found = monitoring_pass(config=str(config))
+    if as_json:
+        typer.echo(json.dumps(found, indent=1))
+        return
+    for line in verdict(found):
+        typer.echo(line)
 
 
 @app.command()
@@ -220,7 +245,7 @@ def models(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) ->
         by_version.setdefault(version, []).append(alias)
     versions = registry.list_versions(root=root, model=model)
     if as_json:
-        typer.echo(json.dumps(_models_json(settings, versions, by_version), indent=1))
+        typer.echo(json.dumps(views.models_json(settings, versions, by_version), indent=1))
         return
     if not versions:
         typer.echo(f"no versions of {model!r} under {settings.location('registry')} yet")
@@ -232,8 +257,8 @@ def models(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) ->
         typer.echo(f"v{version:<4} {tags:<12} {meta.get('created_at', '')}  {shown}")
     for change in registry.history(root=root, model=model)[-5:]:
         typer.echo(
-            f"  {change.at} {change.alias}: {_v(change.from_version)} -> {_v(change.to_version)} "
-            f"({change.action}: {change.reason})"
+            f"  {change.at} {change.alias}: {views.v(change.from_version)} -> "
+            f"{views.v(change.to_version)} ({change.action}: {change.reason})"
         )
 
 
@@ -266,7 +291,7 @@ def deploy(
     change = registry.set_alias(
         root=root, model=model, alias="champion", version=target, reason="driftloop deploy"
     )
-    typer.echo(f"champion: {_v(change.from_version)} -> {_v(change.to_version)}")
+    typer.echo(f"champion: {views.v(change.from_version)} -> {views.v(change.to_version)}")
     _swap_served(settings, change.to_version)
 
 
@@ -277,7 +302,7 @@ def rollback(config: ConfigPath = Path(CONFIG_FILE)) -> None:
 
     settings = load_settings(config, check_source=False)
     change = registry.rollback(root=settings.home, model=settings.dataset.name)
-    typer.echo(f"champion: {_v(change.from_version)} -> {_v(change.to_version)}")
+    typer.echo(f"champion: {views.v(change.from_version)} -> {views.v(change.to_version)}")
     _swap_served(settings, change.to_version)
 
 
@@ -328,7 +353,7 @@ def _start_stack(home: str, ports: StackConfig, *, echo: bool = True) -> "StackS
         dashboard_port=ports.dashboard_port,
     )
     if echo:
-        typer.echo(_describe(state))
+        typer.echo(views.describe(state))
     return state
 
 
@@ -343,8 +368,33 @@ def _serve_champion(config: Path, *, echo: bool) -> dict[str, Any] | None:
     _connect_to_stack(settings)
     served = serve.start_champion(settings)
     if echo:
-        typer.echo(_serving_line(served))
+        typer.echo(views.serving_line(served))
     return None if served is None else served.as_dict()
+
+
+def _run_deployments(config: Path, ports: StackConfig, *, echo: bool) -> dict[str, Any] | None:
+    """`up`: the process that registers the project's deployments with the Prefect API in use
+    and executes their runs (None: no config). It outlives this command; `down` stops it."""
+    if not config.exists():
+        return None
+    settings = load_settings(config, check_source=False)
+    from tasks import stack
+
+    _connect_to_stack(settings)  # it inherits this process's Prefect and Ray addresses
+    service = stack.deployments_service(config=config, port=ports.runner_port)
+    runner = stack.start(home=stack.local_home(settings.home), services=[service])
+    found = runner.services[service.name]
+    from flows.deployments import describe
+
+    listed = describe(str(config))
+    if echo:
+        typer.echo(f"deployments: {'; '.join(listed)}: run by pid {found.pid}")
+    return {
+        "running": found.running,
+        "pid": found.pid,
+        "log": str(found.log),
+        "deployments": listed,
+    }
 
 
 def _stop_serving(config: Path, home: Path) -> bool:
@@ -386,96 +436,25 @@ def _swap_served(settings: Settings, version: int) -> None:
     cluster.connect_ray()
     served = serve.deploy_version(serve.ServeArgs.of(settings), ref=version)
     if served is not None:
-        typer.echo(_serving_line(served))
-
-
-def _serving_line(served: "ServeStatus | None") -> str:
-    if served is None:
-        return "serving: no champion yet (`driftloop train` makes one)"
-    if not served.running:
-        return f"serving: not running ({served.url})"
-    why = f" ({served.reason})" if served.reason else ""
-    return f"serving: {served.url} {_v(served.version)}{why}"
-
-
-def _stack_json(state: "StackStatus") -> dict[str, Any]:
-    services = {
-        name: {"running": s.running, "healthy": s.healthy, "pid": s.pid, "url": s.url}
-        for name, s in state.services.items()
-    }
-    return {
-        "home": str(state.home),
-        "services": services,
-        "prefect_api_url": state.prefect_api_url,
-        "dashboard_url": state.dashboard_url,
-    }
-
-
-def _models_json(
-    settings: Settings, versions: list[int], by_version: dict[int, list[str]]
-) -> dict[str, Any]:
-    from tasks import registry
-
-    root, model = settings.home, settings.dataset.name
-    listed = []
-    for version in versions:
-        meta = registry.get_version(root=root, model=model, version=version)
-        listed.append(
-            {
-                "version": version,
-                "aliases": sorted(by_version.get(version, [])),
-                "created_at": meta.get("created_at"),
-                "metrics": meta.get("metrics", {}),
-            }
-        )
-    history = [
-        {
-            "at": c.at,
-            "alias": c.alias,
-            "from": c.from_version,
-            "to": c.to_version,
-            "action": c.action,
-            "reason": c.reason,
-        }
-        for c in registry.history(root=root, model=model)
-    ]
-    aliases = registry.aliases(root=root, model=model)
-    return {"model": model, "versions": listed, "aliases": aliases, "history": history}
+        typer.echo(views.serving_line(served))
 
 
 def _connect_to_stack(settings: Settings) -> None:
-    """Point Prefect and Ray at the local stack when `driftloop up` runs it (see `stack.use`)."""
+    """Point Prefect and Ray at the local stack when `driftloop up` runs it (see `stack.use`).
+
+    Prefect reads its settings once, when it is first imported: a command that imported it
+    before this call would run its flows on a temporary server of its own, and its events would
+    reach no automation. That mistake fails here, loudly, instead of silently."""
     from tasks import stack
 
-    if settings.home_is_local:  # an object-store home has no local stack
-        stack.use(home=stack.local_home(settings.home))
+    if not settings.home_is_local:  # an object-store home has no local stack
+        return
+    done = stack.use(home=stack.local_home(settings.home))
+    if "PREFECT_API_URL" in done and "prefect.settings" in sys.modules:
+        from prefect.settings import get_current_settings
 
-
-def _describe(state: "StackStatus") -> str:
-    if not state.services:
-        return f"nothing runs under {state.home} (start it with `driftloop up`)"
-    lines = [f"home: {state.home}"]
-    for svc in state.services.values():
-        health = "up" if svc.healthy else ("starting or unhealthy" if svc.running else "stopped")
-        lines.append(f"  {svc.name:<8} {health:<10} pid {svc.pid}  {svc.url or ''}")
-    if state.prefect_api_url:
-        lines.append(f"Prefect API: {state.prefect_api_url}")
-    if state.dashboard_url:
-        lines.append(f"Ray dashboard: {state.dashboard_url}")
-    return "\n".join(lines)
-
-
-def _v(version: int | None) -> str:
-    return "none" if version is None else f"v{version}"
-
-
-def _example_yaml(dataset_yaml: str) -> str:
-    return (
-        "# driftloop settings: point `dataset` at your own Parquet data.\n"
-        "# Environment variables override any key: DRIFTLOOP_TRAINING__EPOCHS=5\n"
-        + dataset_yaml
-        + "training:\n  epochs: 10\n  num_workers: 2\n  use_gpu: auto\n"
-    )
+        if get_current_settings().api.url != done["PREFECT_API_URL"]:
+            raise RuntimeError("Prefect was imported before _connect_to_stack: connect first")
 
 
 def main() -> None:

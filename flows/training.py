@@ -20,6 +20,7 @@ from tasks import data, events, files, traffic, validation
 from tasks.errors import quiet_expected_failures
 from tasks.evaluate import Training, champion_task, evaluate_task, gate_task, promote_task
 from tasks.model import load_model
+from tasks.monitor import conform
 from tasks.settings import Settings, load_settings, resolve_features
 from tasks.train import train_task
 
@@ -43,8 +44,11 @@ def split_data(table: pa.Table, *, settings: Settings, hashes: np.ndarray) -> da
 
 
 @task(name="read-labelled-traffic", cache_policy=NO_CACHE)
-def read_labelled_traffic(*, settings: Settings) -> pa.Table | None:
-    """The most recent production rows that have a label by now (None until feedback arrives)."""
+def read_labelled_traffic(*, settings: Settings, location: str | None = None) -> pa.Table | None:
+    """The most recent production rows that have a label by now (None until feedback arrives),
+    or the labelled rows at `location` (the retraining flow keeps them out of training)."""
+    if location is not None:
+        return data.read_table(location)
     return traffic.labelled(
         home=settings.home,
         model=settings.dataset.name,
@@ -68,10 +72,27 @@ def serve_champion(*, settings: Settings, version: int) -> int | None:
     return None if served is None else served.version
 
 
+@task(name="add-labelled-traffic", cache_policy=NO_CACHE)
+def add_labelled_traffic(train: pa.Table, *, location: str | None) -> pa.Table:
+    """The training split plus the labelled production rows at `location` (written by the
+    retraining flow), in the source's columns; the split alone when there are none."""
+    if location is None:
+        return train
+    return pa.concat_tables([train, conform(data.read_table(location), schema=train.schema)])
+
+
 @flow(name="training-pipeline")
-def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
+def training_pipeline(
+    config: str = "driftloop.yaml",
+    extra_rows: str | None = None,
+    production_rows: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Validate the source data, train a challenger with Ray Train and promote it only if it beats
-    the champion on the same holdout. Parameter: the path of the driftloop.yaml to use."""
+    the champion on the same holdout. Parameters: the path of the driftloop.yaml to use; for a
+    retraining, Parquet files of labelled production rows to train on too (`extra_rows`) and to
+    gate on (`production_rows`, default: the most recent labelled traffic), and `metadata` for
+    the new version (what started the run)."""
     declared = load_settings(Path(config), check_source=False)
 
     # Data, and the reference its profile is judged against --------------------------------------
@@ -98,10 +119,11 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
 
     # Split and train ----------------------------------------------------------------------------
     parts = split_data(table, settings=settings, hashes=hashes)
-    result = train_task(train=parts.train, validation=parts.validation, settings=settings)
+    train: pa.Table = add_labelled_traffic(parts.train, location=extra_rows)
+    result = train_task(train=train, validation=parts.validation, settings=settings)
 
     # Evaluate the challenger and the champion on the same rows, then gate ---------------------
-    recent = read_labelled_traffic(settings=settings)
+    recent = read_labelled_traffic(settings=settings, location=production_rows)
     challenger = evaluate_task(
         load_model(result.model_dir), parts.holdout, dataset=ds, config=settings.evaluation,
         production=recent,
@@ -122,10 +144,11 @@ def training_pipeline(config: str = "driftloop.yaml") -> dict[str, Any]:
         root=settings.home,
         model_dir=str(result.model_dir),
         model_dir_is_temporary=result.model_dir_is_temporary,  # removed once registered
+        metadata=metadata,
         training=Training(
             data_fingerprint=fingerprint,
             params=settings.training.model_dump(),
-            train_rows=parts.train.num_rows,
+            train_rows=train.num_rows,
             best_epoch=result.best_epoch,
             metric_name=result.metric_name,
             best_metric=result.best_metric,

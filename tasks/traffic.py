@@ -19,6 +19,7 @@ request id wins.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -32,7 +33,21 @@ from tasks import data, files
 
 Kind = Literal["predictions", "feedback"]
 REQUEST_ID, PREDICTED_AT, RECEIVED_AT = "request_id", "predicted_at", "received_at"
+# The prediction log's columns beside the features (`PROBABILITY<class>`: one per class)
+MODEL_VERSION, PREDICTION, PROBABILITY, LATENCY_MS = (
+    "model_version", "prediction", "probability_", "latency_ms"
+)  # fmt: skip
 _TIME = {"predictions": PREDICTED_AT, "feedback": RECEIVED_AT}
+
+
+# A feature's column type in the prediction log: Serve parses every numeric feature as a JSON
+# number (a float) and every category as text
+NUMERIC_TYPE, CATEGORY_TYPE = pa.float64(), pa.string()
+
+
+def feature_types(*, numeric: Sequence[str], categorical: Sequence[str]) -> dict[str, pa.DataType]:
+    """The Arrow type of each feature column in the prediction log."""
+    return {**dict.fromkeys(numeric, NUMERIC_TYPE), **dict.fromkeys(categorical, CATEGORY_TYPE)}
 
 
 class TrafficError(data.DataError):

@@ -172,6 +172,13 @@ def test_models_deploy_and_rollback_move_the_champion(project: Project) -> None:
     assert shown.stdout.splitlines()[-1] == "champion: churn v2"
 
 
+def test_monitor_without_a_champion_says_to_train_one_first(tmp_path: Path) -> None:
+    fresh = Project(tmp_path)
+    assert fresh.run("init", "--rows", "200").returncode == 0
+    for args in (("monitor",), ("monitor", "--json")):
+        fails_with_one_line(fresh.run(*args), "no champion to monitor yet; train one first")
+
+
 # usage errors and the stack's refusals -------------------------------------------------------
 
 
@@ -220,7 +227,7 @@ def test_every_command_is_listed_in_help(project: Project) -> None:
     assert done.returncode == 0
     listed = {m[1] for m in re.finditer(r"^│ (\w+) {2,}", done.stdout, flags=re.MULTILINE)}
     assert listed == {"init", "generate", "up", "down", "status", "validate", "train", "models",
-                      "deploy", "rollback", "demo"}  # fmt: skip
+                      "deploy", "rollback", "monitor", "demo"}  # fmt: skip
 
 
 def test_make_help_lists_every_documented_target() -> None:

@@ -278,6 +278,47 @@ def test_the_log_writes_whole_files_by_rows_by_time_and_on_close(tmp_path: Path)
     )
 
 
+def test_an_answered_id_stays_known_while_its_file_is_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Feedback right after a prediction must find its id: not queued any more, not yet on disk
+    is the window in which it once answered 404 (a slow disk stands in for a busy machine)."""
+    writing, release = threading.Event(), threading.Event()
+    append = traffic.append
+
+    def slow_append(**kwargs: Any) -> str | None:
+        writing.set()
+        release.wait(timeout=10)
+        return append(**kwargs)
+
+    monkeypatch.setattr(traffic, "append", slow_append)
+    log = PredictionLog(home=str(tmp_path), model=MODEL, flush_rows=1_000, flush_seconds=60)
+    ids = [f"r{i}" for i in range(3)]
+    log.add(
+        Batch(
+            request_ids=ids,
+            version=1,
+            features={"x": [1.0] * 3},
+            types={"x": pa.float64()},
+            predictions=[0] * 3,
+            prediction_type=pa.int64(),
+            probabilities=None,
+            latency_ms=1.0,
+        )
+    )
+    flusher = threading.Thread(target=log.flush)
+    flusher.start()
+    assert writing.wait(timeout=10)
+    assert log.pending_ids() == set(ids)  # taken from the queue, the file not in place yet
+    release.set()
+    flusher.join(timeout=10)
+    assert log.pending_ids() == set()
+    table = traffic.read(home=str(tmp_path), model=MODEL, kind="predictions")
+    assert table is not None
+    assert sorted(table["request_id"].to_pylist()) == ids
+    log.close()
+
+
 # Real Ray Serve over HTTP on 127.0.0.1 -----------------------------------------------------------
 
 
@@ -757,6 +798,7 @@ def test_up_serves_the_champion_deploy_swaps_it_status_shows_it_and_down_flushes
         "DRIFTLOOP_STACK__PREFECT_PORT": str(free_port()),
         "DRIFTLOOP_STACK__RAY_PORT": str(free_port()),
         "DRIFTLOOP_STACK__DASHBOARD_PORT": str(free_port()),
+        "DRIFTLOOP_STACK__RUNNER_PORT": str(free_port()),
     }
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -25,12 +25,9 @@ import numpy as np
 import pyarrow as pa
 
 from tasks import traffic
+from tasks.traffic import LATENCY_MS, MODEL_VERSION, PREDICTION, PROBABILITY
 
 log = logging.getLogger("driftloop.serve")
-# The columns beside the features: a probability column per class (`probability_<class>`)
-MODEL_VERSION, PREDICTION, PROBABILITY, LATENCY_MS = (
-    "model_version", "prediction", "probability_", "latency_ms"
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -100,8 +97,9 @@ class PredictionLog:
         self.home, self.model, self.kind = home, model, kind
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self._pending: list[Batch] = []
+        self._writing: list[Batch] = []  # taken for the file being written, not yet readable
         self._rows = 0
-        self._lock = threading.Lock()  # guards _pending and _rows
+        self._lock = threading.Lock()  # guards _pending, _writing and _rows
         self._write_lock = threading.Lock()  # one writer at a time: files stay in order
         self._wake = threading.Event()
         self._closed = False
@@ -125,9 +123,9 @@ class PredictionLog:
             return self._rows
 
     def pending_ids(self) -> set[str]:
-        """Request ids answered but not yet written."""
+        """Request ids answered but not yet readable in a log file (queued, or being written)."""
         with self._lock:
-            parts = list(self._pending)
+            parts = self._writing + self._pending
         return {i for batch in parts for i in batch.request_ids}
 
     def flush(self) -> int:
@@ -135,6 +133,7 @@ class PredictionLog:
         with self._write_lock:
             with self._lock:
                 parts, self._pending, self._rows = self._pending, [], 0
+                self._writing = parts
             if not parts:
                 return 0
             try:
@@ -149,7 +148,10 @@ class PredictionLog:
                 with self._lock:
                     self._pending[:0] = parts
                     self._rows += sum(p.rows for p in parts)
+                    self._writing = []
                 return 0
+            with self._lock:
+                self._writing = []  # the file is in place: the ids are readable there now
             self.written_rows += table.num_rows
             return table.num_rows
 

@@ -31,6 +31,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from tasks import traffic
 from tasks.errors import DriftloopError
 from tasks.model import Label, Predictor
 
@@ -125,8 +126,7 @@ class Schemas:
 
     def feature_types(self) -> dict[str, pa.DataType]:
         """The Arrow type of each feature column in the prediction log."""
-        return {**dict.fromkeys(self.numeric, pa.float64()),
-                **dict.fromkeys(self.categorical, pa.string())}  # fmt: skip
+        return traffic.feature_types(numeric=self.numeric, categorical=self.categorical)
 
     def labels(self, body: bytes) -> list[tuple[str, Label]]:
         """The (request id, label) pairs of a `{"labels": [...]}` body."""

@@ -189,6 +189,8 @@ class StackConfig(_Strict):
     prefect_port: int = Field(stack.PREFECT_PORT, ge=1, le=65535)
     ray_port: int = Field(stack.RAY_PORT, ge=1, le=65535)
     dashboard_port: int = Field(stack.DASHBOARD_PORT, ge=1, le=65535)
+    # the runner of the Prefect deployments (its health endpoint; `driftloop up` starts it)
+    runner_port: int = Field(stack.RUNNER_PORT, ge=1, le=65535)
 
 
 class ServingConfig(_Strict):

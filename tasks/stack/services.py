@@ -21,7 +21,7 @@ from tasks.stack.processes import HOST, Service, StackError, free_port
 TOKEN_FILE = "ray_auth_token"
 # The one set of default ports (StackConfig uses them). Ray's own default, 6379, is left to a Ray
 # the user starts by hand.
-PREFECT_PORT, RAY_PORT, DASHBOARD_PORT = 4200, 6380, 8265
+PREFECT_PORT, RAY_PORT, DASHBOARD_PORT, RUNNER_PORT = 4200, 6380, 8265, 4210
 # Ray's longest unix socket is <temp>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store:
 # about 66 characters past the temp dir, and AF_UNIX allows 103 (macOS) to 107 (Linux).
 _RAY_TEMP_DIR_MAX = 36
@@ -112,6 +112,32 @@ def ray_service(
         stop_grace_s=20.0,
         # Another cluster's address or token (RAY_AUTH_TOKEN wins over the token path)
         drop_env=("RAY_ADDRESS", "RAY_AUTH_TOKEN"),
+    )
+
+
+def deployments_service(*, config: Path, port: int = RUNNER_PORT) -> Service:
+    """The process that registers driftloop's Prefect deployments and executes their runs
+    (`python -m flows.deployments <config>`, prefect.serve), for the project at `config`.
+
+    It talks to the Prefect API and the Ray its caller is pointed at (the stack's, or the
+    user's own `PREFECT_API_URL` / `RAY_ADDRESS`), and runs where the config lives. It is ready
+    when its runner's health endpoint answers, which serve() starts after registering them.
+    """
+    base = f"http://{HOST}:{port}"
+    project = config.resolve()
+    return Service(
+        name="deployments",
+        command=(sys.executable, "-m", "flows.deployments", str(project)),
+        ports={"runner": port},
+        url=base,
+        probes=(f"{base}/health",),
+        env={
+            "PREFECT_RUNNER_SERVER_ENABLE": "true",
+            "PREFECT_RUNNER_SERVER_HOST": HOST,
+            "PREFECT_RUNNER_SERVER_PORT": str(port),
+        },
+        stop_grace_s=30.0,  # a run in flight is cancelled by the runner, then the group is killed
+        cwd=str(project.parent),
     )
 
 

@@ -1,0 +1,82 @@
+"""Retraining, started by the governor's `driftloop.retrain.requested` event (or by hand).
+
+    python -m flows.retraining driftloop.yaml        # by hand; the deployment's trigger passes
+                                                     # the event's id, model, reasons and report
+
+The source is re-read and joined by the production rows that have feedback labels (the last
+`monitoring.feedback_days`), minus a share kept for the gate; then the training pipeline runs as
+ever: validate, train, gate against the champion on the holdout AND on that labelled traffic,
+promote (and Serve swaps to the new champion). The new version's metadata names what started it.
+Prefect delivers an event at least once: a second delivery of one event id does nothing.
+"""
+
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.training import training_pipeline
+from tasks.errors import quiet_expected_failures
+from tasks.monitor import claim_event_task, feedback_task
+from tasks.settings import load_settings
+
+
+@flow(name="retraining")
+def retraining(
+    config: str = "driftloop.yaml",
+    event_id: str | None = None,
+    model: str | None = None,
+    request_id: str | None = None,
+    reasons: list[str] | None = None,
+    report: str | None = None,
+) -> dict[str, Any]:
+    """Retrain on fresh source data plus labelled production rows, through the same gate.
+    Parameters: the driftloop.yaml to use; what the triggering event carried (its id, the
+    model, the governor's request id and reasons, the drift report)."""
+    settings = load_settings(Path(config), check_source=False)
+    name = settings.dataset.name
+    if model is not None and model != name:
+        get_run_logger().warning(
+            "event for model %r; %s trains %r: nothing to do", model, config, name
+        )
+        return {"model": model, "decision": "skipped", "reason": f"{config} trains {name!r}"}
+
+    # At most once per event: a redelivered event finds its claim ------------------------------
+    run_id = event_id or f"manual-{uuid.uuid4().hex[:12]}"
+    started = datetime.now(timezone.utc).isoformat()
+    trigger = {
+        "event_id": event_id,
+        "request_id": request_id,
+        "reasons": reasons or [],
+        "drift_report": report,
+        "started_at": started,
+    }
+    if event_id is not None and not claim_event_task(
+        settings=settings, event_id=event_id, record=trigger
+    ):
+        return {
+            "model": name,
+            "decision": "skipped",
+            "event_id": event_id,
+            "reason": f"event {event_id} was handled already",
+        }
+
+    # Training data: the source re-read, plus labelled production rows (the gate's kept apart) --
+    feedback = feedback_task(settings=settings, run_id=run_id)
+
+    # The same pipeline: validate, train, gate on the holdout and the labelled traffic, promote -
+    result = training_pipeline(
+        config=config,
+        extra_rows=feedback["train"],
+        production_rows=feedback["gate"],
+        metadata={"trigger": {**trigger, "feedback": feedback}},
+    )
+    return {**result, "trigger": trigger, "feedback": feedback}
+
+
+if __name__ == "__main__":
+    quiet_expected_failures()
+    print(retraining(config=sys.argv[1] if len(sys.argv) > 1 else "driftloop.yaml"))

@@ -1,0 +1,91 @@
+"""What the `driftloop` command prints: the stack, the served model, the registry, as lines for
+people or dicts for `--json`. Pure: it reads what it is given (and the registry, for `models`)."""
+
+from typing import TYPE_CHECKING, Any
+
+from tasks.settings import Settings
+
+if TYPE_CHECKING:
+    from tasks.serve.probe import ServeStatus
+    from tasks.stack import StackStatus
+
+
+def serving_line(served: "ServeStatus | None") -> str:
+    if served is None:
+        return "serving: no champion yet (`driftloop train` makes one)"
+    if not served.running:
+        return f"serving: not running ({served.url})"
+    why = f" ({served.reason})" if served.reason else ""
+    return f"serving: {served.url} {v(served.version)}{why}"
+
+
+def stack_json(state: "StackStatus") -> dict[str, Any]:
+    services = {
+        name: {"running": s.running, "healthy": s.healthy, "pid": s.pid, "url": s.url}
+        for name, s in state.services.items()
+    }
+    return {
+        "home": str(state.home),
+        "services": services,
+        "prefect_api_url": state.prefect_api_url,
+        "dashboard_url": state.dashboard_url,
+    }
+
+
+def models_json(
+    settings: Settings, versions: list[int], by_version: dict[int, list[str]]
+) -> dict[str, Any]:
+    from tasks import registry
+
+    root, model = settings.home, settings.dataset.name
+    listed = []
+    for version in versions:
+        meta = registry.get_version(root=root, model=model, version=version)
+        listed.append(
+            {
+                "version": version,
+                "aliases": sorted(by_version.get(version, [])),
+                "created_at": meta.get("created_at"),
+                "metrics": meta.get("metrics", {}),
+            }
+        )
+    history = [
+        {
+            "at": c.at,
+            "alias": c.alias,
+            "from": c.from_version,
+            "to": c.to_version,
+            "action": c.action,
+            "reason": c.reason,
+        }
+        for c in registry.history(root=root, model=model)
+    ]
+    aliases = registry.aliases(root=root, model=model)
+    return {"model": model, "versions": listed, "aliases": aliases, "history": history}
+
+
+def describe(state: "StackStatus") -> str:
+    if not state.services:
+        return f"nothing runs under {state.home} (start it with `driftloop up`)"
+    lines = [f"home: {state.home}"]
+    for svc in state.services.values():
+        health = "up" if svc.healthy else ("starting or unhealthy" if svc.running else "stopped")
+        lines.append(f"  {svc.name:<8} {health:<10} pid {svc.pid}  {svc.url or ''}")
+    if state.prefect_api_url:
+        lines.append(f"Prefect API: {state.prefect_api_url}")
+    if state.dashboard_url:
+        lines.append(f"Ray dashboard: {state.dashboard_url}")
+    return "\n".join(lines)
+
+
+def v(version: int | None) -> str:
+    return "none" if version is None else f"v{version}"
+
+
+def example_yaml(dataset_yaml: str) -> str:
+    return (
+        "# driftloop settings: point `dataset` at your own Parquet data.\n"
+        "# Environment variables override any key: DRIFTLOOP_TRAINING__EPOCHS=5\n"
+        + dataset_yaml
+        + "training:\n  epochs: 10\n  num_workers: 2\n  use_gpu: auto\n"
+    )

@@ -1,0 +1,117 @@
+"""The drift monitor and the retrain governor: above the stages, below the flows.
+
+    champion = load_champion(settings)
+    window = read_window(home=home, model="churn", features=champion.features.all,
+                         target="churned", config=settings.monitoring)
+    found = detect_drift(window.table, champion.reference, numeric=..., categorical=...,
+                         predictions=champion.output_columns, config=settings.monitoring)
+    decision = govern(home=home, model="churn", signals=signals, config=settings.monitoring)
+
+A pass reads a window of the prediction log (pyarrow, only the needed columns, sampled), compares
+it with the champion's training sample in Evidently (per-feature drift and the prediction's),
+checks its data quality with the validation suite, measures quality on the feedback labels that
+arrived (or estimates it from the champion's calibrated probabilities: CBPE), and lets the
+governor decide whether to ask for a retraining (`driftloop.retrain.requested`).
+
+The package, bottom up (each module imports only those above it in this list):
+- `window`: the window of traffic, its labels, seeded samples, the rows Serve logs;
+- `drift`: Evidently's DataDriftPreset and ValueDrift, read back as one row per column;
+- `quality`: measured quality with a bootstrap CI, CBPE estimates, the decay rule;
+- `governor`: data quality, min rows, retrain_on, M of N, cooldown; its state on disk; event
+  claims (dedupe);
+- `checks`: the champion judged, its outputs, the data-quality check, quality on a window;
+- `reports`: the pass's result, its reports, Prefect artifacts and events;
+- `prefect_tasks`: the pass's steps as Prefect tasks (flows/monitoring.py wires them);
+- `feedback`: labelled production rows for the retraining flow (training rows and gate rows).
+This module is the face: import from `tasks.monitor`.
+"""
+
+from tasks.monitor.checks import (
+    Champion,
+    MonitorError,
+    champion_ref,
+    check_data,
+    judge_quality,
+    load_champion,
+    window_settings,
+    with_outputs,
+)
+from tasks.monitor.drift import ColumnDrift, DriftResult, detect_drift
+from tasks.monitor.feedback import FeedbackRows, conform, split_feedback
+from tasks.monitor.governor import (
+    Decision,
+    Signals,
+    State,
+    claim_event,
+    decide,
+    govern,
+    load_state,
+)
+from tasks.monitor.prefect_tasks import (
+    champion_task,
+    claim_event_task,
+    data_quality_task,
+    drift_task,
+    feedback_task,
+    govern_task,
+    publish_task,
+    quality_task,
+    window_task,
+)
+from tasks.monitor.quality import (
+    Quality,
+    estimated,
+    expected_accuracy,
+    expected_roc_auc,
+    measured,
+)
+from tasks.monitor.reports import MonitorResult, latest, publish, verdict, write_reports
+from tasks.monitor.window import Window, logged_rows, probability_columns, read_window, sample
+
+__all__ = [
+    "Champion",
+    "ColumnDrift",
+    "Decision",
+    "DriftResult",
+    "FeedbackRows",
+    "MonitorError",
+    "MonitorResult",
+    "Quality",
+    "Signals",
+    "State",
+    "Window",
+    "champion_ref",
+    "champion_task",
+    "check_data",
+    "claim_event",
+    "claim_event_task",
+    "conform",
+    "data_quality_task",
+    "decide",
+    "detect_drift",
+    "drift_task",
+    "estimated",
+    "expected_accuracy",
+    "expected_roc_auc",
+    "feedback_task",
+    "govern",
+    "govern_task",
+    "judge_quality",
+    "latest",
+    "load_champion",
+    "load_state",
+    "logged_rows",
+    "measured",
+    "probability_columns",
+    "publish",
+    "publish_task",
+    "quality_task",
+    "read_window",
+    "sample",
+    "split_feedback",
+    "verdict",
+    "window_settings",
+    "window_task",
+    "with_outputs",
+    "write_reports",
+]

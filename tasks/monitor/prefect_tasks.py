@@ -1,0 +1,177 @@
+"""The monitoring pass as Prefect tasks, for `flows/monitoring.py` to wire (each shows in the UI).
+
+champion = champion_task(settings)
+window = window_task(settings, champion=champion)
+found = drift_task(window, champion=champion, settings=settings)
+...
+result = publish_task(result, settings=settings)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import files, registry, validation
+from tasks.model import load_model
+from tasks.monitor import checks, governor, reports
+from tasks.monitor.drift import DriftResult, detect_drift
+from tasks.monitor.feedback import split_feedback
+from tasks.monitor.governor import Decision, Signals
+from tasks.monitor.quality import Quality
+from tasks.monitor.window import Window, read_window
+from tasks.settings import Settings
+
+
+@task(name="load-champion", cache_policy=NO_CACHE)
+def champion_task(settings: Settings) -> checks.Champion:
+    """The champion to judge, with its holdout metrics and its training sample."""
+    return checks.load_champion(settings)
+
+
+@task(name="read-window", cache_policy=NO_CACHE)
+def window_task(
+    settings: Settings, *, champion: checks.Champion, now: datetime | None = None
+) -> Window:
+    """The window of the prediction log (only the needed columns), labels joined, sampled."""
+    window = read_window(
+        home=settings.home,
+        model=settings.dataset.name,
+        features=champion.features.all,
+        target=settings.dataset.target,
+        config=settings.monitoring,
+        now=now,
+    )
+    get_run_logger().info("window: %s", window.describe())
+    return window
+
+
+@task(name="drift", cache_policy=NO_CACHE)
+def drift_task(window: Window, *, champion: checks.Champion, settings: Settings) -> DriftResult:
+    """Per-feature and prediction drift against the champion's training sample (Evidently)."""
+    config = settings.monitoring
+    if window.rows == 0:
+        return DriftResult(columns=[], drift_share=config.drift_share)
+    current = checks.with_outputs(window.table, champion.outputs(window.table))
+    reference = checks.with_outputs(champion.reference, champion.outputs(champion.reference))
+    features = champion.features
+    return detect_drift(
+        current,
+        reference,
+        numeric=features.numeric,
+        categorical=features.categorical,
+        predictions=champion.output_columns,
+        config=config,
+    )
+
+
+@task(name="data-quality", cache_policy=NO_CACHE)
+def data_quality_task(
+    window: Window, *, champion: checks.Champion, settings: Settings
+) -> validation.ValidationReport | None:
+    """The window against the validation suite: missing values, unseen categories, schema."""
+    if window.rows == 0:
+        return None
+    return checks.check_data(window, champion=champion, settings=settings)
+
+
+@task(name="quality", cache_policy=NO_CACHE)
+def quality_task(window: Window, *, champion: checks.Champion, settings: Settings) -> Quality:
+    """Measured on feedback labels where enough arrived, else estimated (CBPE)."""
+    return checks.judge_quality(window, champion=champion, settings=settings)
+
+
+@task(name="retrain-governor", cache_policy=NO_CACHE)
+def govern_task(
+    *,
+    settings: Settings,
+    champion: checks.Champion,
+    window: Window,
+    drift: DriftResult,
+    quality: Quality,
+    data_quality: validation.ValidationReport | None,
+    now: datetime | None = None,
+) -> Decision:
+    """Retrain or hold, and why (logged, and kept in the governor's state)."""
+    signals = Signals(
+        window_end=window.end,
+        rows=window.rows,
+        champion=champion.version,
+        drift=drift.drift,
+        drifted_features=drift.drifted_features,
+        drift_share=drift.share,
+        prediction_drift=drift.prediction_drift,
+        quality=quality,
+        data_problems=[] if data_quality is None else data_quality.problems,
+    )
+    decision = governor.govern(
+        home=settings.home,
+        model=settings.dataset.name,
+        signals=signals,
+        config=settings.monitoring,
+        now=now,
+    )
+    get_run_logger().info("governor: %s: %s", decision.action, decision.reason)
+    return decision
+
+
+@task(name="publish-monitoring", cache_policy=NO_CACHE)
+def publish_task(result: reports.MonitorResult, *, settings: Settings) -> reports.MonitorResult:
+    """Events, the HTML/JSON reports under <home>/reports/, the drift table and the decision."""
+    return reports.publish(result, home=settings.home)
+
+
+# The retraining flow's steps ---------------------------------------------------------------------
+
+
+@task(name="claim-event", cache_policy=NO_CACHE)
+def claim_event_task(*, settings: Settings, event_id: str, record: dict[str, Any]) -> bool:
+    """True the first time this event id starts a retraining; False for a second delivery."""
+    claimed = governor.claim_event(
+        home=settings.home, model=settings.dataset.name, event_id=event_id, record=record
+    )
+    if not claimed:
+        get_run_logger().warning("event %s was handled already: nothing to do", event_id)
+    return claimed
+
+
+@task(name="labelled-traffic-for-retraining", cache_policy=NO_CACHE)
+def feedback_task(*, settings: Settings, run_id: str) -> dict[str, Any]:
+    """Labelled production rows of the last `feedback_days`, split into rows to train on and
+    rows for the gate, written under <home>/retraining/<model>/<run_id>/ (None: no rows)."""
+    ds = settings.dataset
+    folder = files.join(settings.home, "retraining", ds.name, run_id)
+    ref = registry.champion(root=settings.home, model=ds.name)
+    if ref is None:  # no champion, nothing served: the source alone
+        return {"folder": folder, "train": None, "gate": None, "train_rows": 0, "gate_rows": 0}
+    features = load_model(ref.location).features  # what the served model reads, the log holds
+    rows = split_feedback(
+        home=settings.home,
+        model=ds.name,
+        target=ds.target,
+        features=features,
+        config=settings.monitoring,
+    )
+    written: dict[str, Any] = {"since": rows.since.isoformat(), "folder": folder}
+    for name, table in (("train", rows.train), ("gate", rows.gate)):
+        written[f"{name}_rows"] = table.num_rows
+        written[name] = _parquet(table, files.join(folder, f"{name}.parquet"))
+    get_run_logger().info(
+        "labelled production rows: %d to train on, %d for the gate",
+        rows.train.num_rows,
+        rows.gate.num_rows,
+    )
+    return written
+
+
+def _parquet(table: pa.Table, location: str) -> str | None:
+    if table.num_rows == 0:
+        return None
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return files.write_atomic(location, sink.getvalue().to_pybytes())

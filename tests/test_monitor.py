@@ -1,0 +1,610 @@
+"""The drift monitor's parts on their own: the governor's rules, CBPE against measured quality,
+Evidently's per-column verdicts, the window reader. No service starts here.
+
+The helpers at the top (a small calibrated model trained in-process, a project with a champion,
+traffic written as Serve writes it) are shared with tests/test_monitor_flow.py.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from tasks import data, files, registry, synthetic, traffic
+from tasks import model as m
+from tasks.calibration import calibrate
+from tasks.evaluate import compute_metrics
+from tasks.monitor import (
+    Decision,
+    Quality,
+    Signals,
+    State,
+    claim_event,
+    decide,
+    detect_drift,
+    estimated,
+    expected_roc_auc,
+    govern,
+    load_state,
+    logged_rows,
+    measured,
+    read_window,
+    split_feedback,
+)
+from tasks.monitor.quality import Source
+from tasks.settings import Features, MonitoringConfig, TrainingConfig, load_settings
+
+FEATURES = Features(
+    numeric=list(synthetic.NUMERIC_FEATURES), categorical=list(synthetic.CATEGORICAL_FEATURES)
+)
+TARGET = "churned"
+NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
+
+
+# Helpers: a champion, a project, traffic ---------------------------------------------------------
+
+
+def train_quick(table: pa.Table, *, steps: int = 400, seed: int = 0) -> m.Predictor:
+    """A small calibrated MLP trained in this process (no Ray: the monitor needs a real model,
+    not Ray Train; tests/test_training_flow.py covers training)."""
+    cut = int(table.num_rows * 0.8)
+    train, validation = table.slice(0, cut), table.slice(cut)
+    pre = m.Preprocessor.fit(train, features=FEATURES, target=TARGET, task="classification")
+    spec = m.ModelSpec.build(pre, TrainingConfig(hidden_layers=[32, 16], dropout=0.0))
+    torch.manual_seed(seed)
+    net = m.TabularMLP(spec)
+    encoded = pre.transform(train)
+    numeric, categorical = torch.from_numpy(encoded.numeric), torch.from_numpy(encoded.categorical)
+    y = torch.from_numpy(pre.encode_target(train))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    picks = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, cut, (512,), generator=picks)
+        loss = m.compute_loss(net(numeric[idx], categorical[idx]), y[idx], kind="binary").mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    net.eval()
+    raw = m.Predictor(model=net, spec=spec, preprocessor=pre)
+    calibration = calibrate(
+        raw.logits(validation), pre.encode_target(validation), kind="binary", bins=15
+    )
+    return raw.with_calibration(calibration)
+
+
+def labels_of(table: pa.Table) -> np.ndarray:
+    return np.asarray(table[TARGET].to_numpy(), dtype=np.int64)
+
+
+def register_champion(
+    home: Path, predictor: m.Predictor, *, holdout: pa.Table, reference: pa.Table, tmp: Path
+) -> int:
+    """The predictor as champion, with its holdout metrics and training sample, as the
+    training pipeline registers one."""
+    saved = m.save_model(
+        tmp / "model",
+        model=predictor.model,
+        spec=predictor.spec,
+        preprocessor=predictor.preprocessor,
+        calibration=predictor.calibration,
+    )
+    metrics = compute_metrics(labels_of(holdout), predictor.predict(holdout), task="classification")
+    version = registry.register(
+        root=str(home),
+        model="churn",
+        model_dir=str(saved),
+        metadata={"metrics": metrics},
+        extra_files={files.REFERENCE: data.sample_parquet(reference, rows=data.REFERENCE_ROWS)},
+    )
+    registry.set_alias(
+        root=str(home), model="churn", alias="champion", version=version, reason="test"
+    )
+    return version
+
+
+def write_project(root: Path, **monitoring: Any) -> Path:
+    """A driftloop.yaml (home under `root`) whose monitoring section is `monitoring`."""
+    source = root / "data" / "churn.parquet"
+    if not source.exists():
+        synthetic.write_parquet(synthetic.generate(rows=2000, seed=1), source)
+    lines = [
+        f"home: {root / 'home'}",
+        "dataset:",
+        "  name: churn",
+        "  source: data/churn.parquet",
+        f"  target: {TARGET}",
+        "  id: customer_id",
+        "  timestamp: event_time",
+    ]
+    if monitoring:
+        lines.append("monitoring:")
+        lines += [f"  {key}: {json.dumps(value)}" for key, value in monitoring.items()]
+    config = root / "driftloop.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def serve(
+    home: Path,
+    predictor: m.Predictor,
+    table: pa.Table,
+    *,
+    version: int,
+    at: datetime = NOW,
+    labelled: float = 0.0,
+    prefix: str = "r",
+    features: pa.Table | None = None,
+) -> pa.Table:
+    """Write `table`'s rows as the prediction log Serve writes (the model's real predictions),
+    and labels for the first `labelled` share of them. `features`: log these columns instead
+    (a broken feed), with the predictions made on `table`."""
+    scored = table.select(FEATURES.all)
+    logged = (
+        scored
+        if features is None
+        else features.drop_columns(
+            [c for c in (TARGET, "customer_id", "event_time") if c in features.column_names]
+        )
+    )
+    ids = [f"{prefix}{i:09d}" for i in range(table.num_rows)]
+    rows = logged_rows(
+        features=logged,
+        outputs=predictor.predict(scored),
+        classes=predictor.classes,
+        version=version,
+        at=at,
+        request_ids=ids,
+    )
+    traffic.append(home=str(home), model="churn", kind="predictions", rows=rows)
+    count = round(labelled * table.num_rows)
+    if count:
+        labels = pa.table(
+            {
+                traffic.REQUEST_ID: pa.array(ids[:count]),
+                TARGET: table[TARGET].slice(0, count),
+                traffic.RECEIVED_AT: pa.array([at] * count, pa.timestamp("us", tz="UTC")),
+            }
+        )
+        traffic.append(home=str(home), model="churn", kind="feedback", rows=labels)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[m.Predictor, pa.Table, pa.Table]:
+    """A champion trained on 16,000 clean rows, its holdout and its training sample."""
+    table = synthetic.generate(rows=20_000, seed=1)
+    return train_quick(table.slice(0, 16_000)), table.slice(16_000), table.slice(0, 16_000)
+
+
+# The governor ------------------------------------------------------------------------------------
+
+
+def quality(*, decayed: bool, source: Source = "measured") -> Quality:
+    value = 0.70 if decayed else 0.85
+    return Quality(
+        source=source,
+        metric="roc_auc",
+        value=value,
+        low=value - 0.01,
+        high=value + 0.01,
+        baseline=0.85,
+        rows=1000,
+        decayed=decayed,
+        loss=(0.85 - value) / 0.85,
+    )
+
+
+def signals(
+    *,
+    drift: bool = False,
+    decayed: bool = False,
+    source: Source = "measured",
+    rows: int = 5000,
+    end: datetime = NOW,
+    champion: int = 1,
+    problems: list[str] | None = None,
+) -> Signals:
+    return Signals(
+        window_end=end,
+        rows=rows,
+        champion=champion,
+        drift=drift,
+        drifted_features=["tenure_months"] * drift,
+        drift_share=0.6 * drift,
+        prediction_drift=drift,
+        quality=quality(decayed=decayed, source=source),
+        data_problems=problems or [],
+    )
+
+
+def config(**overrides: Any) -> MonitoringConfig:
+    base = {"windows_needed": 1, "windows_considered": 1, "cooldown_hours": 24.0}
+    return MonitoringConfig(**{**base, **overrides})
+
+
+def run(
+    found: Signals, cfg: MonitoringConfig, state: State | None = None, now: datetime = NOW
+) -> tuple[Decision, State]:
+    return decide(found, state=state or State(), config=cfg, now=now)
+
+
+@pytest.mark.parametrize(
+    ("mode", "drift", "decayed", "source", "action"),
+    [
+        ("drift_and_decay", True, False, "estimated", "hold"),  # drift alone: quality holds
+        ("drift_and_decay", False, True, "measured", "retrain"),  # concept drift
+        ("drift_and_decay", True, True, "estimated", "retrain"),  # drift backs the estimate
+        ("drift_and_decay", False, True, "estimated", "hold"),  # an estimate alone
+        ("drift", True, False, "estimated", "retrain"),
+        ("drift", False, True, "measured", "hold"),
+        ("decay", False, True, "estimated", "retrain"),
+        ("decay", True, False, "measured", "hold"),
+    ],
+)
+def test_retrain_on_decides_which_signal_retrains(
+    mode: str, drift: bool, decayed: bool, source: Source, action: str
+) -> None:
+    decision, _ = run(signals(drift=drift, decayed=decayed, source=source), config(retrain_on=mode))
+    assert decision.action == action, decision.reason
+    assert decision.reason
+
+
+def test_drift_whose_quality_holds_is_held_with_the_reason() -> None:
+    decision, _ = run(signals(drift=True), config())
+    assert decision.action == "hold"
+    assert "inputs drifted" in decision.reason
+    assert "holds" in decision.reason
+
+
+def test_concept_drift_is_named_in_the_reason() -> None:
+    decision, _ = run(signals(decayed=True), config())
+    assert decision.action == "retrain"
+    assert decision.reason.startswith("concept drift: quality decayed with stable inputs")
+    assert decision.request_id
+
+
+def test_m_of_n_needs_the_signal_in_m_of_the_last_n_windows() -> None:
+    cfg = config(windows_needed=2, windows_considered=3, retrain_on="drift")
+    state = State()
+    actions = []
+    for hour, drift in enumerate([True, False, True, True]):
+        found = signals(drift=drift, end=NOW + timedelta(hours=hour))
+        decision, state = run(found, cfg, state, now=NOW + timedelta(hours=hour))
+        actions.append(decision.action)
+    assert actions == ["hold", "hold", "retrain", "hold"]  # the last: in cooldown
+    first = state.windows[0]["reason"]
+    assert "seen in 1 of the last 1 window(s), 2 of 3 needed" in first
+
+
+def test_the_same_window_judged_twice_counts_once() -> None:
+    cfg = config(windows_needed=2, windows_considered=3, retrain_on="drift")
+    decision, state = run(signals(drift=True), cfg)
+    decision, state = run(signals(drift=True), cfg, state, now=NOW + timedelta(minutes=5))
+    assert decision.action == "hold"
+    assert len(state.windows) == 1
+
+
+def test_a_new_champion_starts_the_count_afresh() -> None:
+    cfg = config(windows_needed=2, windows_considered=2, retrain_on="drift", cooldown_hours=0)
+    _, state = run(signals(drift=True, champion=1), cfg)
+    later = NOW + timedelta(hours=1)
+    decision, _ = run(signals(drift=True, champion=2, end=later), cfg, state, now=later)
+    assert decision.action == "hold"
+    assert decision.windows_judged == 1
+
+
+def test_a_data_quality_problem_holds_whatever_else_the_window_shows() -> None:
+    decision, state = run(signals(drift=True, decayed=True, problems=["missing_values"]), config())
+    assert decision.action == "hold"
+    assert decision.reason.startswith("data-quality problem (missing_values)")
+    assert state.windows[-1]["signal"] is False  # it does not count toward M of N either
+
+
+def test_too_few_rows_give_no_verdict() -> None:
+    decision, _ = run(signals(decayed=True, rows=10), config())
+    assert decision.action == "hold"
+    assert "only 10 rows in the window" in decision.reason
+
+
+def test_cooldown_holds_until_it_has_passed() -> None:
+    cfg = config(cooldown_hours=6)
+    first, state = run(signals(decayed=True), cfg)
+    soon = NOW + timedelta(hours=5)
+    held, state = run(signals(decayed=True, end=soon), cfg, state, now=soon)
+    later = NOW + timedelta(hours=7)
+    again, _ = run(signals(decayed=True, end=later), cfg, state, now=later)
+    assert (first.action, held.action, again.action) == ("retrain", "hold", "retrain")
+    assert "cooldown" in held.reason
+    assert held.cooldown_until == NOW + timedelta(hours=6)
+
+
+def test_cooldown_survives_a_new_process(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    cfg = config(cooldown_hours=6)
+    first = govern(home=home, model="churn", signals=signals(decayed=True), config=cfg, now=NOW)
+    assert first.action == "retrain"
+    code = (
+        "import json, sys; from datetime import datetime, timedelta; "
+        "from tasks.monitor import governor; import test_monitor as t; "
+        f"now = t.NOW + timedelta(hours=1); s = t.signals(decayed=True, end=now); "
+        f"d = governor.govern(home={home!r}, model='churn', signals=s, config=t.config("
+        "cooldown_hours=6), now=now); print(json.dumps([d.action, d.reason]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    action, reason = json.loads(done.stdout.strip().splitlines()[-1])
+    assert action == "hold"
+    assert "in cooldown" in reason
+    assert len(load_state(home=home, model="churn").requests) == 1
+
+
+def test_an_event_id_is_claimed_once(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    record = {"at": NOW.isoformat()}
+    assert claim_event(home=home, model="churn", event_id="0b5f-1", record=record)
+    assert not claim_event(home=home, model="churn", event_id="0b5f-1", record=record)
+    assert claim_event(home=home, model="churn", event_id="0b5f-2", record=record)
+    assert claim_event(home=home, model="other", event_id="0b5f-1", record=record)
+
+
+def test_m_of_n_cannot_ask_for_more_windows_than_it_considers() -> None:
+    with pytest.raises(ValueError, match="windows_needed"):
+        MonitoringConfig(windows_needed=3, windows_considered=2)
+
+
+# Quality: measured with a CI, estimated with CBPE ------------------------------------------------
+
+
+def test_expected_roc_auc_matches_the_mean_auc_of_labels_drawn_from_the_probabilities() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for p in (rng.beta(1, 4, 2000), np.round(rng.beta(2, 2, 500), 1)):  # the second with ties
+        drawn = [roc_auc_score(rng.random(len(p)) < p, p) for _ in range(500)]
+        assert expected_roc_auc(np.stack([1 - p, p], axis=1)) == pytest.approx(
+            np.mean(drawn), abs=0.005
+        )
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "clean",
+        "covariate_shift",
+        "unseen_categories",
+        "missing_spike",
+        "prior_shift",
+        "concept_drift",
+    ],
+)
+def test_cbpe_tracks_measured_quality_where_p_y_given_x_holds(
+    trained: tuple[m.Predictor, pa.Table, pa.Table], scenario: str
+) -> None:
+    predictor, holdout, _ = trained
+    batch = synthetic.generate(rows=10_000, seed=7, scenario=scenario)
+    probs, y = predictor.predict(batch), labels_of(batch)
+    holdout_auc = compute_metrics(
+        labels_of(holdout), predictor.predict(holdout), task="classification"
+    )["roc_auc"]
+    cfg = MonitoringConfig()
+    guess = estimated(probs, metric_name="roc_auc", baseline=holdout_auc, config=cfg)
+    truth = measured(y, probs, metric_name="roc_auc", baseline=holdout_auc, config=cfg)
+    assert guess.source == "estimated"
+    assert guess.value is not None
+    assert truth.value is not None
+    if scenario == "concept_drift":  # P(y|x) changed: only labels can see it
+        assert truth.decayed
+        assert not guess.decayed
+        assert abs(guess.value - truth.value) > 0.3
+    elif scenario == "prior_shift":  # P(y) moved: calibration off, the estimate within 0.05
+        assert abs(guess.value - truth.value) < 0.05
+    else:
+        assert abs(guess.value - truth.value) < 0.02, (guess.describe(), truth.describe())
+        assert not guess.decayed
+        assert not truth.decayed
+
+
+def test_measured_decay_needs_a_large_drop_whose_ci_stays_below_the_holdout() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    noisy = np.clip(y * 0.3 + rng.random(400) * 0.7, 0, 1)
+    probs = np.stack([1 - noisy, noisy], axis=1)
+    value = compute_metrics(y, probs, task="classification")["roc_auc"]
+    cfg = MonitoringConfig()
+    slightly_better_baseline = measured(
+        y, probs, metric_name="roc_auc", baseline=value * 1.03, config=cfg
+    )
+    far_better_baseline = measured(
+        y, probs, metric_name="roc_auc", baseline=min(value * 1.3, 1), config=cfg
+    )
+    assert not slightly_better_baseline.decayed  # a 3% drop is inside max_quality_drop (5%)
+    assert far_better_baseline.decayed
+    assert far_better_baseline.low is not None
+    assert far_better_baseline.high is not None
+    assert far_better_baseline.low < value < far_better_baseline.high
+    assert "measured on 400 labelled rows" in far_better_baseline.describe()
+
+
+# Evidently's verdicts per column -----------------------------------------------------------------
+
+
+def test_effect_sizes_flag_a_real_shift_and_not_the_noise_of_a_large_window() -> None:
+    reference = synthetic.generate(rows=20_000, seed=1)
+    cfg = MonitoringConfig()
+    clean = detect_drift(
+        synthetic.generate(rows=100_000, seed=2),
+        reference,
+        numeric=FEATURES.numeric,
+        categorical=FEATURES.categorical,
+        predictions=[],
+        config=cfg,
+    )
+    assert clean.drifted_features == []
+    assert not clean.drift
+    assert max(c.score or 0 for c in clean.columns) < 0.05
+    shifted = synthetic.generate(
+        rows=20_000,
+        seed=2,
+        scenario="covariate_shift",
+        features=["tenure_months", "monthly_charges", "age"],
+    )
+    found = detect_drift(
+        shifted,
+        reference,
+        numeric=FEATURES.numeric,
+        categorical=FEATURES.categorical,
+        predictions=[],
+        config=cfg,
+    )
+    assert {"tenure_months", "monthly_charges", "age", "total_charges"} <= set(
+        found.drifted_features
+    )
+    assert found.drift
+    assert {c.test for c in found.columns if c.role == "feature"} == {
+        "wasserstein",
+        "jensenshannon",
+    }
+    assert all(c.threshold == 0.1 for c in found.columns)
+
+
+def test_a_column_the_window_lost_is_not_compared_and_says_why() -> None:
+    reference = synthetic.generate(rows=5_000, seed=1)
+    broken = synthetic.generate(rows=5_000, seed=2, scenario="schema_break", kind="retype")
+    found = detect_drift(
+        broken,
+        reference,
+        numeric=FEATURES.numeric,
+        categorical=FEATURES.categorical,
+        predictions=[],
+        config=MonitoringConfig(),
+    )
+    by_name = {c.column: c for c in found.columns}
+    assert by_name["monthly_charges"].score is None
+    assert "holds string values" in by_name["monthly_charges"].note
+    assert not math.isnan(by_name["tenure_months"].score or math.nan)
+
+
+# The window and the feedback rows ----------------------------------------------------------------
+
+
+def test_the_window_reads_the_recent_rows_with_their_newest_labels(
+    tmp_path: Path, trained: tuple[m.Predictor, pa.Table, pa.Table]
+) -> None:
+    predictor, holdout, _ = trained
+    home = tmp_path / "home"
+    serve(
+        home, predictor, holdout.slice(0, 300), version=1, at=NOW - timedelta(days=3), prefix="old"
+    )
+    served = serve(home, predictor, holdout.slice(300, 1000), version=1, labelled=0.5)
+    relabel = pa.table(
+        {
+            traffic.REQUEST_ID: served[traffic.REQUEST_ID].slice(0, 1),
+            TARGET: pa.array([1 - holdout[TARGET][300].as_py()]),
+            traffic.RECEIVED_AT: pa.array(
+                [NOW + timedelta(minutes=1)], pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
+    traffic.append(home=str(home), model="churn", kind="feedback", rows=relabel)
+    cfg = MonitoringConfig(window_hours=24, sample_rows=400)
+    window = read_window(
+        home=str(home),
+        model="churn",
+        features=FEATURES.all,
+        target=TARGET,
+        config=cfg,
+        now=NOW + timedelta(hours=1),
+    )
+    assert (window.rows, window.labelled, window.table.num_rows) == (1000, 500, 400)
+    assert not any(r.startswith("old") for r in window.table[traffic.REQUEST_ID].to_pylist())
+    assert set(window.table.column_names) >= {*FEATURES.all, TARGET, traffic.PREDICTED_AT}
+    assert "probability_1" not in window.table.column_names  # only what the pass needs is read
+    labels = dict(
+        zip(
+            window.labelled_table[traffic.REQUEST_ID].to_pylist(),
+            window.labelled_table[TARGET].to_pylist(),
+            strict=True,
+        )
+    )
+    first = served[traffic.REQUEST_ID][0].as_py()
+    if first in labels:  # the newest label of a request id wins
+        assert labels[first] == 1 - holdout[TARGET][300].as_py()
+    newest = read_window(
+        home=str(home),
+        model="churn",
+        features=FEATURES.all,
+        target=TARGET,
+        config=MonitoringConfig(window_hours=None, window_rows=200),
+        now=NOW,
+    )
+    assert newest.rows == 200
+
+
+def test_feedback_rows_split_by_request_id_and_the_gate_rows_stay_out_of_training(
+    tmp_path: Path, trained: tuple[m.Predictor, pa.Table, pa.Table]
+) -> None:
+    predictor, holdout, _ = trained
+    home = tmp_path / "home"
+    serve(home, predictor, holdout.slice(0, 2000), version=1, labelled=1.0)
+    cfg = MonitoringConfig(feedback_gate_share=0.3)
+    rows = split_feedback(
+        home=str(home), model="churn", target=TARGET, features=FEATURES.all, config=cfg, now=NOW
+    )
+    again = split_feedback(
+        home=str(home), model="churn", target=TARGET, features=FEATURES.all, config=cfg, now=NOW
+    )
+    assert rows.rows == 2000
+    assert 0.25 < rows.gate.num_rows / 2000 < 0.35
+    assert rows.gate.equals(again.gate)
+    assert set(rows.train.column_names) == {*FEATURES.all, TARGET}
+    both = data.row_hashes(rows.train), data.row_hashes(rows.gate)
+    assert not set(both[0].tolist()) & set(both[1].tolist())
+
+
+def test_settings_load_the_monitoring_section_with_its_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write_project(tmp_path, retrain_on="drift", windows_needed=1))
+    assert settings.monitoring.retrain_on == "drift"
+    assert settings.monitoring.windows_needed == 1
+    defaults = MonitoringConfig()
+    assert (defaults.num_method, defaults.cat_method) == ("wasserstein", "jensenshannon")
+    assert (defaults.num_threshold, defaults.drift_share) == (0.1, 0.5)
+    assert defaults.retrain_on == "drift_and_decay"
+
+
+def test_whole_numbers_logged_as_floats_are_judged_as_the_integers_sent() -> None:
+    from tasks.monitor.checks import as_sent
+
+    source = pa.schema([("tenure_months", pa.int64()), ("plan", pa.string())])
+    logged = pa.table({"tenure_months": [3.0, None, 12.0], "plan": ["a", "b", None]})
+    assert as_sent(logged, source=source).schema == source
+    assert as_sent(logged, source=source)["tenure_months"].to_pylist() == [3, None, 12]
+    fractional = pa.table({"tenure_months": [3.5, 2.0, 1.0], "plan": ["a", "b", "c"]})
+    assert as_sent(fractional, source=source).schema.field(0).type == pa.float64()  # a break
+
+
+def test_labelled_rows_take_the_source_types_or_name_the_column_that_does_not_fit() -> None:
+    from tasks.errors import DriftloopError
+    from tasks.monitor import conform
+
+    source = pa.schema([("customer_id", pa.string()), ("tenure_months", pa.int64())])
+    logged = pa.table({"tenure_months": [3.0, 12.0], "extra": [1, 2]})
+    fitted = conform(logged, schema=source)
+    assert fitted.schema == source
+    assert fitted.to_pydict() == {"customer_id": [None, None], "tenure_months": [3, 12]}
+    with pytest.raises(DriftloopError, match=r"column 'tenure_months' \(double\) does not fit"):
+        conform(pa.table({"tenure_months": [3.5, 1.0]}), schema=source)

@@ -1,0 +1,225 @@
+"""Retraining: the flow on real Ray (fresh source + labelled traffic, the same gate, the trigger in
+the new version's metadata, a redelivered event ignored), and the whole loop on a real local stack:
+a `driftloop.retrain.requested` event makes the deployment's trigger start a retraining run by
+itself, executed by `python -m flows.deployments` (prefect.serve)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_monitor import NOW, register_champion, serve, train_quick
+
+from tasks import registry, stack, synthetic
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).parents[1]
+
+
+def project(root: Path, *, workers: int = 2) -> Path:
+    """A project whose source is fresh data, with a small training section, a champion trained
+    on older data, and 3,000 served rows of which 2,000 got labels."""
+    synthetic.write_parquet(synthetic.generate(rows=4000, seed=3), root / "data" / "churn.parquet")
+    config = root / "driftloop.yaml"
+    config.write_text(
+        f"home: {root / 'home'}\n"
+        "dataset:\n  name: churn\n  source: data/churn.parquet\n  target: churned\n"
+        "  id: customer_id\n  timestamp: event_time\n"
+        f"training:\n  epochs: 3\n  batch_size: 512\n  num_workers: {workers}\n  min_steps: 0\n"
+        "gate:\n  max_calibration_error: 0.1\n"
+        "monitoring:\n  feedback_days: 100000\n"  # the test traffic is stamped in 2026-06
+    )
+    old = synthetic.generate(rows=10_000, seed=1)
+    predictor = train_quick(old.slice(0, 8_000), steps=200)
+    register_champion(
+        root / "home", predictor, holdout=old.slice(8_000), reference=old.slice(0, 8_000), tmp=root
+    )
+    served = synthetic.generate(rows=3_000, seed=8)
+    serve(root / "home", predictor, served, version=1, at=NOW, labelled=2 / 3)
+    return config
+
+
+def test_retraining_adds_labelled_traffic_keeps_the_gate_rows_apart_and_records_its_trigger(
+    prefect_server: None, ray_local: None, tmp_path: Path
+) -> None:
+    from flows.retraining import retraining
+
+    config = project(tmp_path)
+    home = str(tmp_path / "home")
+    found = retraining(
+        config=str(config),
+        event_id="evt-1",
+        model="churn",
+        request_id="r1",
+        reasons=["concept drift: ..."],
+        report="/x/drift.html",
+    )
+    assert found["decision"] in ("promoted", "rejected")
+    feedback = found["feedback"]
+    assert feedback["train_rows"] + feedback["gate_rows"] == 2_000
+    assert 400 < feedback["gate_rows"] < 800
+    meta = registry.get_version(root=home, model="churn", version=found["version"])
+    trigger = meta["trigger"]
+    assert (trigger["event_id"], trigger["request_id"]) == ("evt-1", "r1")
+    assert trigger["reasons"] == ["concept drift: ..."]
+    assert trigger["drift_report"] == "/x/drift.html"
+    assert meta["production_rows"] == feedback["gate_rows"]  # the gate judged on those rows
+    source_train = meta["train_rows"] - feedback["train_rows"]
+    assert 0.6 * 4000 < source_train < 0.8 * 4000  # the source's training split, plus them
+    versions = registry.list_versions(root=home, model="churn")
+
+    again = retraining(config=str(config), event_id="evt-1", model="churn")
+    assert again["decision"] == "skipped"
+    assert "handled already" in again["reason"]
+    other = retraining(config=str(config), event_id="evt-2", model="someone-else")
+    assert other["decision"] == "skipped"
+    assert registry.list_versions(root=home, model="churn") == versions
+
+
+# The loop on a real stack ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def api(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{url}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with opener.open(request, timeout=10) as resp:
+            return json.loads(resp.read().decode() or "null")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def wait_for(what: str, check: Any, *, timeout_s: float, every_s: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+EMIT = """
+import asyncio, sys, uuid
+from prefect.events import Event
+from prefect.events.clients import get_events_client
+from tasks import events
+
+async def main() -> None:  # the client awaits the send (the worker thread may not flush at exit)
+    event = Event(event=events.RETRAIN_REQUESTED, resource=events.resource("churn"),
+                  id=uuid.UUID(sys.argv[1]),
+                  payload={"request_id": "req-1", "reasons": ["concept drift: ROC-AUC decayed"],
+                           "report": "/reports/drift.html"})
+    async with get_events_client() as client:
+        await client.emit(event)
+
+asyncio.run(main())
+"""
+# A second delivery of the same event, as an automation firing twice would make it (the server
+# stores an event id once, so re-sending the event itself does not show it)
+REDELIVER = """
+import json, sys
+from prefect.deployments import run_deployment
+parameters = json.loads(sys.argv[1])
+run = run_deployment("retraining/retraining", parameters=parameters, timeout=300)
+print(json.dumps({"state": run.state.type.value if run.state else None}))
+"""
+TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def runs_of(url: str, deployment_id: str, **flow_runs: Any) -> list[dict[str, Any]]:
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}, **flow_runs}}
+    return list(api(url, "/flow_runs/filter", body) or [])
+
+
+def test_a_retrain_request_starts_the_retraining_deployment_by_itself_once_per_event(
+    tmp_path: Path,
+) -> None:
+    config = project(tmp_path, workers=1)
+    home = tmp_path / "home"
+    ports = {"prefect_port": free_port(), "ray_port": free_port(), "dashboard_port": free_port()}
+    status = stack.up(home=home, **ports)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PREFECT_API"))}
+    env = {**base, **stack.connection_env(home=home)}
+    url = status.prefect_api_url
+    assert url is not None
+    log = (tmp_path / "deployments.log").open("w")
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "flows.deployments", str(config)],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        retrain = wait_for(
+            "the retraining deployment",
+            lambda: api(url, "/deployments/name/retraining/retraining"),
+            timeout_s=120,
+        )
+        monitor = api(url, "/deployments/name/drift-monitor/monitor")
+        wait_for("its trigger", lambda: api(url, "/automations/filter", {}), timeout_s=30)
+        event_id = str(uuid.uuid4())
+        subprocess.run(
+            [sys.executable, "-c", EMIT, event_id], env=env, cwd=REPO, check=True, timeout=60
+        )
+        (triggered,) = wait_for(
+            "the triggered retraining run to finish",
+            lambda: [r for r in runs_of(url, retrain["id"]) if r["state_type"] in TERMINAL],
+            timeout_s=420,
+            every_s=3,
+        )
+        versions = registry.list_versions(root=str(home), model="churn")
+        again = json.dumps({**triggered["parameters"]})
+        redelivered = subprocess.run(
+            [sys.executable, "-c", REDELIVER, again],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=360,
+            check=False,
+        )
+        scheduled = runs_of(url, monitor["id"], state={"type": {"any_": ["SCHEDULED"]}})
+    finally:
+        runner.terminate()
+        try:
+            runner.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            runner.kill()
+        log.close()
+        stack.down(home=home)
+    output = (tmp_path / "deployments.log").read_text()[-3000:]
+    # the event alone started the run: an automation created it, with the event's parameters
+    assert triggered["state_type"] == "COMPLETED", output
+    assert triggered["created_by"]["type"] == "AUTOMATION"
+    assert triggered["parameters"]["event_id"] == event_id
+    assert triggered["parameters"]["reasons"] == ["concept drift: ROC-AUC decayed"]
+    assert len(versions) == 2, output  # the champion, and what the retraining registered
+    meta = registry.get_version(root=str(home), model="churn", version=versions[-1])
+    assert (meta["trigger"]["event_id"], meta["trigger"]["request_id"]) == (event_id, "req-1")
+    # the same event delivered again: the run completes and registers nothing
+    assert redelivered.returncode == 0, redelivered.stderr[-2000:]
+    assert json.loads(redelivered.stdout.strip().splitlines()[-1]) == {"state": "COMPLETED"}
+    assert registry.list_versions(root=str(home), model="churn") == versions
+    # and the monitor's schedule made its next runs (scheduled runs need sqlalchemy < 2.1)
+    assert scheduled, output
