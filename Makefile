@@ -47,8 +47,12 @@ down: install ## Stop what `make up` started, and only that
 status: install ## Show what runs and where
 	$(DL) status
 
-bench: install ## Run the benchmarks under bench/ (ratios against baselines, in one run)
-	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+# A failed benchmark does not stop the others; the table says "not run" or shows its last results.
+bench: install ## Run every benchmark under bench/, then write their table to bench/RESULTS.md
+	@failed=; for script in bench/bench_*.py; do echo "== $$script"; \
+		$(PY) $$script || failed="$$failed $$script"; done; \
+	$(PY) bench/report.py; \
+	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
 # `down` first: .driftloop/run/stack.json is how it finds what `up` started, and the venv runs it.
 clean: ## Stop the local stack, then remove the venv, caches and local state (.driftloop)

@@ -13,7 +13,7 @@ and the KS statistic for every feature over the WHOLE window. Goals (issue #11):
 numpy <= 5x (medians of `--repeats` after a warm-up), peak memory of a pass <= 2x the window's
 Arrow size (a fresh process, RSS), and, for every generator scenario, the same verdicts (the
 drifted features, the window's drift) as Evidently on the full window with the same tests.
-Writes bench/results/monitor.json; prints PASS or MISS per goal.
+Writes bench/results/monitor.json (`--json` prints it too); prints PASS or MISS per goal.
 """
 
 import argparse
@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from common import Row, Run, judge
 
 from tasks import data, files, registry, synthetic, traffic
 from tasks import model as m
@@ -50,7 +51,6 @@ TARGET, FILES = "churned", 20
 NUMBERS = ("integer", "float")
 NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
 RATIO_GOAL, MEMORY_GOAL = 5.0, 2.0
-RESULTS = Path(__file__).parent / "results" / "monitor.json"
 
 
 def make_table(rows: int, *, seed: int, scenario: str = "clean") -> pa.Table:
@@ -312,8 +312,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scenarios", nargs="*", default=list(synthetic.SCENARIOS))
     parser.add_argument("--no-verdicts", action="store_true", help="skip Evidently on 1M rows")
+    parser.add_argument("--json", action="store_true", help="print the results file's JSON")
     args = parser.parse_args()
-    machine = {"cpus": os.cpu_count(), "load": list(os.getloadavg())}
+    bench_run = Run("monitor")
     root = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
     reference = make_table(data.REFERENCE_ROWS, seed=1)
     print(
@@ -328,23 +329,39 @@ def main() -> None:
     numpy_pass(warm)
     ours = [timed(driftloop_pass, clean) for _ in range(args.repeats)]
     base = [timed(numpy_pass, clean) for _ in range(args.repeats)]
-    ratio = statistics.median(ours) / statistics.median(base)
+    ours_s, base_s = statistics.median(ours), statistics.median(base)
+    speed = judge(
+        f"monitoring pass / numpy PSI+KS, {args.rows:,} rows x {len(FEATURES.all)}",
+        value=ours_s,
+        baseline=base_s,
+        unit="s",
+        op="<=",
+        limit=RATIO_GOAL,
+    )
     print(
-        f"pass: driftloop {statistics.median(ours):.2f} s   numpy PSI/KS "
-        f"{statistics.median(base):.2f} s   ratio {ratio:.1f}x   goal <= {RATIO_GOAL:g}x: "
-        f"{'PASS' if ratio <= RATIO_GOAL else 'MISS'}"
+        f"pass: driftloop {ours_s:.2f} s   numpy PSI/KS {base_s:.2f} s   "
+        f"ratio {ours_s / base_s:.1f}x   goal {speed.goal}: {speed.verdict}"
     )
     stages = stage_times(clean)
     print("  stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()))
 
     # Memory: a fresh process ---------------------------------------------------------------------
     memory = measure_memory(clean, warm)
-    print(
-        f"memory: window {memory['window_bytes'] / 2**20:.0f} MiB, pass peak +"
-        f"{(memory['peak_rss'] - memory['rss_before']) / 2**20:.0f} MiB = "
-        f"{memory['peak_over_window']:.2f}x   goal <= {MEMORY_GOAL:g}x: "
-        f"{'PASS' if memory['peak_over_window'] <= MEMORY_GOAL else 'MISS'}"
+    window_mib = memory["window_bytes"] / 2**20
+    pass_mib = (memory["peak_rss"] - memory["rss_before"]) / 2**20
+    peak = judge(
+        "peak memory of a pass / the window's Arrow size",
+        value=pass_mib,
+        baseline=window_mib,
+        unit="MiB",
+        op="<=",
+        limit=MEMORY_GOAL,
     )
+    print(
+        f"memory: window {window_mib:.0f} MiB, pass peak +{pass_mib:.0f} MiB = "
+        f"{memory['peak_over_window']:.2f}x   goal {peak.goal}: {peak.verdict}"
+    )
+    rows: list[Row] = [speed, peak]
 
     # Verdicts per scenario -----------------------------------------------------------------------
     verdicts = {}
@@ -383,32 +400,30 @@ def main() -> None:
             )
         )
     if not args.no_verdicts:
-        all_same = all(v["same"] for v in verdicts.values())
+        agreement = judge(
+            "scenarios whose verdicts match Evidently on the full window",
+            value=sum(v["same"] for v in verdicts.values()),
+            baseline=len(verdicts),
+            unit="scenarios",
+            op=">=",
+            limit=1.0,
+        )
         print(
-            f"verdicts: the same as Evidently on the full window in "
-            f"{sum(v['same'] for v in verdicts.values())} of {len(verdicts)} scenarios: "
-            f"{'PASS' if all_same else 'MISS'}"
+            f"verdicts: the same as Evidently on the full window in {agreement.value:g} of "
+            f"{len(verdicts)} scenarios: {agreement.verdict}"
         )
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "machine": {**machine, "load_after": list(os.getloadavg())},
-                "rows": args.rows,
-                "features": len(FEATURES.all),
-                "sample_rows": MonitoringConfig().sample_rows,
-                "driftloop_s": ours,
-                "numpy_s": base,
-                "ratio": ratio,
-                "stages_s": stages,
-                "memory": memory,
-                "verdicts": verdicts,
-            },
-            indent=1,
-            default=str,
-        )
-    )
-    print(f"wrote {RESULTS}")
+        rows.append(agreement)
+    details = {
+        "rows": args.rows,
+        "features": len(FEATURES.all),
+        "sample_rows": MonitoringConfig().sample_rows,
+        "driftloop_s": ours,
+        "numpy_s": base,
+        "stages_s": stages,
+        "memory": memory,
+        "verdicts": verdicts,
+    }
+    print(f"wrote {bench_run.write(rows, details=details, echo=args.json)}")
 
 
 def stage_times(home: Path) -> dict[str, float]:

@@ -40,6 +40,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import Row, Run, judge
+
 from tasks.data import split
 from tasks.evaluate import compute_metrics, predict_encoded
 from tasks.model import load_model
@@ -276,23 +278,19 @@ def summarise(name: str, kind: str, runs: list[dict[str, Any]]) -> dict[str, Any
     higher = primary != "rmse"
     baselines = {arm: _median(runs, arm, primary) for arm in ("hist_gradient_boosting", "linear")}
     better = (max if higher else min)(baselines, key=baselines.__getitem__)
-    ours = _median(runs, "driftloop", primary)
-    ratio = ours / baselines[better]
-    passed = ratio >= GOAL[primary] if higher else ratio <= GOAL[primary]
     summary: dict[str, Any] = {
         "data": name,
         "kind": kind,
         "metric": primary,
-        "driftloop": ours,
+        "driftloop": _median(runs, "driftloop", primary),
         "baseline": better,
         "baseline_value": baselines[better],
         "baselines": baselines,
-        "ratio": ratio,
-        "goal": f"{'>=' if higher else '<='} {GOAL[primary]}x",
         "seconds_median": statistics.median(r["driftloop"]["seconds"] for r in runs),
-        "verdict": "PASS" if passed else "MISS",
         "runs": runs,
     }
+    row = quality_row(summary)
+    summary |= {"ratio": row.ratio, "goal": row.goal, "verdict": row.verdict}
     if kind != "regression":
         for key in ("log_loss", "ece"):
             summary[f"driftloop_{key}"] = _median(runs, "driftloop", key)
@@ -300,24 +298,49 @@ def summarise(name: str, kind: str, runs: list[dict[str, Any]]) -> dict[str, Any
     return summary
 
 
-def time_verdict(report: dict[str, Any], reference: Path) -> str | None:
+def quality_row(summary: dict[str, Any]) -> Row:
+    """A data set's goal: driftloop's median metric against the better baseline's."""
+    metric = summary["metric"]
+    return judge(
+        f"{summary['data']}: {metric}, driftloop vs {summary['baseline']}",
+        value=summary["driftloop"],
+        baseline=summary["baseline_value"],
+        unit=metric,
+        op="<=" if metric == "rmse" else ">=",
+        limit=GOAL[metric],
+    )
+
+
+def _report(path: Path) -> dict[str, Any]:
+    """The report inside a results file (files from before bench/common.py held it bare)."""
+    document = json.loads(path.read_text())
+    return dict(document.get("details", document))
+
+
+def time_verdict(report: dict[str, Any], reference: Path) -> tuple[str | None, Row | None]:
+    """The line on churn 200k's training time, and its goal's row where a reference run is."""
     now = next((d for d in report["data"] if d["data"] == TIMED), None)
     if now is None:
-        return None
+        return None, None
     if not reference.exists():
-        return f"REPORT  {TIMED} training time {now['seconds_median']:.1f} s (no reference run)"
-    before = next(
-        (d for d in json.loads(reference.read_text())["data"] if d["data"] == TIMED), None
-    )
+        return (
+            f"REPORT  {TIMED} training time {now['seconds_median']:.1f} s (no reference run)",
+            None,
+        )
+    before = next((d for d in _report(reference)["data"] if d["data"] == TIMED), None)
     if before is None:
-        return f"REPORT  {TIMED} training time {now['seconds_median']:.1f} s (not in {reference})"
-    ratio = now["seconds_median"] / before["seconds_median"]
-    report["time_ratio"] = ratio
-    return (
-        f"{'PASS' if ratio <= TIME_GOAL else 'MISS'}    {TIMED} training time "
-        f"{now['seconds_median']:.1f} s vs {before['seconds_median']:.1f} s before: {ratio:.2f}x "
-        f"(goal <= {TIME_GOAL}x)"
+        line = f"REPORT  {TIMED} training time {now['seconds_median']:.1f} s (not in {reference})"
+        return line, None
+    row = judge(
+        f"{TIMED} training time vs before the step budget",
+        value=now["seconds_median"],
+        baseline=before["seconds_median"],
+        unit="s",
+        op="<=",
+        limit=TIME_GOAL,
     )
+    report["time_ratio"] = row.ratio
+    return row.line(), row
 
 
 def table_lines(report: dict[str, Any]) -> list[str]:
@@ -357,6 +380,7 @@ def main() -> None:
 
     import ray
 
+    started = Run(f"quality_{args.label}" if args.label else "quality")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     ray.init(
         address="local",
@@ -377,24 +401,18 @@ def main() -> None:
         report["data"].append(run_data(name, seeds=tuple(range(args.seeds)), training=training))
     ray.shutdown()
     report["load_avg_end"] = os.getloadavg()
-    lines = table_lines(report)
-    verdict = time_verdict(report, args.reference) if not args.label else None
-    if verdict:
-        lines.append(verdict)
-    report["table"] = lines
-    if args.json:
-        print(json.dumps(report, indent=1, default=str))
-    print("\n".join(lines))
-    out = RESULTS / (f"quality_{args.label}.json" if args.label else "quality.json")
-    out.parent.mkdir(exist_ok=True)
+    out = RESULTS / f"{started.name}.json"
     if args.data != list(DATA) and out.exists():  # a partial run updates its data sets only
-        old = json.loads(out.read_text())
+        old = _report(out)
         kept = [d for d in old.get("data", []) if d["data"] not in args.data]
         order = list(DATA)
         report["data"] = sorted(kept + report["data"], key=lambda d: order.index(d["data"]))
-        report["table"] = table_lines(report) + ([verdict] if verdict else [])
         report["merged_from"] = {"earlier": old.get("load_avg_start"), "now": args.data}
-    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    line, time_row = time_verdict(report, args.reference) if not args.label else (None, None)
+    report["table"] = table_lines(report) + ([line] if line else [])
+    rows = [quality_row(d) for d in report["data"]] + ([time_row] if time_row else [])
+    out = started.write(rows, details=report, echo=args.json)
+    print("\n".join(report["table"]))
     print(f"written to {out}")
 
 

@@ -32,6 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import Row, Run, judge
+
 from tasks import registry
 from tasks.model import ModelSpec, Preprocessor, TabularMLP, save_model
 from tasks.settings import Features, ServingConfig, TrainingConfig
@@ -39,7 +41,6 @@ from tasks.settings import Features, ServingConfig, TrainingConfig
 MODEL = "bench"
 NUMERIC = [f"x{i}" for i in range(12)]
 CATEGORICAL = [f"c{i}" for i in range(4)]  # 16 features, as STACK.md's bare measurement
-RESULTS = Path(__file__).resolve().parent / "results" / "serve.json"
 
 
 # The model -------------------------------------------------------------------------------------
@@ -273,40 +274,57 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
-def verdicts(out: dict[str, Any]) -> list[tuple[str, str, float, str]]:
+def goal_rows(out: dict[str, Any]) -> list[Row]:
     serve_, plain = out["serve"], out["plain"]
-    ratio = serve_["c32"]["requests_per_s"] / plain["c32"]["requests_per_s"]
-    added = serve_["c1"]["p50_ms"] - plain["c1"]["p50_ms"]
-    rows = serve_["rows1000"]["requests_per_s"] * 1_000 / out["in_process"]["rows_per_s"]
-    rows_vs_plain = serve_["rows1000"]["requests_per_s"] / plain["rows1000"]["requests_per_s"]
-    batched = out["serve_batched"]["c32"]["requests_per_s"] / serve_["c32"]["requests_per_s"]
-    int8 = out["plain_int8"]["c32"]["requests_per_s"] / plain["c32"]["requests_per_s"]
-    int8_rows = (
-        out["plain_int8"]["rows1000"]["requests_per_s"] / plain["rows1000"]["requests_per_s"]
-    )
+    return [
+        judge(
+            "Serve / uvicorn req/s, 1 record, 32 clients",
+            value=serve_["c32"]["requests_per_s"],
+            baseline=plain["c32"]["requests_per_s"],
+            unit="req/s",
+            op=">=",
+            limit=0.5,
+        ),
+        judge(
+            "median latency at 1 client, Serve vs uvicorn",
+            value=serve_["c1"]["p50_ms"],
+            baseline=plain["c1"]["p50_ms"],
+            unit="ms",
+            op="<=",
+            limit=2,
+            of="difference",
+        ),
+        judge(
+            "Serve 1,000-record requests / in-process, rows/s",
+            value=serve_["rows1000"]["requests_per_s"] * 1_000,
+            baseline=out["in_process"]["rows_per_s"],
+            unit="rows/s",
+            op=">=",
+            limit=0.5,
+        ),
+    ]
+
+
+def reported(out: dict[str, Any]) -> list[tuple[str, float]]:
+    """Ratios printed beside the goals, without one of their own."""
+    serve_, plain, int8 = out["serve"], out["plain"], out["plain_int8"]
     return [
         (
-            "PASS" if ratio >= 0.5 else "MISS",
-            "Serve / uvicorn req/s, 1 record, 32 clients",
-            ratio,
-            "goal >= 0.5",
+            "Serve / uvicorn rows/s, 1,000-record requests",
+            serve_["rows1000"]["requests_per_s"] / plain["rows1000"]["requests_per_s"],
         ),
         (
-            "PASS" if added <= 2 else "MISS",
-            "added median latency at 1 client, ms",
-            added,
-            "goal <= 2",
+            "batched / unbatched Serve req/s, 32 clients",
+            out["serve_batched"]["c32"]["requests_per_s"] / serve_["c32"]["requests_per_s"],
         ),
         (
-            "PASS" if rows >= 0.5 else "MISS",
-            "Serve 1,000-record rows/s / in-process",
-            rows,
-            "goal >= 0.5",
+            "int8 / float32 req/s (uvicorn), 32 clients",
+            int8["c32"]["requests_per_s"] / plain["c32"]["requests_per_s"],
         ),
-        ("REPORT", "Serve / uvicorn rows/s, 1,000-record requests", rows_vs_plain, ""),
-        ("REPORT", "batched / unbatched Serve req/s, 32 clients", batched, ""),
-        ("REPORT", "int8 / float32 req/s (uvicorn), 32 clients", int8, ""),
-        ("REPORT", "int8 / float32 rows/s (uvicorn), 1,000-record requests", int8_rows, ""),
+        (
+            "int8 / float32 rows/s (uvicorn), 1,000-record requests",
+            int8["rows1000"]["requests_per_s"] / plain["rows1000"]["requests_per_s"],
+        ),
     ]
 
 
@@ -314,18 +332,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--reps", type=int, default=2, help="rounds over every arm")
+    parser.add_argument("--json", action="store_true", help="print the results file's JSON")
     parser.add_argument("--plain", nargs=2, metavar=("HOME", "PORT"), help=argparse.SUPPRESS)
     parser.add_argument("--int8", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.plain:
         plain_server(options.plain[0], int(options.plain[1]), quantize=options.int8)
         return
+    started = Run("serve")
     out = run(options.seconds, reps=options.reps)
-    out["verdicts"] = [
-        {"verdict": v, "what": w, "figure": f, "goal": g} for v, w, f, g in verdicts(out)
-    ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1, default=str))
+    rows = goal_rows(out)
+    out["reported"] = dict(reported(out))
+    path = started.write(rows, details=out, echo=options.json)
     for arm in ("plain", "plain_int8", "serve", "serve_batched", "serve_int8", "serve_proxy"):
         for key, m in out[arm].items():
             if isinstance(m, dict):
@@ -334,8 +352,11 @@ def main() -> None:
                     f" ms  p99 {m['p99_ms']:7.2f} ms  errors {m['errors']}"
                 )
     print(f"in-process     1,000 rows: {out['in_process']['rows_per_s']:.0f} rows/s")
-    for v, what, figure, goal in verdicts(out):
-        print(f"{v:7s} {what}: {figure:.3g} {f'({goal})' if goal else ''}")
+    for row in rows:
+        print(row.line())
+    for what, figure in out["reported"].items():
+        print(f"REPORT  {what}: {figure:.3g}")
+    print(f"written to {path}")
 
 
 if __name__ == "__main__":

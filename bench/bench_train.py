@@ -10,7 +10,7 @@ with pyarrow straight into tensors; 2-worker scaling efficiency and peak memory 
 medians; Ray epochs are timed inside the worker (train, validate, checkpoint, report), like the
 plain loop's. Every section but `devices` pins `use_gpu=False`, so a GPU machine compares CPU
 with CPU; settings the machine cannot hold fail at once (`place_workers`), never hang. The
-whole report, verdicts included, also goes to bench/results/train.json.
+goals' rows and the whole report go to bench/results/train.json.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import Judged, Op, Row, Run, judge
 
 from tasks.cluster import connect_ray
 from tasks.model import ModelSpec, Preprocessor, TabularMLP, save_model
@@ -384,40 +386,53 @@ def bench_memory(home: Path) -> dict[str, Any]:
 
 # Goals -------------------------------------------------------------------------------------------
 
-# (section, figure, comparison, goal, what it is); "report" figures have no goal, only a value
-GOALS: list[tuple[str, str, str, float | None, str]] = [
-    ("loop", "loop_ratio_ray_vs_plain_1thread", "<=", 1.15, "Ray loop / plain torch, 1 thread"),
-    ("loop", "loop_ratio_ray_vs_plain_2threads", "<=", 1.15, "Ray loop / plain torch, 2 threads"),
-    ("fixed_cost", "fit_1step_s", "<=", 8.0, "fit() fixed cost of a 1-step run, s"),
-    ("ingest", "ingest_ratio_ours_vs_pyarrow", ">=", 0.5,
-     "ingest epoch 1 / pyarrow->tensors in this warm process"),
-    ("ingest", "ingest_ratio_ours_vs_pyarrow_fresh_process", ">=", 0.5,
-     "ingest epoch 1 / pyarrow->tensors in a fresh process"),
-    ("ingest", "ingest_ratio_ours_later_epochs_vs_pyarrow", ">=", 0.5,
-     "ingest later epochs / pyarrow->tensors"),
-    ("loop", "scaling_efficiency_2x1_vs_1x1", "report", None, "2-worker scaling efficiency"),
-    ("devices", "speedup_auto_vs_cpu_1", "report", None, "use_gpu=auto vs 1 CPU worker, speedup"),
-    ("devices", "scaling_efficiency_cpu_2_vs_1", "report", None,
-     "2-worker scaling efficiency (devices)"),
-    ("memory", "driver_peak_rss_during_train_mb", "report", None, "1M x 20: driver peak RSS, MB"),
-    ("memory", "worker_peak_rss_mb", "report", None, "1M x 20: each worker's peak RSS, MB"),
+# (section, what it is, driftloop's figure, the baseline's, unit, comparison, goal, judged on)
+GOALS: list[tuple[str, str, str, str, str, Op, float, Judged]] = [
+    ("loop", "Ray loop / plain torch, 1 thread, s per epoch", "ray_1worker_1thread_epoch_s",
+     "plain_1thread_epoch_s", "s", "<=", 1.15, "ratio"),
+    ("loop", "Ray loop / plain torch, 2 threads, s per epoch", "ray_1worker_2threads_epoch_s",
+     "plain_2threads_epoch_s", "s", "<=", 1.15, "ratio"),
+    ("fixed_cost", "fit() fixed cost of a 1-step run (bare TorchTrainer beside it)", "fit_1step_s",
+     "bare_torchtrainer_noop_fit_s", "s", "<=", 8.0, "value"),
+    ("ingest", "ingest epoch 1 / pyarrow->tensors in this warm process", "ours_rows_per_s",
+     "pyarrow_rows_per_s", "rows/s", ">=", 0.5, "ratio"),
+    ("ingest", "ingest epoch 1 / pyarrow->tensors in a fresh process", "ours_rows_per_s",
+     "pyarrow_fresh_process_rows_per_s", "rows/s", ">=", 0.5, "ratio"),
+    ("ingest", "ingest later epochs / pyarrow->tensors", "ours_later_epoch_rows_per_s",
+     "pyarrow_rows_per_s", "rows/s", ">=", 0.5, "ratio"),
 ]  # fmt: skip
 
+# (section, figure, what it is): figures without a goal, printed beside the goals
+REPORTED = [
+    ("loop", "scaling_efficiency_2x1_vs_1x1", "2-worker scaling efficiency"),
+    ("devices", "speedup_auto_vs_cpu_1", "use_gpu=auto vs 1 CPU worker, speedup"),
+    ("devices", "scaling_efficiency_cpu_2_vs_1", "2-worker scaling efficiency (devices)"),
+    ("memory", "driver_peak_rss_during_train_mb", "1M x 20: driver peak RSS, MB"),
+    ("memory", "worker_peak_rss_mb", "1M x 20: each worker's peak RSS, MB"),
+]
 
-def verdicts(report: dict[str, Any]) -> list[str]:
-    """One line per goal whose section ran: PASS, MISS or REPORT, the figure and the goal."""
-    lines = []
-    for section, key, op, goal, label in GOALS:
-        if key not in report.get(section, {}):
-            continue
-        value = report[section][key]
-        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-        if goal is None:
-            lines.append(f"REPORT  {label}: {shown}")
-            continue
-        ok = value <= goal if op == "<=" else value >= goal
-        lines.append(f"{'PASS' if ok else 'MISS'}    {label}: {shown} (goal {op} {goal:g})")
-    return lines
+
+def goal_rows(report: dict[str, Any]) -> list[Row]:
+    """One row per goal whose section ran."""
+    return [
+        judge(label, value=report[section][ours], baseline=report[section][base], unit=unit,
+              op=op, limit=limit, of=of)
+        for section, label, ours, base, unit, op, limit, of in GOALS
+        if ours in report.get(section, {})
+    ]  # fmt: skip
+
+
+def reported_lines(report: dict[str, Any]) -> list[str]:
+    """One REPORT line per figure without a goal whose section ran."""
+    return [
+        f"REPORT  {label}: {_shown(report[section][key])}"
+        for section, key, label in REPORTED
+        if key in report.get(section, {})
+    ]
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 # Main --------------------------------------------------------------------------------------------
@@ -442,6 +457,7 @@ def main() -> None:
 
     import ray
 
+    run = Run("train")
     # At least 4 logical CPUs: room for Ray Data's read tasks beside 2 training workers (a worker
     # group holding every CPU starves Ray Data); torch threads are set per run, not from this.
     ray.init(address="local", num_cpus=max(4, os.cpu_count() or 0), log_to_driver=False,
@@ -468,13 +484,11 @@ def main() -> None:
         if "memory" in args.only:
             report["memory"] = bench_memory(home)
     report["load_avg_end"] = os.getloadavg()  # other processes share these 2 cores
-    report["verdicts"] = verdicts(report)
-    print(json.dumps(report, indent=1))
+    rows = goal_rows(report)
+    report["verdicts"] = [row.line() for row in rows] + reported_lines(report)
+    print(json.dumps(report, indent=1, default=str))
     print("\n".join(report["verdicts"]))
-    out = Path(__file__).parent / "results" / "train.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    print(f"written to {out}")
+    print(f"written to {run.write(rows, details=report)}")
 
 
 if __name__ == "__main__":

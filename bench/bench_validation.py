@@ -9,7 +9,8 @@ Both arms run the very same suite (`build_suite` on a clean reference): the GX a
 pyarrow compute and numpy. Both compute target leakage with the same `leakage_score`, so the fair
 ratio leaves it out of both ("without leakage"); "all checks" keeps it in. Goals (issue #3), from
 medians of `--repeats` runs after one warm-up: GX / numpy <= 25x on 1M rows without leakage; the
-fixed cost of validating 10,000 rows <= 100 ms (import excluded). Prints PASS or MISS per goal.
+fixed cost of validating 10,000 rows <= 100 ms (import excluded). Prints PASS or MISS per goal;
+the rows go to bench/results/validation.json (`--json` prints them too).
 """
 
 import argparse
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from common import Run, judge
 
 from tasks import data, expectations, leakage, synthetic, validation
 from tasks.settings import Features, Settings
@@ -117,19 +119,18 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print the results file's JSON")
     args = parser.parse_args()
+    run = Run("validation")
 
     start = time.perf_counter()
     expectations.load_gx()
-    print(f"GX import + registration: {time.perf_counter() - start:.2f} s (excluded below)")
+    import_s = time.perf_counter() - start
+    print(f"GX import + registration: {import_s:.2f} s (excluded below)")
 
     reference = make_table(20_000, seed=0)
     settings = make_settings(reference)
@@ -162,21 +163,48 @@ def main() -> None:
     frame_s = median_seconds(lambda: validation.to_frame(big), args.repeats)
     np_s = median_seconds(np_run(big), args.repeats)
     np_plain_s = median_seconds(np_run(big, leakage=False), args.repeats)
-    ratio = gx_plain_s / np_plain_s
+    plain = judge(
+        f"GX / numpy, {big.num_rows:,} rows x {big.num_columns}, without leakage",
+        value=gx_plain_s,
+        baseline=np_plain_s,
+        unit="s",
+        op="<=",
+        limit=RATIO_GOAL,
+    )
     print(f"arrow -> pandas for GX: {frame_s:8.3f} s   (inside the GX figures)")
     print(f"all checks:      GX {gx_s:7.3f} s   numpy {np_s:6.3f} s   ratio {gx_s / np_s:5.1f}x")
     print(
         f"without leakage: GX {gx_plain_s:7.3f} s   numpy {np_plain_s:6.3f} s   "
-        f"ratio {ratio:5.1f}x   goal <= {RATIO_GOAL:g}x: {verdict(ratio <= RATIO_GOAL)}"
+        f"ratio {gx_plain_s / np_plain_s:5.1f}x   goal {plain.goal}: {plain.verdict}"
     )
 
     small = make_table(10_000, seed=2)
     fixed_ms = 1000 * median_seconds(gx_run(small), max(args.repeats, 7))
     small_np_ms = 1000 * median_seconds(np_run(small), max(args.repeats, 7))
+    fixed = judge(
+        "GX fixed cost, 10,000 rows (numpy beside it)",
+        value=fixed_ms,
+        baseline=small_np_ms,
+        unit="ms",
+        op="<=",
+        limit=FIXED_GOAL_MS,
+        of="value",
+    )
     print(
         f"\nfixed cost, 10,000 rows: GX {fixed_ms:.0f} ms   numpy {small_np_ms:.0f} ms   "
-        f"goal <= {FIXED_GOAL_MS:g} ms: {verdict(fixed_ms <= FIXED_GOAL_MS)}"
+        f"goal {fixed.goal}: {fixed.verdict}"
     )
+    details = {
+        "rows": big.num_rows,
+        "columns": big.num_columns,
+        "repeats": args.repeats,
+        "gx_import_s": import_s,
+        "gx_all_checks_s": gx_s,
+        "numpy_all_checks_s": np_s,
+        "arrow_to_pandas_s": frame_s,
+    }
+    path = run.write([plain, fixed], details=details, echo=args.json)
+    print(f"written to {path}")
 
 
 if __name__ == "__main__":
