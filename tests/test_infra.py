@@ -316,15 +316,6 @@ def test_every_serve_config_validates_against_serve_s_schema_and_names_build_app
         assert f"name: {DEPLOYMENT}" in path.read_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="tasks/serve/app.py has `from __future__ import annotations`: Serve reads build_app's "
-    "annotation as the string 'ServeArgs', not a pydantic class, so it hands the builder the raw "
-    "`args` dict ('dict' object has no attribute 'home'): `serve deploy` and the RayService fail. "
-    "Fix in tasks/serve/app.py (validate a dict in build_app, or drop the future import), then "
-    "remove this marker.",
-)
 @pytest.mark.parametrize("where", ["serve/driftloop.yaml", "ray-service serveConfigV2"])
 def test_every_serve_config_s_args_build_the_app_as_serve_builds_it(
     where: str, tmp_path: Path

@@ -11,8 +11,6 @@ changing only that reconfigures the running replicas in place, with no restart a
 request (`control.swap`).
 """
 
-from __future__ import annotations
-
 import asyncio
 import hashlib
 import json
@@ -47,7 +45,7 @@ class ServeArgs(BaseModel):
     serving: ServingConfig = ServingConfig()
 
     @classmethod
-    def of(cls, settings: Settings, *, ref: str | int = registry.CHAMPION) -> ServeArgs:
+    def of(cls, settings: "Settings", *, ref: str | int = registry.CHAMPION) -> "ServeArgs":
         """The args of the settings' model: what `driftloop up` and every swap use, so a swap
         finds the replicas built from equal args and reconfigures them in place."""
         return cls(home=settings.home, model=settings.dataset.name, ref=str(ref),
