@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format up down status bench clean
+.PHONY: help install browser demo test lint format up down status bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -25,7 +25,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install ## Run the main job on embedded defaults: synthetic data, local Ray, local Prefect
 	$(DL) demo
 
-test: install lint ## Run lint, types and the whole test suite (real Ray, Prefect server, HTTP)
+# The Prefect UI test drives Debian's Chromium (Playwright's own browser download needs the internet)
+browser: ## Install Debian's chromium for the browser test, unless one is on PATH (apt-get)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
+test: install browser lint ## Run lint, types and the whole test suite (real Ray, Prefect server, HTTP, a browser)
 	$(PY) -m pytest
 
 lint: install ## ruff lint and format check, mypy (strict), the import layers (lint-imports)

@@ -62,21 +62,12 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite an existing config.")] = False,
 ) -> None:
     """Write an example driftloop.yaml and a synthetic data set to start from."""
-    import yaml
-
-    from tasks import synthetic
-
     if task not in ("classification", "regression"):
         raise Failure(f"--task {task!r}: allowed: classification, regression")
     config = directory / CONFIG_FILE
     if config.exists() and not force:
         raise Failure(f"{config} exists; pass --force to overwrite it")
-    dataset = synthetic.example_dataset_config(task)  # type: ignore[arg-type]
-    table = synthetic.generate(rows=rows, seed=seed, task=task)  # type: ignore[arg-type]
-    data_path = synthetic.write_parquet(table, directory / str(dataset["source"]))
-    directory.mkdir(parents=True, exist_ok=True)
-    config.write_text(views.example_yaml(yaml.safe_dump({"dataset": dataset}, sort_keys=False)))
-    typer.echo(f"wrote {config} and {data_path} ({table.num_rows:,} rows)")
+    typer.echo(_write_example(config, task=task, rows=rows, seed=seed, demo=False))
 
 
 @app.command()
@@ -311,23 +302,37 @@ def demo(
     directory: Annotated[Path, typer.Argument(help="Where the demo's config and data live.")] = (
         Path(".")
     ),
-    stack: Annotated[
-        bool, typer.Option(help="Start the local stack (or reuse it) so runs show in the UI.")
-    ] = True,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Run the whole loop end to end on synthetic data (writes a config first if none exists)."""
+    """Run the whole loop on synthetic data: stack, training, serving, clean and drifted traffic,
+    the monitor, and the retraining its event starts (writes a config first if none exists)."""
+    from rich.console import Console
+
     config = directory / CONFIG_FILE
     if not config.exists():
-        init(directory=directory)
+        typer.echo(_write_example(config, task="classification", rows=20_000, seed=0, demo=True),
+                   err=as_json)  # fmt: skip
     settings = _settings(config)
-    if stack:
-        _start_stack(settings.home, settings.stack)
-    _connect_to_stack(settings)
-    from flows.demo import demo as demo_flow
+    from flows import demo as story
 
-    typer.echo(demo_flow(config=str(config)))
-    if stack:
-        typer.echo("The stack keeps running for the UI; `driftloop down` stops it.")
+    found = story.run(config=config, settings=settings, console=Console(stderr=as_json))
+    if as_json:
+        typer.echo(json.dumps(found, indent=1))
+
+
+def _write_example(config: Path, *, task: str, rows: int, seed: int, demo: bool) -> str:
+    """`init` (and `demo` in a new folder): the example config and its synthetic data."""
+    import yaml
+
+    from tasks import synthetic
+
+    dataset = synthetic.example_dataset_config(task)  # type: ignore[arg-type]
+    table = synthetic.generate(rows=rows, seed=seed, task=task)  # type: ignore[arg-type]
+    data_path = synthetic.write_parquet(table, config.parent / str(dataset["source"]))
+    config.parent.mkdir(parents=True, exist_ok=True)
+    text = views.example_yaml(yaml.safe_dump({"dataset": dataset}, sort_keys=False), demo=demo)
+    config.write_text(text)
+    return f"wrote {config} and {data_path} ({table.num_rows:,} rows)"
 
 
 def _settings(config: Path) -> Settings:
@@ -468,3 +473,7 @@ def main() -> None:
     except DriftloopError as exc:
         typer.echo(f"driftloop: error: {exc}", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

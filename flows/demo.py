@@ -1,48 +1,503 @@
-"""The closed loop so far, end to end on synthetic data: train and gate, then check traffic.
+"""The whole loop on one machine, as a newcomer first sees it.
 
-    driftloop demo            # writes driftloop.yaml + data/churn.parquet first if missing
+    driftloop demo            # or: make demo; writes driftloop.yaml + data/churn.parquet if missing
 
-Grows with the stages: today it runs the training pipeline (validate, split, Ray Train, gate,
-registry) and checks a production batch with a missing-value spike against the champion's suite.
+One line per stage, a progress bar where the work is long, a summary table at the end:
+1. stack: the Prefect server + UI, Ray and the deployments' runner (`driftloop up`);
+2. train: the training deployment (validate, Ray Train with 2 workers, gate, promote);
+3. serve: the champion on Ray Serve, HTTP on 127.0.0.1;
+4. clean traffic, then the monitor deployment: no drift, no retraining;
+5. drifted traffic with its feedback labels, then the monitor: the governor asks for a retrain;
+6. retraining: the trigger starts it by itself while traffic keeps flowing; the new champion
+   (or, rejected, the old one) answers, and no request failed.
+Everything heavy runs where a user's runs run (the stack's runner executes the deployments), so
+the libraries' logs land in files under `<home>/logs/`, named at the end. The stack keeps running
+so the Prefect UI shows the story; `driftloop down` stops it.
 """
 
+import json
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
-from prefect import flow, get_run_logger
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from flows.training import training_pipeline
-from tasks import registry, synthetic, validation
-from tasks.settings import load_settings
+from tasks import registry, synthetic
+from tasks.errors import DriftloopError
+from tasks.settings import Settings
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+TRAFFIC_BATCH = 50  # records per POST /predict: the bar moves, the proxy is not the bottleneck
 
 
-@flow(name="demo")
-def demo(config: str = "driftloop.yaml") -> dict[str, Any]:
-    """Train and promote a champion, then show that a broken production batch is caught."""
-    logger = get_run_logger()
-    settings = load_settings(Path(config))
+class DemoFailed(DriftloopError):
+    """The loop did not close: the stage and the reason, in one line."""
 
-    # Train, evaluate, gate ------------------------------------------------------------------------
-    outcome = training_pipeline(config=config)
-    logger.info("training pipeline: %s", outcome)
 
-    # Traffic with a data-quality problem, checked against what the champion was trained on -------
-    root, model = settings.home, settings.dataset.name
-    batch = synthetic.generate(rows=5_000, seed=99, task=settings.dataset.task,
-                               scenario="missing_spike")  # fmt: skip
-    report = validation.check_batch(
-        batch, suite=validation.suite_for(batch, settings=settings), settings=settings
+@dataclass
+class Stage:
+    name: str
+    seconds: float = 0.0
+    outcome: str = ""
+
+
+@dataclass
+class Traffic:
+    """What the clients saw: answers, failures, and the versions that answered."""
+
+    answered: int = 0
+    failed: int = 0
+    versions: set[int] = field(default_factory=set)
+    request_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Demo:
+    """The story's state: where things are, what each stage found and how long it took."""
+
+    config: Path
+    settings: Settings
+    console: Console
+    stages: list[Stage] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+    traffic: Traffic = field(default_factory=Traffic)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def home(self) -> str:
+        return str(self.settings.home)
+
+    @property
+    def model(self) -> str:
+        return self.settings.dataset.name
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.home).resolve() / "logs"
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[Stage]:
+        """One line when the stage ends: a tick, its outcome and how long it took."""
+        found = Stage(name)
+        started = time.monotonic()
+        self.console.print(f"[bold]▶ {name}[/]")
+        try:
+            yield found
+        finally:
+            found.seconds = time.monotonic() - started
+            self.stages.append(found)
+        self.console.print(f"  [green]✓[/] {found.outcome} [dim]({found.seconds:.1f} s)[/]")
+
+
+def run(*, config: Path, settings: Settings, console: Console) -> dict[str, Any]:
+    """The loop end to end; the summary as a dict (what `driftloop demo --json` prints)."""
+    demo = Demo(config=config.resolve(), settings=settings, console=console)
+    started = time.monotonic()
+    start_stack(demo)
+    first = train(demo)
+    serve_champion(demo, first)
+    watch_clean_traffic(demo)
+    request = watch_drifted_traffic(demo)
+    retrain_by_itself(demo, request)
+    demo.facts["total_s"] = round(time.monotonic() - started, 1)
+    summarize(demo)
+    return summary(demo)
+
+
+# The stages ---------------------------------------------------------------------------------------
+
+
+def start_stack(demo: Demo) -> None:
+    with demo.stage("stack: Prefect server + UI, Ray, the deployments' runner") as stage:
+        up = _driftloop(demo, "up", "--json")
+        demo.urls |= {"Prefect UI": up["prefect_api_url"].removesuffix("/api")}
+        if up.get("dashboard_url"):
+            demo.urls["Ray dashboard"] = up["dashboard_url"]
+        _connect(demo)
+        stage.outcome = f"Prefect on {demo.urls['Prefect UI']}, deployments registered"
+
+
+def train(demo: Demo) -> int:
+    """The training deployment, run as a user would from Python (`run_deployment`)."""
+    from flows.deployments import full_name
+
+    with demo.stage("train: validate, Ray Train (2 workers), gate, promote") as stage:
+        run_id = _start(demo, full_name("training"), name=f"{demo.model}: first training")
+        state = _follow(demo, run_id, label="training")
+        champion = registry.champion(root=demo.home, model=demo.model)
+        if state != "COMPLETED" or champion is None:
+            raise DemoFailed(f"train: the run ended {state} with no champion; {_see(demo)}")
+        demo.facts["first"] = champion.version
+        stage.outcome = f"v{champion.version} promoted ({_metric(demo, champion.version)})"
+        return champion.version
+
+
+def serve_champion(demo: Demo, version: int) -> None:
+    with demo.stage("serve: the champion on Ray Serve") as stage:
+        up = _driftloop(demo, "up", "--json")
+        serving = up.get("serving") or {}
+        if serving.get("version") != version:
+            raise DemoFailed(f"serve: expected v{version}, Serve says {serving}; {_see(demo)}")
+        demo.urls["API"] = serving["url"]
+        stage.outcome = f"{serving['url']}/predict answers with v{version}"
+
+
+def watch_clean_traffic(demo: Demo) -> None:
+    rows = _traffic_rows(demo)
+    with demo.stage("clean traffic, then the monitor") as stage:
+        batch = synthetic.generate(rows=rows, seed=101, task=demo.settings.dataset.task)
+        sent = _send(demo, batch, label="clean traffic", feedback=False)
+        found = _monitor(demo, name="monitor: clean traffic")
+        demo.facts["clean"] = found
+        if found["decision"] != "hold":
+            raise DemoFailed(f"monitor: clean traffic asked for a retraining: {found['reason']}")
+        stage.outcome = f"{sent:,} requests answered; {_verdict(found)}"
+
+
+def watch_drifted_traffic(demo: Demo) -> str:
+    """The world changes (a new relationship between the inputs and the label): traffic carries
+    it, its labels come back as feedback, and the source feed refreshes with it too."""
+    rows = _traffic_rows(demo)
+    task = demo.settings.dataset.task
+    with demo.stage("drifted traffic with feedback labels, then the monitor") as stage:
+        batch = synthetic.generate(rows=rows, seed=202, task=task, scenario="concept_drift")
+        sent = _send(demo, batch, label="drifted traffic", feedback=True)
+        _refresh_source(demo)
+        found = _monitor(demo, name="monitor: drifted traffic")
+        demo.facts["drifted"] = found
+        request = (found.get("governor") or {}).get("request_id")
+        if found["decision"] != "retrain" or not request:
+            raise DemoFailed(f"monitor: the governor held on drifted traffic: {found['reason']}")
+        stage.outcome = f"{sent:,} requests + labels; {_verdict(found)}"
+        return str(request)
+
+
+def _refresh_source(demo: Demo) -> None:
+    """The source is a rolling extract of the feed: it now holds the new world's rows (the old
+    table is kept beside it), which the retraining re-reads with the labelled traffic."""
+    source = Path(demo.settings.dataset.source)  # the demo's own file: a local path
+    rows = pq.ParquetFile(source).metadata.num_rows
+    source.replace(source.with_name(f"{source.stem}.before-drift{source.suffix}"))
+    fresh = synthetic.generate(
+        rows=rows, seed=404, task=demo.settings.dataset.task, scenario="concept_drift"
     )
-    logger.info("production batch: %s", report.summary())
-    champion = registry.champion(root=root, model=model)
+    synthetic.write_parquet(fresh, source)
+    demo.console.print(f"  the source feed moved on: {source} now holds {rows:,} fresh rows")
+
+
+def retrain_by_itself(demo: Demo, request_id: str) -> None:
+    """No call starts it: the monitor's event reaches the retraining deployment's trigger."""
+    from flows.deployments import full_name
+
+    with demo.stage("retraining: started by the trigger, traffic flowing") as stage:
+        stop = threading.Event()
+        during = Traffic()
+        clients = threading.Thread(target=_keep_sending, args=(demo, during, stop), daemon=True)
+        clients.start()
+        try:
+            run_id = _wait_for_triggered_run(demo, full_name("retraining"), request_id)
+            state = _follow(demo, run_id, label="retraining")
+            champion = registry.champion(root=demo.home, model=demo.model)
+            _wait_until_served(demo, champion.version if champion else None)
+            time.sleep(1.0)  # a few answers from the champion now serving
+        finally:
+            stop.set()
+            clients.join(timeout=30)
+        demo.traffic.answered += during.answered
+        demo.traffic.failed += during.failed
+        latest = registry.list_versions(root=demo.home, model=demo.model)[-1]
+        meta = registry.get_version(root=demo.home, model=demo.model, version=latest)
+        promoted = champion is not None and champion.version == latest
+        demo.facts |= {
+            "retraining_state": state,
+            "retrained": latest,
+            "promoted": promoted,
+            "served": champion.version if champion else None,
+            "during_retraining": {
+                "answered": during.answered,
+                "failed": during.failed,
+                "versions": sorted(during.versions),
+            },
+        }
+        if state != "COMPLETED":
+            raise DemoFailed(f"retraining: the triggered run ended {state}; {_see(demo)}")
+        if during.failed:
+            raise DemoFailed(f"retraining: {during.failed} requests failed while it ran")
+        verdict = "promoted, now serving" if promoted else "rejected by the gate, v{} serves"
+        stage.outcome = (
+            f"v{latest} {verdict.format(champion.version if champion else '?')} "
+            f"(gate: {'passed' if meta.get('gate', {}).get('passed') else 'failed'}); "
+            f"{during.answered:,} requests during it, 0 failed, versions "
+            f"{', '.join(f'v{v}' for v in sorted(during.versions))}"
+        )
+
+
+# The summary --------------------------------------------------------------------------------------
+
+
+def summarize(demo: Demo) -> None:
+    stages = Table(title="driftloop demo", title_justify="left")
+    for column in ("stage", "took", "outcome"):
+        stages.add_column(column, overflow="fold")
+    for s in demo.stages:
+        stages.add_row(s.name.split(":")[0], f"{s.seconds:.1f} s", s.outcome)
+    stages.add_row("total", f"{demo.facts['total_s']:.1f} s", "", style="bold")
+    demo.console.print(stages)
+
+    versions = Table(title=f"{demo.model}: versions", title_justify="left")
+    for column in ("version", "metrics", "gate", "alias", "started by"):
+        versions.add_column(column)
+    aliases = registry.aliases(root=demo.home, model=demo.model)
+    for v in registry.list_versions(root=demo.home, model=demo.model):
+        meta = registry.get_version(root=demo.home, model=demo.model, version=v)
+        trigger = meta.get("trigger") or {}
+        versions.add_row(
+            f"v{v}",
+            _metric(demo, v),
+            "passed" if (meta.get("gate") or {}).get("passed") else "failed",
+            ", ".join(sorted(a for a, n in aliases.items() if n == v)),
+            "drift monitor" if trigger.get("request_id") else "training",
+        )
+    demo.console.print(versions)
+    drifted = demo.facts.get("drifted", {})
+    demo.console.print(f"drift found: {_verdict(drifted)}; reason: {drifted.get('reason', '-')}")
+    for name, url in demo.urls.items():
+        demo.console.print(f"{name + ':':<15} {url}")
+    demo.console.print(f"{'logs:':<15} {demo.logs}/ (Prefect, Ray, the runner: its flow runs)")
+    demo.console.print("The stack keeps running for the UI; `driftloop down` stops it.")
+
+
+def summary(demo: Demo) -> dict[str, Any]:
     return {
-        "training": outcome,
-        "champion_version": champion.version if champion else None,
-        "production_batch_ok": report.success,
-        "production_problems": report.problems,
+        "stages": [
+            {"stage": s.name, "seconds": round(s.seconds, 1), "outcome": s.outcome}
+            for s in demo.stages
+        ],
+        "urls": demo.urls,
+        "logs": str(demo.logs),
+        "traffic": {"answered": demo.traffic.answered, "failed": demo.traffic.failed},
+        **{k: v for k, v in demo.facts.items() if k not in ("clean", "drifted")},
+        "monitor": {k: _brief(demo.facts.get(k)) for k in ("clean", "drifted")},
     }
 
 
-if __name__ == "__main__":
-    print(demo(config=sys.argv[1] if len(sys.argv) > 1 else "driftloop.yaml"))
+# Helpers: the command, the deployments, the traffic -----------------------------------------------
+
+
+def _driftloop(demo: Demo, *args: str) -> dict[str, Any]:
+    """A `driftloop` subcommand in a child process; its chatter goes to `<home>/logs/demo.log`."""
+    demo.logs.mkdir(parents=True, exist_ok=True)
+    log = demo.logs / "demo.log"
+    command = [sys.executable, "-m", "flows.cli", *args, "--config", str(demo.config)]
+    with log.open("a") as err:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True, check=False)
+    if done.returncode != 0:
+        last = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise DemoFailed(f"driftloop {args[0]}: {last[0]} (log: {log})")
+    return dict(json.loads(done.stdout))
+
+
+def _connect(demo: Demo) -> None:
+    """Point this process's Prefect at the stack (before Prefect is first imported)."""
+    from tasks import stack
+
+    stack.use(home=stack.local_home(demo.settings.home))
+
+
+def _start(demo: Demo, deployment: str, *, name: str) -> UUID:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    found = run_deployment(
+        deployment,
+        parameters={"config": str(demo.config)},
+        flow_run_name=name,
+        tags=["demo"],
+        timeout=0,
+        as_subflow=False,
+    )
+    assert isinstance(found, FlowRun)  # called from sync code: not a coroutine
+    return found.id
+
+
+def _follow(demo: Demo, run_id: UUID, *, label: str) -> str:
+    """Wait for a flow run to end, with a bar over the epochs its train task logs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    epochs = demo.settings.training.epochs
+    seen: set[str] = set()
+    with _bar(demo) as bar, get_client(sync_client=True) as client:
+        task = bar.add_task(f"{label}: waiting for the runner", total=epochs)
+        while True:
+            run = client.read_flow_run(run_id)
+            state = run.state.type.value if run.state else "PENDING"
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200
+            )
+            for log in logs:
+                if log.message.startswith("epoch ") and log.message not in seen:
+                    seen.add(log.message)
+            stage = "training epochs" if seen else (run.state.name if run.state else "pending")
+            bar.update(task, completed=min(len(seen), epochs), description=f"{label}: {stage}")
+            if state in TERMINAL:
+                bar.update(task, completed=epochs)
+                return state
+            time.sleep(1.0)
+
+
+def _wait_for_triggered_run(demo: Demo, deployment: str, request_id: str) -> UUID:
+    """The retraining run an automation created for this request (none is started here)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + 120
+    with _bar(demo) as bar, get_client(sync_client=True) as client:
+        bar.add_task("waiting for the trigger to start the retraining", total=None)
+        found = client.read_deployment_by_name(deployment)
+        while time.monotonic() < deadline:
+            for run in client.read_flow_runs(limit=50):
+                if (
+                    run.deployment_id == found.id
+                    and run.parameters.get("request_id") == request_id
+                    and run.created_by is not None
+                    and run.created_by.type == "AUTOMATION"
+                ):
+                    return run.id
+            time.sleep(1.0)
+    raise DemoFailed(
+        f"retraining: no run was triggered within 120 s of request {request_id}; {_see(demo)}"
+    )
+
+
+def _monitor(demo: Demo, *, name: str) -> dict[str, Any]:
+    """The scheduled monitor deployment, run now; its verdict from the pass's monitor.json."""
+    from flows.deployments import full_name
+    from tasks.monitor import latest
+
+    time.sleep(1.5)  # Serve's replicas flush the prediction log every second
+    run_id = _start(demo, full_name("monitor"), name=name)
+    state = _follow(demo, run_id, label="monitor")
+    found = latest(home=demo.home, model=demo.model)
+    if state != "COMPLETED" or found is None:
+        raise DemoFailed(f"monitor: the run ended {state}; {_see(demo)}")
+    return found
+
+
+def _traffic_rows(demo: Demo) -> int:
+    window = demo.settings.monitoring.window_rows
+    return max(window or 0, demo.settings.monitoring.min_rows)
+
+
+def _features(demo: Demo, batch: pa.Table) -> list[dict[str, Any]]:
+    d = demo.settings.dataset
+    drop = [c for c in (d.target, d.id, d.timestamp) if c and c in batch.column_names]
+    return list(batch.drop_columns(drop).to_pylist())
+
+
+def _send(demo: Demo, batch: pa.Table, *, label: str, feedback: bool) -> int:
+    """POST the batch to /predict in small requests; with `feedback`, its labels to /feedback."""
+    records = _features(demo, batch)
+    labels = batch[demo.settings.dataset.target].to_pylist()
+    answered: list[str] = []
+    with _bar(demo) as bar, httpx.Client(base_url=demo.urls["API"], timeout=60) as client:
+        task = bar.add_task(label, total=len(records))
+        for start in range(0, len(records), TRAFFIC_BATCH):
+            ids = _predict(client, records[start : start + TRAFFIC_BATCH], demo.traffic)
+            answered += ids
+            bar.advance(task, TRAFFIC_BATCH)
+        if feedback:
+            given = [{"request_id": r, "label": y} for r, y in zip(answered, labels, strict=True)]
+            for start in range(0, len(given), 500):
+                reply = client.post("/feedback", json={"labels": given[start : start + 500]})
+                demo.traffic.failed += reply.status_code != 200
+    if demo.traffic.failed:
+        raise DemoFailed(f"{label}: {demo.traffic.failed} requests failed")
+    return len(answered)
+
+
+def _predict(client: httpx.Client, records: list[dict[str, Any]], seen: Traffic) -> list[str]:
+    try:
+        reply = client.post("/predict", json={"records": records})
+    except httpx.HTTPError:
+        seen.failed += 1
+        return []
+    if reply.status_code != 200:
+        seen.failed += 1
+        return []
+    body = reply.json()
+    seen.answered += 1
+    seen.versions.add(int(body["version"]))
+    return [p["request_id"] for p in body["predictions"]]
+
+
+def _keep_sending(demo: Demo, seen: Traffic, stop: threading.Event) -> None:
+    """A client that keeps asking while the model is retrained and swapped."""
+    batch = synthetic.generate(rows=500, seed=303, task=demo.settings.dataset.task)
+    records = _features(demo, batch)
+    with httpx.Client(base_url=demo.urls["API"], timeout=60) as client:
+        i = 0
+        while not stop.is_set():
+            _predict(client, records[i % 50 * 10 : i % 50 * 10 + 10], seen)
+            i += 1
+            stop.wait(0.2)
+
+
+def _wait_until_served(demo: Demo, version: int | None, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reply = httpx.get(f"{demo.urls['API']}/model", timeout=10)
+        if reply.status_code == 200 and reply.json().get("version") == version:
+            return
+        time.sleep(0.5)
+    raise DemoFailed(f"serve: v{version} is champion but Serve does not answer with it")
+
+
+@contextmanager
+def _bar(demo: Demo) -> Iterator[Progress]:
+    columns = (TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    shown = demo.console.is_terminal  # a log file or a pipe gets the stage lines alone
+    with Progress(*columns, console=demo.console, transient=True, disable=not shown) as bar:
+        yield bar
+
+
+def _metric(demo: Demo, version: int) -> str:
+    metrics = registry.get_version(root=demo.home, model=demo.model, version=version)["metrics"]
+    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    return ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:2]) or "-"
+
+
+def _verdict(found: dict[str, Any]) -> str:
+    """A pass at a glance: drift, quality (measured or estimated) against the holdout, decision."""
+    if not found:
+        return "-"
+    drifted = found.get("drifted_features") or []
+    drift = f"drift on {', '.join(drifted)}" if drifted else "no drift"
+    q = found.get("quality") or {}
+    quality = (
+        f"{q['metric']} {q['value']:.3f} {q['source']} vs {q['baseline']:.3f} on the holdout"
+        if q.get("value") is not None and q.get("baseline") is not None
+        else q.get("summary", "quality unknown")
+    )
+    return f"{drift}; {quality}; decision: {found['decision']}"
+
+
+def _brief(found: dict[str, Any] | None) -> dict[str, Any] | None:
+    keys = ("drift", "drifted_features", "decision", "reason", "report")
+    return None if found is None else {k: found.get(k) for k in keys}
+
+
+def _see(demo: Demo) -> str:
+    return f"see {demo.logs / 'deployments.log'} and the Prefect UI"

@@ -45,6 +45,16 @@ RETRAIN_PARAMETERS: dict[str, str] = {
     "report": "{{ event.payload.report }}",
 }
 MODEL_RESOURCES = {"prefect.resource.id": "driftloop.model.*"}
+FLOWS = {
+    TRAINING: training_pipeline.name,
+    MONITOR: monitoring_pass.name,
+    RETRAINING: retraining.name,
+}
+
+
+def full_name(deployment: str) -> str:
+    """What `run_deployment` takes: `flow/deployment`, e.g. `drift-monitor/monitor`."""
+    return f"{FLOWS[deployment]}/{deployment}"
 
 
 def one_at_a_time() -> ConcurrencyLimitConfig:

@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.naming import run_name
 from tasks.errors import quiet_expected_failures
 from tasks.monitor import (
     MonitorResult,
@@ -32,7 +33,7 @@ from tasks.monitor import (
 from tasks.settings import load_settings
 
 
-@flow(name="drift-monitor")
+@flow(name="drift-monitor", flow_run_name=run_name("monitor"))
 def monitoring_pass(config: str = "driftloop.yaml", now: datetime | None = None) -> dict[str, Any]:
     """Compare recent traffic with the champion's training sample, judge its quality and data,
     and decide whether to retrain (and why). Parameters: the driftloop.yaml to use; `now`, the

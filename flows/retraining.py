@@ -18,13 +18,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.naming import run_name
 from flows.training import training_pipeline
 from tasks.errors import quiet_expected_failures
 from tasks.monitor import claim_event_task, feedback_task
 from tasks.settings import load_settings
 
 
-@flow(name="retraining")
+@flow(name="retraining", flow_run_name=run_name("retrain"))
 def retraining(
     config: str = "driftloop.yaml",
     event_id: str | None = None,

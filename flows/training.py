@@ -16,6 +16,7 @@ import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.naming import run_name
 from tasks import data, events, files, traffic, validation
 from tasks.errors import quiet_expected_failures
 from tasks.evaluate import Training, champion_task, evaluate_task, gate_task, promote_task
@@ -81,7 +82,7 @@ def add_labelled_traffic(train: pa.Table, *, location: str | None) -> pa.Table:
     return pa.concat_tables([train, conform(data.read_table(location), schema=train.schema)])
 
 
-@flow(name="training-pipeline")
+@flow(name="training-pipeline", flow_run_name=run_name("train"))
 def training_pipeline(
     config: str = "driftloop.yaml",
     extra_rows: str | None = None,

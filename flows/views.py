@@ -82,10 +82,24 @@ def v(version: int | None) -> str:
     return "none" if version is None else f"v{version}"
 
 
-def example_yaml(dataset_yaml: str) -> str:
+def example_yaml(dataset_yaml: str, *, demo: bool = False) -> str:
+    """The config `driftloop init` writes; `demo` tunes the monitor to decide on one pass."""
     return (
         "# driftloop settings: point `dataset` at your own Parquet data.\n"
         "# Environment variables override any key: DRIFTLOOP_TRAINING__EPOCHS=5\n"
         + dataset_yaml
         + "training:\n  epochs: 10\n  num_workers: 2\n  use_gpu: auto\n"
+        + (DEMO_MONITORING if demo else "")
     )
+
+
+# `driftloop demo`: one drifted window decides (the defaults want 2 of the last 3, of 24 hours)
+DEMO_MONITORING = """\
+monitoring:              # tuned for the demo; the README lists the defaults
+  window_hours: null
+  window_rows: 2000      # each pass judges the newest 2,000 logged predictions
+  min_rows: 500
+  windows_needed: 1      # one window with the signal is enough (default: 2 of the last 3)
+  windows_considered: 1
+  cooldown_hours: 0.1    # the demo can run again after 6 minutes (default: 24 hours)
+"""

@@ -1,91 +1,178 @@
-"""`driftloop demo` as a user runs it after `make demo`: its own stack, real processes, HTTP."""
+"""`driftloop demo` as a newcomer runs it after `make demo`, and the Prefect UI it leaves behind,
+read in a real browser (Debian's Chromium, driven by Playwright).
+
+The demo runs once for the module, on its own stack (free ports, its own home): the whole loop,
+with the retraining started by the trigger. Screenshots of the UI are kept in `.test-output/ui/`.
+"""
 
 import json
 import os
-import socket
+import shutil
 import subprocess
 import sys
-import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from test_retraining import api, free_port
 
 pytestmark = pytest.mark.integration
 
 DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
+SCREENSHOTS = Path(__file__).resolve().parents[1] / ".test-output" / "ui"
+# Chromium as the machine's probe starts it: no sandbox as root, no calls home (no internet here)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass
+class DemoRun:
+    root: Path
+    env: dict[str, str]
+    done: subprocess.CompletedProcess[str]
+    summary: dict[str, Any]
+    ui: str  # the Prefect UI's address
+
+    def driftloop(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([DRIFTLOOP, *args], cwd=self.root, env=self.env,
+                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+
+    @property
+    def api(self) -> str:
+        return f"{self.ui}/api"
 
 
-def post(url: str, body: dict[str, object]) -> list[dict[str, object]]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=30) as response:
-        return list(json.loads(response.read()))
-
-
-def test_the_demo_starts_the_stack_trains_a_champion_and_catches_a_broken_batch(
-    tmp_path: Path,
-) -> None:
-    prefect_port = free_port()
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    root = tmp_path_factory.mktemp("demo")
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("DRIFTLOOP_", "PREFECT_API", "RAY_ADDRESS", "RAY_AUTH"))
     }
-    env.update(
-        DRIFTLOOP_HOME=str(tmp_path / "home"),
-        DRIFTLOOP_STACK__PREFECT_PORT=str(prefect_port),
-        DRIFTLOOP_STACK__RAY_PORT=str(free_port()),
-        DRIFTLOOP_STACK__DASHBOARD_PORT=str(free_port()),
-        DRIFTLOOP_TRAINING__EPOCHS="3",
-    )
-
-    def driftloop(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [DRIFTLOOP, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500
-        )
-
+    prefect_port = free_port()
+    env |= {
+        "DRIFTLOOP_HOME": str(root / "home"),
+        "DRIFTLOOP_STACK__PREFECT_PORT": str(prefect_port),
+        "DRIFTLOOP_STACK__RAY_PORT": str(free_port()),
+        "DRIFTLOOP_STACK__DASHBOARD_PORT": str(free_port()),
+        "DRIFTLOOP_STACK__RUNNER_PORT": str(free_port()),
+        "DRIFTLOOP_SERVING__PORT": str(free_port()),
+        "DRIFTLOOP_TRAINING__EPOCHS": "5",
+    }
+    done = subprocess.run(
+        [DRIFTLOOP, "demo", "--json"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    run = DemoRun(root, env, done, {}, f"http://127.0.0.1:{prefect_port}")
     try:
-        run = driftloop("demo")
-        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-        assert (tmp_path / "driftloop.yaml").exists()
-        assert (tmp_path / "data" / "churn.parquet").exists()
-        assert f"http://127.0.0.1:{prefect_port}" in run.stdout  # the UI's address is printed
-        assert "'decision': 'promoted'" in run.stdout
-        assert "'champion_version': 1" in run.stdout
-        assert "'production_batch_ok': False" in run.stdout  # the missing-value spike is caught
-        assert "driftloop down" in run.stdout
-
-        # The runs are in the stack's Prefect server (what the UI shows), completed
-        api = f"http://127.0.0.1:{prefect_port}/api"
-        flows = {f["id"]: f["name"] for f in post(f"{api}/flows/filter", {"limit": 50})}
-        runs = post(f"{api}/flow_runs/filter", {"limit": 50})
-        done = {flows[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED"}
-        assert {"demo", "training-pipeline"} <= done
-
-        # New source data with a missing-value spike: `driftloop train` stops at validation and
-        # says why, one line per failed expectation, with no traceback
-        spike = ("--scenario", "missing_spike", "--out", "data/churn.parquet", "--rows", "3000")
-        assert driftloop("generate", *spike).returncode == 0
-        refused = driftloop("train")
-        assert refused.returncode == 1, refused.stdout[-2000:] + refused.stderr[-2000:]
-        error = refused.stderr[refused.stderr.rindex("driftloop: error: ") :]
-        assert error.startswith("driftloop: error: validation of churn (3,000 rows, ")
-        assert "problems: missing_values" in error.splitlines()[0]
-        assert "null_shares_to_be_at_most on monthly_charges: " in error
-        assert "Traceback" not in refused.stderr, refused.stderr[-4000:]
-
-        status = driftloop("status")
-        assert "prefect" in status.stdout
-        assert "ray" in status.stdout
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        run.summary = json.loads(done.stdout)
+        yield run
     finally:
-        stopped = driftloop("down")
-    assert stopped.returncode == 0
-    assert "stopped" in stopped.stdout
+        run.driftloop("down")
+
+
+def test_the_demo_closes_the_loop_retraining_by_itself_with_no_request_failed(
+    demo_run: DemoRun,
+) -> None:
+    found, root = demo_run.summary, demo_run.root
+    assert (root / "driftloop.yaml").exists()
+    assert [s["stage"].split(":")[0] for s in found["stages"]] == [
+        "stack", "train", "serve", "clean traffic, then the monitor",
+        "drifted traffic with feedback labels, then the monitor", "retraining",
+    ]  # fmt: skip
+    assert found["first"] == 1
+    assert found["monitor"]["clean"]["decision"] == "hold"
+    assert found["monitor"]["drifted"]["decision"] == "retrain"
+    assert found["retraining_state"] == "COMPLETED"
+    assert found["retrained"] == 2
+    assert found["served"] == (2 if found["promoted"] else 1)
+    during = found["during_retraining"]
+    assert during["answered"] > 0
+    assert during["failed"] == 0
+    assert found["traffic"]["failed"] == 0
+
+    # The retraining was created by the automation, not by the demo
+    runs = api(
+        demo_run.api, "/flow_runs/filter", {"flow_runs": {"created_by": {"type_": ["AUTOMATION"]}}}
+    )
+    assert [r["parameters"]["model"] for r in runs] == ["churn"]
+    assert runs[0]["state_type"] == "COMPLETED"
+
+    # What a person read: one line per stage, the summary table, the URLs, where the logs are
+    told = demo_run.done.stderr
+    for line in ("▶ stack", "▶ train", "▶ retraining", "driftloop demo", "churn: versions"):
+        assert line in told, told[-3000:]
+    assert f"Prefect UI:     {demo_run.ui}" in told
+    assert "Traceback" not in told
+    logs = Path(found["logs"])
+    assert {"prefect.log", "ray.log", "deployments.log"} <= {p.name for p in logs.iterdir()}
+    assert len(told.splitlines()) < 80, "the libraries' logs belong in files, not the terminal"
+
+
+def test_a_broken_batch_stops_at_validation_in_one_line(demo_run: DemoRun) -> None:
+    spike = ("--scenario", "missing_spike", "--out", "data/churn.parquet", "--rows", "3000")
+    assert demo_run.driftloop("generate", *spike).returncode == 0
+    refused = demo_run.driftloop("train")
+    assert refused.returncode == 1, refused.stdout[-2000:] + refused.stderr[-2000:]
+    error = refused.stderr[refused.stderr.rindex("driftloop: error: ") :]
+    assert error.startswith("driftloop: error: validation of churn (3,000 rows, ")
+    assert "problems: missing_values" in error.splitlines()[0]
+    assert "null_shares_to_be_at_most on monthly_charges: " in error
+    assert "Traceback" not in refused.stderr, refused.stderr[-4000:]
+
+
+def triggered(run: DemoRun) -> list[dict[str, Any]]:
+    """The flow runs an automation created (a trigger), not a person or a schedule."""
+    by_automation = {"flow_runs": {"created_by": {"type_": ["AUTOMATION"]}}}
+    return list(api(run.api, "/flow_runs/filter", by_automation))
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("no chromium on PATH: `make install` installs Debian's chromium package")
+        pytest.skip("no chromium on PATH (`make browser` installs Debian's package)")
+    return found
+
+
+def test_the_prefect_ui_shows_the_runs_the_triggered_retraining_and_the_artifacts(
+    demo_run: DemoRun,
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    chromium = _chromium()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (retrain,) = triggered(demo_run)
+    artifacts = {a["key"] for a in api(demo_run.api, "/artifacts/filter", {}) if a["key"]}
+    wanted = {"validation-churn", "churn-learning-curve", "gate-churn", "model-card-churn",
+              "drift-churn", "monitor-churn"}  # fmt: skip
+    assert wanted <= artifacts, sorted(artifacts)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(60_000)
+
+        page.goto(f"{demo_run.ui}/runs")
+        for name in ("churn: first training", "monitor: drifted traffic", retrain["name"]):
+            page.get_by_text(name).first.wait_for()
+        page.screenshot(path=SCREENSHOTS / "runs.png", full_page=True)
+
+        page.goto(f"{demo_run.ui}/runs/flow-run/{retrain['id']}")
+        page.get_by_text(retrain["name"]).first.wait_for()
+        page.get_by_text("Completed").first.wait_for()
+        page.screenshot(path=SCREENSHOTS / "retraining-run.png", full_page=True)
+
+        page.goto(f"{demo_run.ui}/artifacts")
+        for key in sorted(wanted):
+            page.get_by_text(key).first.wait_for()
+        page.screenshot(path=SCREENSHOTS / "artifacts.png", full_page=True)
+        browser.close()
+    assert {p.name for p in SCREENSHOTS.iterdir()} >= {"runs.png", "retraining-run.png",
+                                                      "artifacts.png"}  # fmt: skip
