@@ -39,6 +39,7 @@ from tasks.errors import DriftloopError
 from tasks.settings import Settings
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+SHOWN_METRICS = ("roc_auc", "accuracy", "rmse", "mae", "r2")
 TRAFFIC_BATCH = 50  # records per POST /predict: the bar moves, the proxy is not the bottleneck
 
 
@@ -74,6 +75,7 @@ class Demo:
     urls: dict[str, str] = field(default_factory=dict)
     traffic: Traffic = field(default_factory=Traffic)
     facts: dict[str, Any] = field(default_factory=dict)
+    loop: dict[str, float] = field(default_factory=dict)  # drifted traffic logged -> champion
 
     @property
     def home(self) -> str:
@@ -163,7 +165,7 @@ def watch_clean_traffic(demo: Demo) -> None:
         demo.facts["clean"] = found
         if found["decision"] != "hold":
             raise DemoFailed(f"monitor: clean traffic asked for a retraining: {found['reason']}")
-        stage.outcome = f"{sent:,} requests answered; {_verdict(found)}"
+        stage.outcome = f"{sent:,} predictions; {_verdict(found)}"
 
 
 def watch_drifted_traffic(demo: Demo) -> str:
@@ -175,12 +177,14 @@ def watch_drifted_traffic(demo: Demo) -> str:
         batch = synthetic.generate(rows=rows, seed=202, task=task, scenario="concept_drift")
         sent = _send(demo, batch, label="drifted traffic", feedback=True)
         _refresh_source(demo)
+        logged = time.monotonic()  # the drifted traffic is in the prediction log
         found = _monitor(demo, name="monitor: drifted traffic")
+        demo.loop["monitor pass"] = time.monotonic() - logged
         demo.facts["drifted"] = found
         request = (found.get("governor") or {}).get("request_id")
         if found["decision"] != "retrain" or not request:
             raise DemoFailed(f"monitor: the governor held on drifted traffic: {found['reason']}")
-        stage.outcome = f"{sent:,} requests + labels; {_verdict(found)}"
+        stage.outcome = f"{sent:,} predictions and their labels; {_verdict(found)}"
         return str(request)
 
 
@@ -207,10 +211,16 @@ def retrain_by_itself(demo: Demo, request_id: str) -> None:
         clients = threading.Thread(target=_keep_sending, args=(demo, during, stop), daemon=True)
         clients.start()
         try:
+            at = time.monotonic()
             run_id = _wait_for_triggered_run(demo, full_name("retraining"), request_id)
+            demo.loop["event to triggered run"] = time.monotonic() - at
+            at = time.monotonic()
             state = _follow(demo, run_id, label="retraining")
+            demo.loop["retraining run"] = time.monotonic() - at
+            at = time.monotonic()
             champion = registry.champion(root=demo.home, model=demo.model)
             _wait_until_served(demo, champion.version if champion else None)
+            demo.loop["until Serve answers with the champion"] = time.monotonic() - at
             time.sleep(1.0)  # a few answers from the champion now serving
         finally:
             stop.set()
@@ -273,6 +283,9 @@ def summarize(demo: Demo) -> None:
     demo.console.print(versions)
     drifted = demo.facts.get("drifted", {})
     demo.console.print(f"drift found: {_verdict(drifted)}; reason: {drifted.get('reason', '-')}")
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in demo.loop.items())
+    demo.console.print(f"from drifted traffic logged to the champion serving: "
+                       f"{sum(demo.loop.values()):.0f} s ({steps})")  # fmt: skip
     for name, url in demo.urls.items():
         demo.console.print(f"{name + ':':<15} {url}")
     demo.console.print(f"{'logs:':<15} {demo.logs}/ (Prefect, Ray, the runner: its flow runs)")
@@ -290,6 +303,7 @@ def summary(demo: Demo) -> dict[str, Any]:
         "traffic": {"answered": demo.traffic.answered, "failed": demo.traffic.failed},
         **{k: v for k, v in demo.facts.items() if k not in ("clean", "drifted")},
         "monitor": {k: _brief(demo.facts.get(k)) for k in ("clean", "drifted")},
+        "loop_s": {k: round(v, 1) for k, v in demo.loop.items()},
     }
 
 
@@ -474,9 +488,10 @@ def _bar(demo: Demo) -> Iterator[Progress]:
 
 
 def _metric(demo: Demo, version: int) -> str:
+    """The holdout metrics a person looks at first (ranking, then hits or errors)."""
     metrics = registry.get_version(root=demo.home, model=demo.model, version=version)["metrics"]
-    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-    return ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:2]) or "-"
+    shown = [k for k in SHOWN_METRICS if isinstance(metrics.get(k), int | float)][:2]
+    return ", ".join(f"{k} {metrics[k]:.3f}" for k in shown) or "-"
 
 
 def _verdict(found: dict[str, Any]) -> str:
