@@ -136,7 +136,7 @@ def train(demo: Demo) -> int:
     from flows.deployments import full_name
 
     with demo.stage("train: validate, Ray Train (2 workers), gate, promote") as stage:
-        run_id = _start(demo, full_name("training"), name=f"{demo.model}: first training")
+        run_id = _start(demo, full_name("training"), tag="first-training")
         state = _follow(demo, run_id, label="training")
         champion = registry.champion(root=demo.home, model=demo.model)
         if state != "COMPLETED" or champion is None:
@@ -161,7 +161,7 @@ def watch_clean_traffic(demo: Demo) -> None:
     with demo.stage("clean traffic, then the monitor") as stage:
         batch = synthetic.generate(rows=rows, seed=101, task=demo.settings.dataset.task)
         sent = _send(demo, batch, label="clean traffic", feedback=False)
-        found = _monitor(demo, name="monitor: clean traffic")
+        found = _monitor(demo, tag="clean-traffic")
         demo.facts["clean"] = found
         if found["decision"] != "hold":
             raise DemoFailed(f"monitor: clean traffic asked for a retraining: {found['reason']}")
@@ -178,7 +178,7 @@ def watch_drifted_traffic(demo: Demo) -> str:
         sent = _send(demo, batch, label="drifted traffic", feedback=True)
         _refresh_source(demo)
         logged = time.monotonic()  # the drifted traffic is in the prediction log
-        found = _monitor(demo, name="monitor: drifted traffic")
+        found = _monitor(demo, tag="drifted-traffic")
         demo.loop["monitor pass"] = time.monotonic() - logged
         demo.facts["drifted"] = found
         request = (found.get("governor") or {}).get("request_id")
@@ -330,15 +330,15 @@ def _connect(demo: Demo) -> None:
     stack.use(home=stack.local_home(demo.settings.home))
 
 
-def _start(demo: Demo, deployment: str, *, name: str) -> UUID:
+def _start(demo: Demo, deployment: str, *, tag: str) -> UUID:
+    """A deployment's run, tagged for the UI (the flow names it: `train: churn`)."""
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     found = run_deployment(
         deployment,
         parameters={"config": str(demo.config)},
-        flow_run_name=name,
-        tags=["demo"],
+        tags=["demo", tag],
         timeout=0,
         as_subflow=False,
     )
@@ -395,13 +395,13 @@ def _wait_for_triggered_run(demo: Demo, deployment: str, request_id: str) -> UUI
     )
 
 
-def _monitor(demo: Demo, *, name: str) -> dict[str, Any]:
+def _monitor(demo: Demo, *, tag: str) -> dict[str, Any]:
     """The scheduled monitor deployment, run now; its verdict from the pass's monitor.json."""
     from flows.deployments import full_name
     from tasks.monitor import latest
 
     time.sleep(1.5)  # Serve's replicas flush the prediction log every second
-    run_id = _start(demo, full_name("monitor"), name=name)
+    run_id = _start(demo, full_name("monitor"), tag=tag)
     state = _follow(demo, run_id, label="monitor")
     found = latest(home=demo.home, model=demo.model)
     if state != "COMPLETED" or found is None:

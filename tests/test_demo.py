@@ -149,30 +149,39 @@ def test_the_prefect_ui_shows_the_runs_the_triggered_retraining_and_the_artifact
     chromium = _chromium()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     (retrain,) = triggered(demo_run)
+    assert retrain["name"].startswith("retrain: churn (request "), retrain["name"]
+    names = {r["name"] for r in api(demo_run.api, "/flow_runs/filter", {"limit": 50})}
+    assert {"train: churn", "monitor: churn"} <= names, names
     artifacts = {a["key"] for a in api(demo_run.api, "/artifacts/filter", {}) if a["key"]}
     wanted = {"validation-churn", "churn-learning-curve", "gate-churn", "model-card-churn",
               "drift-churn", "monitor-churn"}  # fmt: skip
     assert wanted <= artifacts, sorted(artifacts)
 
+    for old in SCREENSHOTS.glob("*.png"):
+        old.unlink()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.set_default_timeout(60_000)
+        try:
+            page.goto(f"{demo_run.ui}/runs")
+            for name in ("train: churn", "monitor: churn", retrain["name"]):
+                page.get_by_text(name, exact=True).first.wait_for()
+            page.screenshot(path=SCREENSHOTS / "runs.png", full_page=True)
 
-        page.goto(f"{demo_run.ui}/runs")
-        for name in ("churn: first training", "monitor: drifted traffic", retrain["name"]):
-            page.get_by_text(name).first.wait_for()
-        page.screenshot(path=SCREENSHOTS / "runs.png", full_page=True)
+            page.goto(f"{demo_run.ui}/runs/flow-run/{retrain['id']}")
+            page.get_by_text(retrain["name"]).first.wait_for()
+            page.get_by_text("Completed").first.wait_for()
+            page.screenshot(path=SCREENSHOTS / "retraining-run.png", full_page=True)
 
-        page.goto(f"{demo_run.ui}/runs/flow-run/{retrain['id']}")
-        page.get_by_text(retrain["name"]).first.wait_for()
-        page.get_by_text("Completed").first.wait_for()
-        page.screenshot(path=SCREENSHOTS / "retraining-run.png", full_page=True)
-
-        page.goto(f"{demo_run.ui}/artifacts")
-        for key in sorted(wanted):
-            page.get_by_text(key).first.wait_for()
-        page.screenshot(path=SCREENSHOTS / "artifacts.png", full_page=True)
-        browser.close()
-    assert {p.name for p in SCREENSHOTS.iterdir()} >= {"runs.png", "retraining-run.png",
-                                                      "artifacts.png"}  # fmt: skip
+            page.goto(f"{demo_run.ui}/artifacts")
+            for key in sorted(wanted):
+                page.get_by_text(key).first.wait_for()
+            page.screenshot(path=SCREENSHOTS / "artifacts.png", full_page=True)
+        except Exception:
+            page.screenshot(path=SCREENSHOTS / "failed.png", full_page=True)
+            raise
+        finally:
+            browser.close()
+    shots = {p.name for p in SCREENSHOTS.iterdir()}
+    assert shots == {"runs.png", "retraining-run.png", "artifacts.png"}
