@@ -305,19 +305,50 @@ def demo(
     as_json: JsonFlag = False,
 ) -> None:
     """Run the whole loop on synthetic data: stack, training, serving, clean and drifted traffic,
-    the monitor, and the retraining its event starts (writes a config first if none exists)."""
+    the monitor, and the retraining its event starts. It owns its folder: it writes the config
+    and data there, and a second run starts afresh (a config of your own is refused)."""
     from rich.console import Console
 
     config = directory / CONFIG_FILE
-    if not config.exists():
-        typer.echo(_write_example(config, task="classification", rows=20_000, seed=0, demo=True),
-                   err=as_json)  # fmt: skip
+    if config.exists():
+        _clear_previous_demo(config, echo=not as_json)
+    typer.echo(_write_example(config, task="classification", rows=20_000, seed=0, demo=True),
+               err=as_json)  # fmt: skip
     settings = _settings(config)
     from flows import demo as story
 
     found = story.run(config=config, settings=settings, console=Console(stderr=as_json))
     if as_json:
         typer.echo(json.dumps(found, indent=1))
+
+
+def _clear_previous_demo(config: Path, *, echo: bool) -> None:
+    """A folder an earlier demo ran in: stop its stack, remove its home, data and config. Only
+    the demo's own: its config carries the demo's mark, and its home the demo's marker file."""
+    import shutil
+
+    from flows import demo as story
+
+    if not views.is_demo_config(config.read_text()):
+        raise Failure(
+            f"{config} is not the demo's (the demo rewrites its data): "
+            "run `driftloop demo NEW_FOLDER`"
+        )
+    settings = load_settings(config, check_source=False)
+    home, _ = _stack_settings(config)
+    served = _stop_serving(config, home)
+    from tasks import stack
+
+    stopped = ["serve"] * served + stack.down(home=home)
+    if settings.home_is_local and story.is_demo_home(home):
+        shutil.rmtree(home)
+    source = Path(settings.dataset.source)
+    for old in source.parent.glob(f"{source.stem}*{source.suffix}"):
+        old.unlink()
+    config.unlink()
+    if echo:
+        typer.echo(f"a previous demo's stack stopped ({', '.join(stopped) or 'none ran'}) and "
+                   f"its state under {home} removed")  # fmt: skip
 
 
 def _write_example(config: Path, *, task: str, rows: int, seed: int, demo: bool) -> str:

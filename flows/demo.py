@@ -107,6 +107,7 @@ def run(*, config: Path, settings: Settings, console: Console) -> dict[str, Any]
     """The loop end to end; the summary as a dict (what `driftloop demo --json` prints)."""
     demo = Demo(config=config.resolve(), settings=settings, console=console)
     started = time.monotonic()
+    _mark_home(demo)
     start_stack(demo)
     first = train(demo)
     serve_champion(demo, first)
@@ -116,6 +117,21 @@ def run(*, config: Path, settings: Settings, console: Console) -> dict[str, Any]
     demo.facts["total_s"] = round(time.monotonic() - started, 1)
     summarize(demo)
     return summary(demo)
+
+
+DEMO_MARKER = "demo.json"  # in the home: a later `driftloop demo` may remove this home
+
+
+def is_demo_home(home: Path) -> bool:
+    return (home / DEMO_MARKER).exists()
+
+
+def _mark_home(demo: Demo) -> None:
+    home = Path(demo.home)
+    if home.exists() and any(home.iterdir()) and not is_demo_home(home):
+        raise DemoFailed(f"{home} holds state the demo did not make: give it a home of its own")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / DEMO_MARKER).write_text(json.dumps({"config": str(demo.config)}) + "\n")
 
 
 # The stages ---------------------------------------------------------------------------------------
@@ -193,7 +209,9 @@ def _refresh_source(demo: Demo) -> None:
     table is kept beside it), which the retraining re-reads with the labelled traffic."""
     source = Path(demo.settings.dataset.source)  # the demo's own file: a local path
     rows = pq.ParquetFile(source).metadata.num_rows
-    source.replace(source.with_name(f"{source.stem}.before-drift{source.suffix}"))
+    before = source.with_name(f"{source.stem}.before-drift{source.suffix}")
+    if not before.exists():  # the table the first champion learned from stays as it was
+        source.replace(before)
     fresh = synthetic.generate(
         rows=rows, seed=404, task=demo.settings.dataset.task, scenario="concept_drift"
     )

@@ -85,12 +85,20 @@ def v(version: int | None) -> str:
 def example_yaml(dataset_yaml: str, *, demo: bool = False) -> str:
     """The config `driftloop init` writes; `demo` tunes the monitor to decide on one pass."""
     return (
-        "# driftloop settings: point `dataset` at your own Parquet data.\n"
+        (DEMO_MARK if demo else "")
+        + "# driftloop settings: point `dataset` at your own Parquet data.\n"
         "# Environment variables override any key: DRIFTLOOP_TRAINING__EPOCHS=5\n"
         + dataset_yaml
         + "training:\n  epochs: 10\n  num_workers: 2\n  use_gpu: auto\n"
         + (DEMO_MONITORING if demo else "")
     )
+
+
+DEMO_MARK = "# written by `driftloop demo`, which rewrites this folder's data on each run\n"
+
+
+def is_demo_config(text: str) -> bool:
+    return text.startswith(DEMO_MARK)
 
 
 # `driftloop demo`: one drifted window decides (the defaults want 2 of the last 3, of 24 hours)

@@ -77,6 +77,15 @@ def test_init_does_not_overwrite_a_config_without_force(project: Project) -> Non
     assert (project.root / "driftloop.yaml").read_text() == before
 
 
+def test_demo_refuses_a_folder_whose_config_it_did_not_write_and_changes_nothing(
+    project: Project,
+) -> None:
+    config, data = project.root / "driftloop.yaml", project.root / "data" / "churn.parquet"
+    before = (config.read_text(), data.read_bytes())
+    fails_with_one_line(project.run("demo"), "is not the demo's (the demo rewrites its data)")
+    assert (config.read_text(), data.read_bytes()) == before
+
+
 def test_generate_writes_a_batch_of_the_named_scenario(project: Project) -> None:
     done = project.run("generate", "--scenario", "schema_break", "--kind", "rename")
     assert done.returncode == 0, done.stderr
