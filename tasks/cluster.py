@@ -15,6 +15,7 @@ Ray itself is imported inside the functions, so importing this module starts not
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -40,13 +41,17 @@ def connect_ray() -> None:
 
     if ray.is_initialized():
         return
+    # Workers' and actors' output stays in Ray's own log files (the session folder, under the
+    # home for `driftloop up`'s Ray), not in the terminal of whoever connects; so does Serve's
+    quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # On Linux Ray replaces 127.0.0.1 by the host's address and listens on every interface
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     address = os.environ.get("RAY_ADDRESS")
     if address:  # a cluster: its workers cannot import this checkout, so ship the package
         # Ray Client pickles the job config without cloudpickle: no setup hook by value there
         client = address.startswith("ray://")
-        ray.init(address=address, runtime_env=runtime_env(ship_code=True, hook=not client))
+        ray.init(address=address, runtime_env=runtime_env(ship_code=True, hook=not client), **quiet)
         return
     # The dashboard serves the State API that Train's placement-group cleaner polls; without it
     # the cleaner logs a warning every second. Loopback only: the dashboard can run code.
@@ -55,6 +60,7 @@ def connect_ray() -> None:
         runtime_env=runtime_env(ship_code=False),
         include_dashboard=True,
         dashboard_host="127.0.0.1",
+        **quiet,
     )
 
 
