@@ -9,6 +9,7 @@ Heavy imports (Prefect, Ray, GX) happen inside the commands, so `--help` answers
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -311,7 +312,7 @@ def demo(
 
     config = directory / CONFIG_FILE
     if config.exists():
-        _clear_previous_demo(config, echo=not as_json)
+        _clear_previous_demo(config, err=as_json)
     typer.echo(_write_example(config, task="classification", rows=20_000, seed=0, demo=True),
                err=as_json)  # fmt: skip
     settings = _settings(config)
@@ -322,7 +323,7 @@ def demo(
         typer.echo(json.dumps(found, indent=1))
 
 
-def _clear_previous_demo(config: Path, *, echo: bool) -> None:
+def _clear_previous_demo(config: Path, *, err: bool) -> None:
     """A folder an earlier demo ran in: stop its stack, remove its home, data and config. Only
     the demo's own: its config carries the demo's mark, and its home the demo's marker file."""
     import shutil
@@ -336,19 +337,18 @@ def _clear_previous_demo(config: Path, *, echo: bool) -> None:
         )
     settings = load_settings(config, check_source=False)
     home, _ = _stack_settings(config)
-    served = _stop_serving(config, home)
-    from tasks import stack
-
-    stopped = ["serve"] * served + stack.down(home=home)
+    # in a child process: this one never joins the Ray that goes away
+    down = [sys.executable, "-m", "flows.cli", "down", "--config", str(config)]
+    stopped = subprocess.run(down, capture_output=True, text=True, check=False).stdout.strip()
     if settings.home_is_local and story.is_demo_home(home):
         shutil.rmtree(home)
     source = Path(settings.dataset.source)
     for old in source.parent.glob(f"{source.stem}*{source.suffix}"):
         old.unlink()
     config.unlink()
-    if echo:
-        typer.echo(f"a previous demo's stack stopped ({', '.join(stopped) or 'none ran'}) and "
-                   f"its state under {home} removed")  # fmt: skip
+    typer.echo(
+        f"a previous demo's state under {home} removed ({stopped or 'nothing ran'})", err=err
+    )
 
 
 def _write_example(config: Path, *, task: str, rows: int, seed: int, demo: bool) -> str:
@@ -454,7 +454,7 @@ def _stop_serving(config: Path, home: Path) -> bool:
 
     try:
         cluster.connect_ray()
-        return serve.stop(everything=True)
+        return serve.stop(everything=True, home=str(home))
     except Exception as exc:  # a Ray that is going anyway: say so, then stop the stack
         typer.echo(f"serve: not stopped gracefully ({exc.__class__.__name__}: {exc})", err=True)
         return False

@@ -42,9 +42,8 @@ def connect_ray() -> None:
     if ray.is_initialized():
         return
     # Workers' and actors' output stays in Ray's own log files (the session folder, under the
-    # home for `driftloop up`'s Ray), not in the terminal of whoever connects; so does Serve's
+    # home for `driftloop up`'s Ray), not in the terminal of whoever connects
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # On Linux Ray replaces 127.0.0.1 by the host's address and listens on every interface
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     address = os.environ.get("RAY_ADDRESS")

@@ -107,16 +107,18 @@ def app_state() -> str | None:
     return None if app is None else str(app.status)
 
 
-def stop(*, everything: bool = False) -> bool:
+def stop(*, everything: bool = False, home: str | None = None) -> bool:
     """Delete the app gracefully (each replica flushes its prediction log); with `everything`,
-    Serve's controller and proxies go too. False when there was no app to stop."""
+    Serve's controller and proxies go too; with `home`, what Serve logs here goes to its file.
+    False when there was no app to stop."""
     from ray import serve
 
     if not is_running():
         return False
-    serve.delete(APP_NAME)
-    if everything:
-        serve.shutdown()
+    with _serve_logs_to_file(home) if home else contextlib.nullcontext():
+        serve.delete(APP_NAME)
+        if everything:
+            serve.shutdown()
     return True
 
 
