@@ -15,6 +15,7 @@ the libraries' logs land in files under `<home>/logs/`, named at the end. The st
 so the Prefect UI shows the story; `driftloop down` stops it.
 """
 
+import itertools
 import json
 import subprocess
 import sys
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
@@ -36,6 +36,7 @@ from rich.table import Table
 
 from tasks import registry, synthetic
 from tasks.errors import DriftloopError
+from tasks.serve import Client, Traffic
 from tasks.settings import Settings
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -52,16 +53,6 @@ class Stage:
     name: str
     seconds: float = 0.0
     outcome: str = ""
-
-
-@dataclass
-class Traffic:
-    """What the clients saw: answers, failures, and the versions that answered."""
-
-    answered: int = 0
-    failed: int = 0
-    versions: set[int] = field(default_factory=set)
-    request_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -441,59 +432,34 @@ def _features(demo: Demo, batch: pa.Table) -> list[dict[str, Any]]:
 def _send(demo: Demo, batch: pa.Table, *, label: str, feedback: bool) -> int:
     """POST the batch to /predict in small requests; with `feedback`, its labels to /feedback."""
     records = _features(demo, batch)
-    labels = batch[demo.settings.dataset.target].to_pylist()
     answered: list[str] = []
-    with _bar(demo) as bar, httpx.Client(base_url=demo.urls["API"], timeout=60) as client:
+    with _bar(demo) as bar, Client(demo.settings.serving, seen=demo.traffic) as api:
         task = bar.add_task(label, total=len(records))
         for start in range(0, len(records), TRAFFIC_BATCH):
-            ids = _predict(client, records[start : start + TRAFFIC_BATCH], demo.traffic)
-            answered += ids
+            answered += api.predict(records[start : start + TRAFFIC_BATCH])
             bar.advance(task, TRAFFIC_BATCH)
         if feedback:
-            given = [{"request_id": r, "label": y} for r, y in zip(answered, labels, strict=True)]
-            for start in range(0, len(given), 500):
-                reply = client.post("/feedback", json={"labels": given[start : start + 500]})
-                demo.traffic.failed += reply.status_code != 200
+            api.feedback(answered, batch[demo.settings.dataset.target].to_pylist())
     if demo.traffic.failed:
         raise DemoFailed(f"{label}: {demo.traffic.failed} requests failed")
     return len(answered)
 
 
-def _predict(client: httpx.Client, records: list[dict[str, Any]], seen: Traffic) -> list[str]:
-    try:
-        reply = client.post("/predict", json={"records": records})
-    except httpx.HTTPError:
-        seen.failed += 1
-        return []
-    if reply.status_code != 200:
-        seen.failed += 1
-        return []
-    body = reply.json()
-    seen.answered += 1
-    seen.versions.add(int(body["version"]))
-    return [p["request_id"] for p in body["predictions"]]
-
-
 def _keep_sending(demo: Demo, seen: Traffic, stop: threading.Event) -> None:
-    """A client that keeps asking while the model is retrained and swapped."""
+    """A client that keeps asking (10 records a time) while the model is retrained and swapped."""
     batch = synthetic.generate(rows=500, seed=303, task=demo.settings.dataset.task)
     records = _features(demo, batch)
-    with httpx.Client(base_url=demo.urls["API"], timeout=60) as client:
-        i = 0
-        while not stop.is_set():
-            _predict(client, records[i % 50 * 10 : i % 50 * 10 + 10], seen)
-            i += 1
-            stop.wait(0.2)
+    with Client(demo.settings.serving, seen=seen) as api:
+        for i in itertools.count():
+            if stop.wait(0.2):
+                return
+            api.predict(records[i % 50 * 10 : i % 50 * 10 + 10])
 
 
-def _wait_until_served(demo: Demo, version: int | None, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        reply = httpx.get(f"{demo.urls['API']}/model", timeout=10)
-        if reply.status_code == 200 and reply.json().get("version") == version:
-            return
-        time.sleep(0.5)
-    raise DemoFailed(f"serve: v{version} is champion but Serve does not answer with it")
+def _wait_until_served(demo: Demo, version: int | None) -> None:
+    with Client(demo.settings.serving) as api:
+        if not api.wait_for_version(version):
+            raise DemoFailed(f"serve: v{version} is champion but Serve does not answer with it")
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from tasks.serve import (
     DEPLOYMENT,
     INT8_TOLERANCE,
     Batch,
+    Client,
     PredictionLog,
     Scorer,
     ServeArgs,
@@ -393,6 +394,31 @@ def test_predictions_over_http_equal_the_models_in_process_predictions(served: S
             "categorical": FEATURES.categorical,
         }
         assert info["metadata"]["seed"] == 1
+
+
+@pytest.mark.integration
+def test_the_client_counts_answers_versions_and_failures_instead_of_raising(
+    served: Served,
+) -> None:
+    table = make_table(30, seed=23)
+    with Client(served.args.serving) as api:  # the configured API key goes with every request
+        ids = api.predict(records(table))
+        served.answered.extend(ids)  # the module's log test counts every answer
+        assert len(set(ids)) == 30
+        assert (api.seen.answered, api.seen.failed) == (1, 0)
+        assert api.seen.versions == {served.models.versions[0]}
+        assert api.wait_for_version(served.models.versions[0], timeout_s=5)
+        assert not api.wait_for_version(999, timeout_s=1)
+        assert api.predict([{"no_such_feature": 1}]) == []  # a 4xx: counted, not raised
+        api.feedback(["no-such-request"], [1])  # unknown ids are refused: counted
+        assert (api.seen.answered, api.seen.failed) == (1, 2)
+    keyless = served.args.serving.model_copy(update={"api_key": None})
+    with Client(keyless) as api:
+        assert api.predict(records(table)) == []  # 401
+    nobody = served.args.serving.model_copy(update={"port": free_port()})
+    with Client(nobody, timeout_s=2) as api:
+        assert api.predict(records(table)) == []  # nothing listens: counted
+        assert (api.seen.answered, api.seen.failed) == (0, 1)
 
 
 @pytest.mark.integration

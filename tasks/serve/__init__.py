@@ -8,7 +8,8 @@
 The modules: `app` (the deployment and `build_app`, for `serve run`/`serve deploy`/KubeRay),
 `service` (the model behind FastAPI, free of Ray), `schema` (request schemas from the model's
 features), `scoring` (the model on its device, int8 or float32), `log` (the buffered prediction
-log), `control` (start, swap, stop), `probe` (status over HTTP). Nothing here imports Prefect:
+log), `control` (start, swap, stop), `probe` (status over HTTP), `client` (predict and feedback over
+HTTP, counting what failed). Nothing here imports Prefect:
 replicas import it. The names below load their module on first use, so `driftloop status`
 (which needs `probe` alone) does not pay for Ray, torch and FastAPI.
 """
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         build_app,
         resolve_version,
     )
+    from tasks.serve.client import Client, Traffic
     from tasks.serve.control import (
         ServeError,
         deploy_version,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "app": ["APP_NAME", "DEPLOYMENT", "ServeArgs", "bind_app", "build_app", "resolve_version"],
+    "client": ["Client", "Traffic"],
     "control": ["ServeError", "deploy_version", "is_running", "start", "start_champion", "stop",
                 "swap"],
     "log": ["Batch", "PredictionLog"],
@@ -60,6 +63,7 @@ __all__ = [
     "INT8_TOLERANCE",
     "BadRequest",
     "Batch",
+    "Client",
     "PredictionLog",
     "Schemas",
     "Scorer",
@@ -67,6 +71,7 @@ __all__ = [
     "ServeError",
     "ServeStatus",
     "Service",
+    "Traffic",
     "bind_app",
     "build_app",
     "deploy_version",

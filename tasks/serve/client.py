@@ -1,0 +1,83 @@
+"""A client of the served API, as a user's service calls it: predictions in batches, feedback
+labels, the version that answers. It counts what it saw, so a caller can say "no request failed".
+
+    with Client(settings.serving) as api:      # its URL, and its API key when one is set
+        ids = api.predict(records)             # one POST /predict; [] when it failed (counted)
+        api.feedback(ids, labels)              # POST /feedback, 500 labels a request
+        api.seen.failed, api.seen.versions     # failures, the versions that answered
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from tasks.serve.probe import headers, url
+from tasks.settings import ServingConfig
+
+FEEDBACK_BATCH = 500
+
+
+@dataclass
+class Traffic:
+    """What a client saw: answered and failed requests, and the versions that answered."""
+
+    answered: int = 0
+    failed: int = 0
+    versions: set[int] = field(default_factory=set)
+
+
+class Client:
+    """HTTP to the Serve app; a failed request is counted in `seen`, never raised."""
+
+    def __init__(
+        self, serving: ServingConfig, *, seen: Traffic | None = None, timeout_s: float = 60
+    ) -> None:
+        self.http = httpx.Client(base_url=url(serving), headers=headers(serving), timeout=timeout_s)
+        self.seen = seen if seen is not None else Traffic()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.http.close()
+
+    def predict(self, records: list[dict[str, Any]]) -> list[str]:
+        """The request ids of the answers ([] when the request failed)."""
+        body = self._post("/predict", {"records": records})
+        if body is None:
+            return []
+        self.seen.versions.add(int(body["version"]))
+        return [p["request_id"] for p in body["predictions"]]
+
+    def feedback(self, request_ids: list[str], labels: list[Any]) -> None:
+        given = [{"request_id": r, "label": y} for r, y in zip(request_ids, labels, strict=True)]
+        for start in range(0, len(given), FEEDBACK_BATCH):
+            self._post("/feedback", {"labels": given[start : start + FEEDBACK_BATCH]})
+
+    def wait_for_version(self, version: int | None, *, timeout_s: float = 60) -> bool:
+        """Whether GET /model names `version` within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            reply = self.http.get("/model")
+            if reply.status_code == 200 and reply.json().get("version") == version:
+                return True
+            time.sleep(0.5)
+        return False
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            reply = self.http.post(path, json=body)
+        except httpx.HTTPError:
+            reply = None
+        if reply is None or reply.status_code != 200:
+            self.seen.failed += 1
+            return None
+        self.seen.answered += 1
+        return dict(reply.json())
