@@ -172,6 +172,7 @@ def test_the_prefect_ui_shows_the_runs_the_triggered_retraining_and_the_artifact
             page.goto(f"{demo_run.ui}/runs/flow-run/{retrain['id']}")
             page.get_by_text(retrain["name"]).first.wait_for()
             page.get_by_text("Completed").first.wait_for()
+            page.get_by_text("retrain-when-the-governor-asks").first.wait_for()  # its automation
             page.screenshot(path=SCREENSHOTS / "retraining-run.png", full_page=True)
 
             page.goto(f"{demo_run.ui}/artifacts")
