@@ -9,7 +9,6 @@ Heavy imports (Prefect, Ray, GX) happen inside the commands, so `--help` answers
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -312,7 +311,9 @@ def demo(
 
     config = directory / CONFIG_FILE
     if config.exists():
-        _clear_previous_demo(config, err=as_json)
+        from flows import demo as story
+
+        typer.echo(story.clear_previous(config), err=as_json)
     typer.echo(_write_example(config, task="classification", rows=20_000, seed=0, demo=True),
                err=as_json)  # fmt: skip
     settings = _settings(config)
@@ -321,34 +322,6 @@ def demo(
     found = story.run(config=config, settings=settings, console=Console(stderr=as_json))
     if as_json:
         typer.echo(json.dumps(found, indent=1))
-
-
-def _clear_previous_demo(config: Path, *, err: bool) -> None:
-    """A folder an earlier demo ran in: stop its stack, remove its home, data and config. Only
-    the demo's own: its config carries the demo's mark, and its home the demo's marker file."""
-    import shutil
-
-    from flows import demo as story
-
-    if not views.is_demo_config(config.read_text()):
-        raise Failure(
-            f"{config} is not the demo's (the demo rewrites its data): "
-            "run `driftloop demo NEW_FOLDER`"
-        )
-    settings = load_settings(config, check_source=False)
-    home, _ = _stack_settings(config)
-    # in a child process: this one never joins the Ray that goes away
-    down = [sys.executable, "-m", "flows.cli", "down", "--config", str(config)]
-    stopped = subprocess.run(down, capture_output=True, text=True, check=False).stdout.strip()
-    if settings.home_is_local and story.is_demo_home(home):
-        shutil.rmtree(home)
-    source = Path(settings.dataset.source)
-    for old in source.parent.glob(f"{source.stem}*{source.suffix}"):
-        old.unlink()
-    config.unlink()
-    typer.echo(
-        f"a previous demo's state under {home} removed ({stopped or 'nothing ran'})", err=err
-    )
 
 
 def _write_example(config: Path, *, task: str, rows: int, seed: int, demo: bool) -> str:

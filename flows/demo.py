@@ -17,13 +17,13 @@ so the Prefect UI shows the story; `driftloop down` stops it.
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -32,66 +32,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from flows.demo_report import Demo, DemoFailed, metric, summarize, summary, verdict
 from tasks import registry, synthetic
-from tasks.errors import DriftloopError
 from tasks.serve import Client, Traffic
 from tasks.settings import Settings
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-SHOWN_METRICS = ("roc_auc", "accuracy", "rmse", "mae", "r2")
 TRAFFIC_BATCH = 50  # records per POST /predict: the bar moves, the proxy is not the bottleneck
-
-
-class DemoFailed(DriftloopError):
-    """The loop did not close: the stage and the reason, in one line."""
-
-
-@dataclass
-class Stage:
-    name: str
-    seconds: float = 0.0
-    outcome: str = ""
-
-
-@dataclass
-class Demo:
-    """The story's state: where things are, what each stage found and how long it took."""
-
-    config: Path
-    settings: Settings
-    console: Console
-    stages: list[Stage] = field(default_factory=list)
-    urls: dict[str, str] = field(default_factory=dict)
-    traffic: Traffic = field(default_factory=Traffic)
-    facts: dict[str, Any] = field(default_factory=dict)
-    loop: dict[str, float] = field(default_factory=dict)  # drifted traffic logged -> champion
-
-    @property
-    def home(self) -> str:
-        return str(self.settings.home)
-
-    @property
-    def model(self) -> str:
-        return self.settings.dataset.name
-
-    @property
-    def logs(self) -> Path:
-        return Path(self.home).resolve() / "logs"
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[Stage]:
-        """One line when the stage ends: a tick, its outcome and how long it took."""
-        found = Stage(name)
-        started = time.monotonic()
-        self.console.print(f"[bold]▶ {name}[/]")
-        try:
-            yield found
-        finally:
-            found.seconds = time.monotonic() - started
-            self.stages.append(found)
-        self.console.print(f"  [green]✓[/] {found.outcome} [dim]({found.seconds:.1f} s)[/]")
 
 
 def run(*, config: Path, settings: Settings, console: Console) -> dict[str, Any]:
@@ -125,6 +73,32 @@ def _mark_home(demo: Demo) -> None:
     (home / DEMO_MARKER).write_text(json.dumps({"config": str(demo.config)}) + "\n")
 
 
+def clear_previous(config: Path) -> str:
+    """A folder an earlier demo ran in: stop its stack, remove its home, data and config; says
+    what it did. Only the demo's own: its config carries the demo's mark, its home the marker."""
+    from flows.views import is_demo_config
+    from tasks import stack
+    from tasks.settings import load_settings
+
+    if not is_demo_config(config.read_text()):
+        raise DemoFailed(
+            f"{config} is not the demo's (the demo rewrites its data): "
+            "run `driftloop demo NEW_FOLDER`"
+        )
+    settings = load_settings(config, check_source=False)
+    home = stack.local_home(settings.home)
+    # in a child process: this one never joins the Ray that goes away
+    down = [sys.executable, "-m", "flows.cli", "down", "--config", str(config)]
+    stopped = subprocess.run(down, capture_output=True, text=True, check=False).stdout.strip()
+    if settings.home_is_local and is_demo_home(home):
+        shutil.rmtree(home)
+    source = Path(settings.dataset.source)
+    for old in source.parent.glob(f"{source.stem}*{source.suffix}"):
+        old.unlink()
+    config.unlink()
+    return f"a previous demo's state under {home} removed ({stopped or 'nothing ran'})"
+
+
 # The stages ---------------------------------------------------------------------------------------
 
 
@@ -149,7 +123,7 @@ def train(demo: Demo) -> int:
         if state != "COMPLETED" or champion is None:
             raise DemoFailed(f"train: the run ended {state} with no champion; {_see(demo)}")
         demo.facts["first"] = champion.version
-        stage.outcome = f"v{champion.version} promoted ({_metric(demo, champion.version)})"
+        stage.outcome = f"v{champion.version} promoted ({metric(demo, champion.version)})"
         return champion.version
 
 
@@ -172,7 +146,7 @@ def watch_clean_traffic(demo: Demo) -> None:
         demo.facts["clean"] = found
         if found["decision"] != "hold":
             raise DemoFailed(f"monitor: clean traffic asked for a retraining: {found['reason']}")
-        stage.outcome = f"{sent:,} predictions; {_verdict(found)}"
+        stage.outcome = f"{sent:,} predictions; {verdict(found)}"
 
 
 def watch_drifted_traffic(demo: Demo) -> str:
@@ -191,7 +165,7 @@ def watch_drifted_traffic(demo: Demo) -> str:
         request = (found.get("governor") or {}).get("request_id")
         if found["decision"] != "retrain" or not request:
             raise DemoFailed(f"monitor: the governor held on drifted traffic: {found['reason']}")
-        stage.outcome = f"{sent:,} predictions and their labels; {_verdict(found)}"
+        stage.outcome = f"{sent:,} predictions and their labels; {verdict(found)}"
         return str(request)
 
 
@@ -230,7 +204,7 @@ def retrain_by_itself(demo: Demo, request_id: str) -> None:
             champion = registry.champion(root=demo.home, model=demo.model)
             _wait_until_served(demo, champion.version if champion else None)
             demo.loop["until Serve answers with the champion"] = time.monotonic() - at
-            time.sleep(1.0)  # a few answers from the champion now serving
+            _wait(lambda: champion is None or champion.version in during.versions, timeout_s=30)
         finally:
             stop.set()
             clients.join(timeout=30)
@@ -264,56 +238,6 @@ def retrain_by_itself(demo: Demo, request_id: str) -> None:
 
 
 # The summary --------------------------------------------------------------------------------------
-
-
-def summarize(demo: Demo) -> None:
-    stages = Table(title="driftloop demo", title_justify="left")
-    for column in ("stage", "took", "outcome"):
-        stages.add_column(column, overflow="fold")
-    for s in demo.stages:
-        stages.add_row(s.name.split(":")[0], f"{s.seconds:.1f} s", s.outcome)
-    stages.add_row("total", f"{demo.facts['total_s']:.1f} s", "", style="bold")
-    demo.console.print(stages)
-
-    versions = Table(title=f"{demo.model}: versions", title_justify="left")
-    for column in ("version", "metrics", "gate", "alias", "started by"):
-        versions.add_column(column)
-    aliases = registry.aliases(root=demo.home, model=demo.model)
-    for v in registry.list_versions(root=demo.home, model=demo.model):
-        meta = registry.get_version(root=demo.home, model=demo.model, version=v)
-        trigger = meta.get("trigger") or {}
-        versions.add_row(
-            f"v{v}",
-            _metric(demo, v),
-            "passed" if (meta.get("gate") or {}).get("passed") else "failed",
-            ", ".join(sorted(a for a, n in aliases.items() if n == v)),
-            "drift monitor" if trigger.get("request_id") else "training",
-        )
-    demo.console.print(versions)
-    drifted = demo.facts.get("drifted", {})
-    demo.console.print(f"drift found: {_verdict(drifted)}; reason: {drifted.get('reason', '-')}")
-    steps = ", ".join(f"{k} {v:.0f} s" for k, v in demo.loop.items())
-    demo.console.print(f"from drifted traffic logged to the champion serving: "
-                       f"{sum(demo.loop.values()):.0f} s ({steps})")  # fmt: skip
-    for name, url in demo.urls.items():
-        demo.console.print(f"{name + ':':<15} {url}")
-    demo.console.print(f"{'logs:':<15} {demo.logs}/ (Prefect, Ray, the runner: its flow runs)")
-    demo.console.print("The stack keeps running for the UI; `driftloop down` stops it.")
-
-
-def summary(demo: Demo) -> dict[str, Any]:
-    return {
-        "stages": [
-            {"stage": s.name, "seconds": round(s.seconds, 1), "outcome": s.outcome}
-            for s in demo.stages
-        ],
-        "urls": demo.urls,
-        "logs": str(demo.logs),
-        "traffic": {"answered": demo.traffic.answered, "failed": demo.traffic.failed},
-        **{k: v for k, v in demo.facts.items() if k not in ("clean", "drifted")},
-        "monitor": {k: _brief(demo.facts.get(k)) for k in ("clean", "drifted")},
-        "loop_s": {k: round(v, 1) for k, v in demo.loop.items()},
-    }
 
 
 # Helpers: the command, the deployments, the traffic -----------------------------------------------
@@ -409,7 +333,7 @@ def _monitor(demo: Demo, *, tag: str) -> dict[str, Any]:
     from flows.deployments import full_name
     from tasks.monitor import latest
 
-    time.sleep(1.5)  # Serve's replicas flush the prediction log every second
+    _wait_until_logged(demo)
     run_id = _start(demo, full_name("monitor"), tag=tag)
     state = _follow(demo, run_id, label="monitor")
     found = latest(home=demo.home, model=demo.model)
@@ -442,6 +366,7 @@ def _send(demo: Demo, batch: pa.Table, *, label: str, feedback: bool) -> int:
             api.feedback(answered, batch[demo.settings.dataset.target].to_pylist())
     if demo.traffic.failed:
         raise DemoFailed(f"{label}: {demo.traffic.failed} requests failed")
+    demo.predicted += len(answered)
     return len(answered)
 
 
@@ -462,6 +387,31 @@ def _wait_until_served(demo: Demo, version: int | None) -> None:
             raise DemoFailed(f"serve: v{version} is champion but Serve does not answer with it")
 
 
+def _wait_until_logged(demo: Demo, timeout_s: float = 30) -> None:
+    """Until Serve's replicas have flushed every answered row to the prediction log (they flush
+    every second), so the monitor judges all of it."""
+    from tasks import traffic
+
+    def logged() -> int:
+        found = traffic.read(home=demo.home, model=demo.model, kind="predictions",
+                             columns=["request_id"])  # fmt: skip
+        return 0 if found is None else found.num_rows
+
+    if not _wait(lambda: logged() >= demo.predicted, timeout_s=timeout_s):
+        raise DemoFailed(f"serve: {logged():,} of {demo.predicted:,} predictions logged after "
+                         f"{timeout_s:.0f} s; {_see(demo)}")  # fmt: skip
+
+
+def _wait(done: Callable[[], bool], *, timeout_s: float, every_s: float = 0.25) -> bool:
+    """Whether `done()` holds within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every_s)
+    return True
+
+
 @contextmanager
 def _bar(demo: Demo) -> Iterator[Progress]:
     columns = (TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -469,33 +419,6 @@ def _bar(demo: Demo) -> Iterator[Progress]:
     shown = demo.console.is_terminal  # a log file or a pipe gets the stage lines alone
     with Progress(*columns, console=demo.console, transient=True, disable=not shown) as bar:
         yield bar
-
-
-def _metric(demo: Demo, version: int) -> str:
-    """The holdout metrics a person looks at first (ranking, then hits or errors)."""
-    metrics = registry.get_version(root=demo.home, model=demo.model, version=version)["metrics"]
-    shown = [k for k in SHOWN_METRICS if isinstance(metrics.get(k), int | float)][:2]
-    return ", ".join(f"{k} {metrics[k]:.3f}" for k in shown) or "-"
-
-
-def _verdict(found: dict[str, Any]) -> str:
-    """A pass at a glance: drift, quality (measured or estimated) against the holdout, decision."""
-    if not found:
-        return "-"
-    drifted = found.get("drifted_features") or []
-    drift = f"drift on {', '.join(drifted)}" if drifted else "no drift"
-    q = found.get("quality") or {}
-    quality = (
-        f"{q['metric']} {q['value']:.3f} {q['source']} vs {q['baseline']:.3f} on the holdout"
-        if q.get("value") is not None and q.get("baseline") is not None
-        else q.get("summary", "quality unknown")
-    )
-    return f"{drift}; {quality}; decision: {found['decision']}"
-
-
-def _brief(found: dict[str, Any] | None) -> dict[str, Any] | None:
-    keys = ("drift", "drifted_features", "decision", "reason", "report")
-    return None if found is None else {k: found.get(k) for k in keys}
 
 
 def _see(demo: Demo) -> str:
