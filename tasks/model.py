@@ -46,6 +46,10 @@ Label = str | int | float | bool
 
 FORMAT = "driftloop.model/1"
 _PREDICT_CHUNK = 65_536  # rows per forward pass: bounds memory on large tables
+# A standardised input is clipped to this many standard deviations: past it a number tells the
+# model nothing more, and the network's float32 arithmetic stays finite (1e38 in a request
+# would otherwise overflow to inf and answer a null probability)
+Z_LIMIT = 1_000.0
 
 
 class ModelError(DriftloopError, ValueError):
@@ -126,17 +130,23 @@ class Preprocessor:
         n = table.num_rows
         numeric = np.zeros((n, 2 * len(self.numeric)), dtype=np.float32)
         for i, name in enumerate(self.numeric):
-            values = _floats(table[name])
-            missing = ~np.isfinite(values)
-            z = (values - self.means[i]) / self.stds[i]
-            numeric[:, i] = np.where(missing, 0.0, z)
-            numeric[:, len(self.numeric) + i] = missing
+            numeric[:, i], numeric[:, len(self.numeric) + i] = self.standardize(
+                i, _floats(table[name])
+            )
         categorical = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, name in enumerate(self.categorical):
             vocab = pa.array(self.vocabularies[j], pa.string())
             index = pc.index_in(_strings(table[name]), value_set=vocab)
             categorical[:, j] = pc.fill_null(index, -1).to_numpy() + 1
         return Encoded(numeric=numeric, categorical=categorical)
+
+    def standardize(self, i: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Numeric feature `i`'s values standardised (0 where missing, within +-`Z_LIMIT`), and
+        the missing flags (null, NaN, inf)."""
+        missing = ~np.isfinite(values)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = np.clip((values - self.means[i]) / self.stds[i], -Z_LIMIT, Z_LIMIT)
+        return np.where(missing, 0.0, z), missing
 
     def encode_target(self, table: pa.Table) -> np.ndarray:
         """Class indices (int64) for classification, standardised float32 for regression."""

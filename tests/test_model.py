@@ -13,6 +13,7 @@ from tasks.calibration import Calibration, calibrate, calibration_error, probabi
 from tasks.files import MODEL_JSON as MODEL
 from tasks.files import PREPROCESSING, WEIGHTS
 from tasks.model import (
+    Z_LIMIT,
     ModelError,
     ModelSpec,
     Predictor,
@@ -69,8 +70,18 @@ def test_statistics_come_from_the_training_split_only() -> None:
     assert pre.stds[1] == pytest.approx(charges.std())
     assert pre.vocabularies[0] == ["monthly", "two-year", "yearly"]
     encoded = pre.transform(validation)
-    assert encoded.numeric[:, 1].min() > 1000  # far outside, because scaled by train's stats
+    assert encoded.numeric[:, 1].min() >= 100  # far outside, because scaled by train's stats
     assert fit(train) == pre  # deterministic
+
+
+def test_a_standardised_value_is_clipped_so_the_network_stays_finite() -> None:
+    pre = fit(make_table(seed=1))
+    extreme = make_table(seed=2).slice(0, 4)
+    values = [3.0e38, -3.0e38, 1e300, 50.0]
+    extreme = extreme.set_column(1, "charges", pa.array(values))
+    z = pre.transform(extreme).numeric[:, 1]
+    assert list(z[:3]) == [Z_LIMIT, -Z_LIMIT, Z_LIMIT]
+    assert z[3] == pytest.approx((50.0 - pre.means[1]) / pre.stds[1], rel=1e-5)
 
 
 def test_unknown_categories_and_missing_values_map_to_reserved_slots() -> None:

@@ -217,3 +217,29 @@ def test_each_data_quality_scenario_is_reported_as_a_data_quality_problem(
     assert found["decision"] == "hold"
     assert found["reason"].startswith("data-quality problem")
     assert found["events"] == [] or found["drift"]  # no retrain request, whatever drifted
+
+
+def test_a_handful_of_extreme_values_is_a_finding_not_drift_nor_a_schema_break(
+    prefect_server: None, tmp_path: Path, trained: Any
+) -> None:
+    project = Project(tmp_path, trained, **M1)
+    clean = synthetic.generate(rows=5_000, seed=9)
+    extreme = {"monthly_charges": (17, 1e12), "tenure_months": (18, 1e30)}  # 1e30: no int64
+    broken = clean
+    for column, (row, value) in extreme.items():
+        values = broken[column].cast(pa.float64()).to_pylist()
+        values[row] = value
+        broken = broken.set_column(broken.column_names.index(column), column, pa.array(values))
+    project.traffic(clean, features=broken, labelled=0.1)
+    found = project.monitor()
+    assert found["drift"] is False
+    assert found["drifted_features"] == []
+    assert found["data_quality"]["passed"] is True
+    assert found["data_quality"]["problems"] == []
+    (finding,) = found["data_quality"]["findings"]
+    assert finding["check"] == "outliers"
+    assert (finding["rows"], finding["columns"]) == (2, {"monthly_charges": 1, "tenure_months": 1})
+    assert finding["share"] == pytest.approx(2 / 5_000)
+    assert found["window"]["outliers"]["rows"] == 2
+    assert "outliers" not in found["reason"]
+    assert "2 row(s) (0.04%)" in verdict(found)[3]

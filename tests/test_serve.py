@@ -43,6 +43,7 @@ from tasks.serve import (
     load_version,
     make_api,
 )
+from tasks.serve.schema import FLOAT32_MAX
 from tasks.settings import Features, ServingConfig, TrainingConfig
 
 with warnings.catch_warnings():  # starlette's TestClient wants `httpx2`; httpx works as it is
@@ -141,7 +142,8 @@ def test_the_request_schema_comes_from_the_models_features_and_shows_on_the_open
     assert sorted(record["properties"]) == sorted(FEATURES.all)
     assert record["additionalProperties"] is False
     assert set(record["required"]) == set(FEATURES.all)
-    assert {"type": "number"} in record["properties"]["tenure"]["anyOf"]
+    number = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    assert number in record["properties"]["tenure"]["anyOf"]
     assert {"type": "string"} in record["properties"]["contract"]["anyOf"]
     body = http.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/PredictRequest")
@@ -175,6 +177,25 @@ def test_bad_requests_get_a_4xx_whose_message_names_the_field(
         )
         assert answer.status_code == status, (payload, answer.text)
         assert named in answer.json()["detail"], answer.json()
+
+
+def test_a_number_past_float32_gets_a_422_naming_the_field_and_a_large_one_a_finite_answer(
+    client: tuple[TestClient, Service],
+) -> None:
+    http, _ = client
+    good = records(make_table(1, seed=5))[0]
+    for value in (1e308, -1e39):
+        answer = http.post("/predict", json={"records": [good, {**good, "charges": value}]})
+        assert answer.status_code == 422, answer.text
+        assert "records.1.charges" in answer.json()["detail"]
+        assert "float32" in answer.json()["detail"]
+    for value in (3.0e38, -3.0e38, 1e12):  # finite in float32, far past anything trained on
+        answer = http.post("/predict", json={"records": [{**good, "charges": value}]})
+        assert answer.status_code == 200, answer.text
+        (item,) = answer.json()["predictions"]
+        probabilities = list(item["probabilities"].values())
+        assert all(isinstance(p, float) and 0 <= p <= 1 for p in probabilities), item
+        assert item["prediction"] is not None
 
 
 def test_a_bare_list_of_records_is_taken_too(client: tuple[TestClient, Service]) -> None:

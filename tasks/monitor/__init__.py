@@ -35,6 +35,7 @@ from tasks.monitor.checks import (
     load_champion,
     window_settings,
     with_outputs,
+    without_outliers,
 )
 from tasks.monitor.drift import ColumnDrift, DriftResult, detect_drift
 from tasks.monitor.feedback import FeedbackRows, conform, split_feedback
@@ -113,5 +114,6 @@ __all__ = [
     "window_settings",
     "window_task",
     "with_outputs",
+    "without_outliers",
     "write_reports",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -115,6 +115,29 @@ def with_outputs(table: pa.Table, outputs: pa.Table | None) -> pa.Table:
 
 
 # Data quality ------------------------------------------------------------------------------------
+
+
+def without_outliers(window: Window, *, champion: Champion, settings: Settings) -> Window:
+    """The window whose sample leaves out the rows with a value far outside the champion's
+    training range (`validation.outlier_spans`), which it records: a handful of them would
+    move a drift score or a type check by themselves; they are a finding of their own, and a
+    problem past `validation.batch_range_share` of the rows."""
+    cfg = settings.validation
+    bounds = validation.outlier_bounds(
+        champion.reference, columns=champion.features.numeric, spans=cfg.outlier_spans
+    )
+    far, found = validation.find_outliers(
+        window.table, bounds, spans=cfg.outlier_spans, limit=cfg.batch_range_share
+    )
+    table = window.table.filter(pa.array(~far)) if found.rows else window.table
+    return replace(window, table=table, outliers=found)
+
+
+def data_problems(window: Window, report: validation.ValidationReport | None) -> list[str]:
+    """The problems that block a retraining: the failed checks, and outliers once they are a
+    problem (past `validation.batch_range_share` of the rows: a broken feed, not a stray value)."""
+    problems = [] if report is None else list(report.problems)
+    return problems + (["outliers"] if window.outliers and window.outliers.problem else [])
 
 
 def window_settings(settings: Settings, champion: Champion) -> Settings:

@@ -38,7 +38,8 @@ def champion_task(settings: Settings) -> checks.Champion:
 def window_task(
     settings: Settings, *, champion: checks.Champion, now: datetime | None = None
 ) -> Window:
-    """The window of the prediction log (only the needed columns), labels joined, sampled."""
+    """The window of the prediction log (only the needed columns), labels joined, sampled; its
+    outliers set apart."""
     window = read_window(
         home=settings.home,
         model=settings.dataset.name,
@@ -47,7 +48,11 @@ def window_task(
         config=settings.monitoring,
         now=now,
     )
-    get_run_logger().info("window: %s", window.describe())
+    window = checks.without_outliers(window, champion=champion, settings=settings)
+    logger = get_run_logger()
+    logger.info("window: %s", window.describe())
+    if window.outliers is not None and window.outliers.rows:
+        logger.warning("outliers: %s", window.outliers.describe())
     return window
 
 
@@ -107,7 +112,7 @@ def govern_task(
         drift_share=drift.share,
         prediction_drift=drift.prediction_drift,
         quality=quality,
-        data_problems=[] if data_quality is None else data_quality.problems,
+        data_problems=checks.data_problems(window, data_quality),
     )
     decision = governor.govern(
         home=settings.home,

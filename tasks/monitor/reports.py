@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tasks import artifacts, events, files, validation
+from tasks.monitor import checks
 from tasks.monitor.drift import DriftResult
 from tasks.monitor.governor import Decision
 from tasks.monitor.quality import Quality
@@ -49,7 +50,7 @@ class MonitorResult:
 
     @property
     def data_problems(self) -> list[str]:
-        return [] if self.data_quality is None else self.data_quality.problems
+        return checks.data_problems(self.window, self.data_quality)
 
     @property
     def report_html(self) -> str | None:
@@ -74,13 +75,14 @@ class MonitorResult:
             "columns": self.drift.to_dict()["columns"],
             "quality": self.quality.to_dict(),
             "data_quality": {
-                "passed": dq is None or dq.success,
+                "passed": not self.data_problems,
                 "problems": self.data_problems,
                 "summary": dq.summary() if dq is not None else "not checked (no rows)",
                 "failed": [
                     {"check": r.check, "column": r.column, "observed": r.observed}
                     for r in (dq.failures if dq is not None else [])
                 ],
+                "findings": [o.to_dict()] if (o := self.window.outliers) and o.rows else [],
             },
             "decision": self.decision.action,
             "reason": self.decision.reason,
@@ -108,6 +110,7 @@ def verdict(found: Mapping[str, Any]) -> list[str]:
         else f"drift: no ({len(drifted)} of {compared} features drifted{names})"
     )
     problems = found["data_quality"]["problems"]
+    findings = [f["summary"] for f in found["data_quality"].get("findings", [])]
     window = found["window"]
     span = f", {window['start'][:16]} to {window['end'][:16]} UTC" if window["start"] else ""
     lines = [
@@ -115,7 +118,9 @@ def verdict(found: Mapping[str, Any]) -> list[str]:
         f"({window['labelled']:,} labelled){span}",
         drift + ("; the prediction drifted too" if found["prediction_drift"] else ""),
         f"quality: {found['quality']['summary']}",
-        "data quality: " + (f"PROBLEM: {', '.join(problems)}" if problems else "ok"),
+        "data quality: "
+        + (f"PROBLEM: {', '.join(problems)}" if problems else "ok")
+        + "".join(f"; {f}" for f in findings),
         f"decision: {found['decision'].upper()}: {found['reason']}",
     ]
     if found.get("report"):

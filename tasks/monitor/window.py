@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from tasks import traffic
 from tasks.settings import MonitoringConfig
 from tasks.traffic import MODEL_VERSION, PREDICTION, PROBABILITY
+from tasks.validation import Outliers
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class Window:
     start: datetime | None  # the oldest and newest row's time (None: an empty window)
     end: datetime | None
     since: datetime | None  # where the time window begins (None: by rows only)
+    # rows of the sample with a value far outside the champion's training range, left out of
+    # `table` (drift and data quality judge the rest); None: not looked for yet
+    outliers: Outliers | None = None
 
     def describe(self) -> str:
         """For people: how many rows, over which span."""
@@ -51,6 +55,7 @@ class Window:
             "start": self.start.isoformat() if self.start else None,
             "end": self.end.isoformat() if self.end else None,
             "since": self.since.isoformat() if self.since else None,
+            "outliers": self.outliers.to_dict() if self.outliers else None,
         }
 
 

@@ -6,8 +6,9 @@
 
 A record is an object keyed by feature name: numeric features take finite numbers (or null for a
 missing value), categorical features take strings (true/false and integers are read as the text the
-model's vocabulary holds for them). Unknown or missing keys, wrong types, NaN/inf, an empty or
-oversized list are refused with a `BadRequest` whose message names each field.
+model's vocabulary holds for them). Unknown or missing keys, wrong types, NaN/inf, numbers past
+float32's range, an empty or oversized list are refused with a `BadRequest` whose message names
+each field.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 from pydantic import (
     BaseModel,
@@ -64,7 +66,11 @@ def category_text(value: object) -> object:
     return str(value)
 
 
-Numeric = Annotated[float | None, Field(strict=True, allow_inf_nan=False)]
+# The model computes in float32: a finite number past its range would overflow to inf
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+Numeric = Annotated[
+    float | None, Field(strict=True, allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
+]
 # A category: text; JSON true/false and integers are taken too (`category_text` reads them as
 # the model's vocabulary holds them), after validation, on the column (cheaper than per value)
 Categorical = Annotated[StrictStr | StrictBool | StrictInt | None, Field()]
@@ -249,6 +255,8 @@ def invalid(exc: ValidationError, *, prefix: str | None = None) -> BadRequest:
             message = "required (a feature of the model)" if "records" in field else "required"
         elif err["type"] == "extra_forbidden":
             message = "unknown field"
+        elif err["type"] in ("less_than_equal", "greater_than_equal"):
+            message = f"{err.get('input')!r} is past float32's range (+-{FLOAT32_MAX:.4g})"
         errors.append({"field": field, "message": message})
     shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:_SHOWN_ERRORS])
     more = len(errors) - _SHOWN_ERRORS

@@ -86,9 +86,7 @@ class Scorer:
         numeric = np.zeros((rows, 2 * width), dtype=np.float32)
         for i, name in enumerate(pre.numeric):
             values = np.asarray(columns[name], dtype=np.float64)  # None -> NaN
-            missing = ~np.isfinite(values)
-            numeric[:, i] = np.where(missing, 0.0, (values - pre.means[i]) / pre.stds[i])
-            numeric[:, width + i] = missing
+            numeric[:, i], numeric[:, width + i] = pre.standardize(i, values)
         categorical = np.zeros((rows, len(pre.categorical)), dtype=np.int64)
         for j, name in enumerate(pre.categorical):
             index = self._vocabulary(j)

@@ -105,6 +105,9 @@ class ValidationConfig(_Strict):
     # a feature's leakage score (tasks/leakage.py: AUC, purity, |correlation|) from which it
     # leaks; iris' petal length, a strong honest feature, scores 0.982
     leakage_threshold: float = Field(0.99, gt=0, le=1)
+    # a number more than this many reference spans outside the reference's range is an outlier:
+    # the monitor reports it and leaves it out of drift statistics, a retraining leaves its row out
+    outlier_spans: float = Field(10.0, gt=0)
     expectations: list[dict[str, Any]] = []  # extra GX expectations: {type: ..., kwargs: {...}}
     expectations_file: str | None = None  # a YAML/JSON list of the same, relative to the config
     # Parquet (file, folder or URI) whose profile the suite learns ranges, nulls and domains from.

@@ -15,6 +15,8 @@ The package, bottom up (each module imports only those above it in this list):
 - `suite`: the checks (`CHECKS`), the contract's `roles`, `build_suite` / `suite_for`, saving
   and loading suites, the user's expectations (checked by `tasks.expectations`);
 - `results`: `CheckResult`, `ValidationReport`, `ValidationFailed`, GX's results as rows;
+- `rows`: the rows that make a batch fail its checks, and outliers (values far outside the
+  reference's range), for the rows that join a retraining and the monitor's drift statistics;
 - `run`: `validate` (training data) and `check_batch` (production batches) in GX, `to_frame`;
 - `reports`: the JSON report, GX's HTML page (Data Docs' validation page), the markdown dataset
   card, the Prefect artifacts and event payloads; `validate_task` wraps it for Prefect (the
@@ -50,6 +52,14 @@ from tasks.validation.results import (
     ValidationFailed,
     ValidationReport,
     summary,
+)
+from tasks.validation.rows import (
+    Bounds,
+    Outliers,
+    RowFailures,
+    failing_rows,
+    find_outliers,
+    outlier_bounds,
 )
 from tasks.validation.run import check_batch, to_frame, validate
 from tasks.validation.suite import (
@@ -89,12 +99,15 @@ __all__ = [
     "RANGES",
     "ROW_COUNT",
     "UNIQUE",
+    "Bounds",
     "Check",
     "CheckResult",
     "ColumnProfile",
     "Mode",
+    "Outliers",
     "Reference",
     "Role",
+    "RowFailures",
     "Scope",
     "ValidationFailed",
     "ValidationReport",
@@ -102,9 +115,12 @@ __all__ = [
     "check_batch",
     "check_user_expectations",
     "dataset_card",
+    "failing_rows",
     "failure_payload",
+    "find_outliers",
     "known_columns",
     "load_suite",
+    "outlier_bounds",
     "profile",
     "publish_artifacts",
     "reference_profile",
