@@ -189,9 +189,14 @@ def monitor(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) -
     found = monitoring_pass(config=str(config))
     if as_json:
         typer.echo(json.dumps(found, indent=1))
-        return
-    for line in verdict(found):
-        typer.echo(line)
+    else:
+        for line in verdict(found):
+            typer.echo(line)
+    if found["governor"]["undeliverable"]:
+        raise Failure(
+            "a retraining is due but no Prefect server of the stack is reachable to take the "
+            "request: nothing was recorded; start the stack (driftloop up) and run it again"
+        )
 
 
 @app.command()

@@ -7,7 +7,10 @@ The source is re-read and joined by the production rows that have feedback label
 `monitoring.feedback_days`), minus a share kept for the gate; then the training pipeline runs as
 ever: validate, train, gate against the champion on the holdout AND on that labelled traffic,
 promote (and Serve swaps to the new champion). The new version's metadata names what started it.
-Prefect delivers an event at least once: a second delivery of one event id does nothing.
+Prefect delivers an event at least once and the governor re-sends a request it could not
+confirm: the run claims its request first, so a second run of one request does nothing, unless
+the first died holding it (then it trains). Its outcome (promoted, rejected, failed, with the
+version and why) is recorded for the governor to read back.
 """
 
 import sys
@@ -20,8 +23,9 @@ from prefect import flow, get_run_logger
 
 from flows.naming import run_name
 from flows.training import training_pipeline
+from tasks import files
 from tasks.errors import quiet_expected_failures
-from tasks.monitor import claim_event_task, feedback_task
+from tasks.monitor import claim_task, feedback_task, finish_task
 from tasks.settings import load_settings
 
 
@@ -45,36 +49,41 @@ def retraining(
         )
         return {"model": model, "decision": "skipped", "reason": f"{config} trains {name!r}"}
 
-    # At most once per event: a redelivered event finds its claim ------------------------------
-    run_id = event_id or f"manual-{uuid.uuid4().hex[:12]}"
-    started = datetime.now(timezone.utc).isoformat()
+    # At most once per request: a redelivered event or a re-sent request finds its claim -------
+    key = request_id or event_id  # an event of someone else's carries no request id
     trigger = {
         "event_id": event_id,
         "request_id": request_id,
         "reasons": reasons or [],
         "drift_report": report,
-        "started_at": started,
+        "started_at": datetime.now(timezone.utc).isoformat(),
     }
-    if event_id is not None and not claim_event_task(
-        settings=settings, event_id=event_id, record=trigger
-    ):
-        return {
-            "model": name,
-            "decision": "skipped",
-            "event_id": event_id,
-            "reason": f"event {event_id} was handled already",
-        }
+    if key is not None:
+        claimed = claim_task(settings=settings, key=key, record=trigger)
+        if claimed != "claimed":
+            why = "was handled already" if claimed == "done" else "is being retrained by a live run"
+            return {"model": name, "decision": "skipped", "event_id": event_id,
+                    "request_id": request_id, "reason": f"request {key} {why}"}  # fmt: skip
+    run_id = key or f"manual-{uuid.uuid4().hex[:12]}"
+    try:
+        # Training data: the source re-read, plus labelled production rows (the gate's apart)
+        feedback = feedback_task(settings=settings, run_id=run_id)
 
-    # Training data: the source re-read, plus labelled production rows (the gate's kept apart) --
-    feedback = feedback_task(settings=settings, run_id=run_id)
-
-    # The same pipeline: validate, train, gate on the holdout and the labelled traffic, promote -
-    result = training_pipeline(
-        config=config,
-        extra_rows=feedback["train"],
-        production_rows=feedback["gate"],
-        metadata={"trigger": {**trigger, "feedback": feedback}},
-    )
+        # The same pipeline: validate, train, gate on the holdout and the labelled traffic, promote
+        result = training_pipeline(
+            config=config,
+            extra_rows=feedback["train"],
+            production_rows=feedback["gate"],
+            metadata={"trigger": {**trigger, "feedback": feedback}},
+        )
+    except Exception as exc:  # the governor reads it back: failed, and why
+        if key is not None:
+            finish_task(settings=settings, key=key, status="failed", version=None,
+                        detail=f"{type(exc).__name__}: {files.first_line(exc)}")  # fmt: skip
+        raise
+    if key is not None:
+        finish_task(settings=settings, key=key, status=result["decision"],
+                    version=result["version"], detail=result["reason"])  # fmt: skip
     return {**result, "trigger": trigger, "feedback": feedback}
 
 

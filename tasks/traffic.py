@@ -127,7 +127,7 @@ def labelled(*, home: str, model: str, target: str, limit: int) -> pa.Table | No
         return None
     if target not in labels.column_names:
         raise TrafficError(f"feedback/{model}: no {target!r} column (the target) in the labels")
-    labels = _newest_per_request(labels.filter(pc.is_valid(labels[target])), target=target)
+    labels = newest_labels(labels.filter(pc.is_valid(labels[target])), target=target)
     served = served.drop_columns([c for c in (target,) if c in served.column_names])
     joined = served.join(labels.select([REQUEST_ID, target]), keys=REQUEST_ID, join_type="inner")
     if joined.num_rows == 0:
@@ -152,8 +152,9 @@ def _stamped(rows: pa.Table, *, column: str) -> pa.Table:
     return rows.append_column(column, now)
 
 
-def _newest_per_request(labels: pa.Table, *, target: str) -> pa.Table:
-    """One label per request id: the one received last."""
+def newest_labels(labels: pa.Table, *, target: str) -> pa.Table:
+    """One label per request id: the one received last (of equal times, the one read last).
+    Every reader of the labels uses this rule: `request_id`, `received_at`, `target`."""
     frame = labels.select([REQUEST_ID, RECEIVED_AT, target]).to_pandas()
     frame = frame.sort_values(RECEIVED_AT, kind="stable").drop_duplicates(REQUEST_ID, keep="last")
     schema = labels.schema

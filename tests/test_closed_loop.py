@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pyarrow.parquet as pq
 import pytest
-from test_retraining import TERMINAL, api, free_port, runs_of, wait_for
+from helpers import TERMINAL, api, free_port, runs_of, wait_for
 
 from tasks import registry
 from tasks.monitor import load_state

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_retraining import api, free_port
+from helpers import api, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from helpers import write_project
 from prefect.cli.deploy._triggers import DeploymentTriggerAdapter  # what `prefect deploy` uses
 from prefect.events import DeploymentEventTrigger
 from prefect.events.schemas.events import ReceivedEvent
 from prefect.server.events.actions import RunDeployment
 from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
-from test_monitor import write_project
 
 from flows import deployments
 from flows.retraining import retraining

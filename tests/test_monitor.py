@@ -9,172 +9,39 @@ import json
 import math
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
+from helpers import FEATURES, NOW, TARGET, labels_of, serve, train_quick, write_project
 
-from tasks import data, files, registry, synthetic, traffic
+from tasks import data, synthetic, traffic
 from tasks import model as m
-from tasks.calibration import calibrate
 from tasks.evaluate import compute_metrics
 from tasks.monitor import (
     Decision,
     Quality,
     Signals,
     State,
-    claim_event,
     decide,
     detect_drift,
     estimated,
     expected_roc_auc,
     govern,
     load_state,
-    logged_rows,
+    mark_sent,
     measured,
     read_window,
+    reconcile,
+    requests,
     split_feedback,
 )
 from tasks.monitor.quality import Source
-from tasks.settings import Features, MonitoringConfig, TrainingConfig, load_settings
-
-FEATURES = Features(
-    numeric=list(synthetic.NUMERIC_FEATURES), categorical=list(synthetic.CATEGORICAL_FEATURES)
-)
-TARGET = "churned"
-NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
-
-
-# Helpers: a champion, a project, traffic ---------------------------------------------------------
-
-
-def train_quick(table: pa.Table, *, steps: int = 400, seed: int = 0) -> m.Predictor:
-    """A small calibrated MLP trained in this process (no Ray: the monitor needs a real model,
-    not Ray Train; tests/test_training_flow.py covers training)."""
-    cut = int(table.num_rows * 0.8)
-    train, validation = table.slice(0, cut), table.slice(cut)
-    pre = m.Preprocessor.fit(train, features=FEATURES, target=TARGET, task="classification")
-    spec = m.ModelSpec.build(pre, TrainingConfig(hidden_layers=[32, 16], dropout=0.0))
-    torch.manual_seed(seed)
-    net = m.TabularMLP(spec)
-    encoded = pre.transform(train)
-    numeric, categorical = torch.from_numpy(encoded.numeric), torch.from_numpy(encoded.categorical)
-    y = torch.from_numpy(pre.encode_target(train))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    picks = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, cut, (512,), generator=picks)
-        loss = m.compute_loss(net(numeric[idx], categorical[idx]), y[idx], kind="binary").mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    net.eval()
-    raw = m.Predictor(model=net, spec=spec, preprocessor=pre)
-    calibration = calibrate(
-        raw.logits(validation), pre.encode_target(validation), kind="binary", bins=15
-    )
-    return raw.with_calibration(calibration)
-
-
-def labels_of(table: pa.Table) -> np.ndarray:
-    return np.asarray(table[TARGET].to_numpy(), dtype=np.int64)
-
-
-def register_champion(
-    home: Path, predictor: m.Predictor, *, holdout: pa.Table, reference: pa.Table, tmp: Path
-) -> int:
-    """The predictor as champion, with its holdout metrics and training sample, as the
-    training pipeline registers one."""
-    saved = m.save_model(
-        tmp / "model",
-        model=predictor.model,
-        spec=predictor.spec,
-        preprocessor=predictor.preprocessor,
-        calibration=predictor.calibration,
-    )
-    metrics = compute_metrics(labels_of(holdout), predictor.predict(holdout), task="classification")
-    version = registry.register(
-        root=str(home),
-        model="churn",
-        model_dir=str(saved),
-        metadata={"metrics": metrics},
-        extra_files={files.REFERENCE: data.sample_parquet(reference, rows=data.REFERENCE_ROWS)},
-    )
-    registry.set_alias(
-        root=str(home), model="churn", alias="champion", version=version, reason="test"
-    )
-    return version
-
-
-def write_project(root: Path, **monitoring: Any) -> Path:
-    """A driftloop.yaml (home under `root`) whose monitoring section is `monitoring`."""
-    source = root / "data" / "churn.parquet"
-    if not source.exists():
-        synthetic.write_parquet(synthetic.generate(rows=2000, seed=1), source)
-    lines = [
-        f"home: {root / 'home'}",
-        "dataset:",
-        "  name: churn",
-        "  source: data/churn.parquet",
-        f"  target: {TARGET}",
-        "  id: customer_id",
-        "  timestamp: event_time",
-    ]
-    if monitoring:
-        lines.append("monitoring:")
-        lines += [f"  {key}: {json.dumps(value)}" for key, value in monitoring.items()]
-    config = root / "driftloop.yaml"
-    config.write_text("\n".join(lines) + "\n")
-    return config
-
-
-def serve(
-    home: Path,
-    predictor: m.Predictor,
-    table: pa.Table,
-    *,
-    version: int,
-    at: datetime = NOW,
-    labelled: float = 0.0,
-    prefix: str = "r",
-    features: pa.Table | None = None,
-) -> pa.Table:
-    """Write `table`'s rows as the prediction log Serve writes (the model's real predictions),
-    and labels for the first `labelled` share of them. `features`: log these columns instead
-    (a broken feed), with the predictions made on `table`."""
-    scored = table.select(FEATURES.all)
-    logged = (
-        scored
-        if features is None
-        else features.drop_columns(
-            [c for c in (TARGET, "customer_id", "event_time") if c in features.column_names]
-        )
-    )
-    ids = [f"{prefix}{i:09d}" for i in range(table.num_rows)]
-    rows = logged_rows(
-        features=logged,
-        outputs=predictor.predict(scored),
-        classes=predictor.classes,
-        version=version,
-        at=at,
-        request_ids=ids,
-    )
-    traffic.append(home=str(home), model="churn", kind="predictions", rows=rows)
-    count = round(labelled * table.num_rows)
-    if count:
-        labels = pa.table(
-            {
-                traffic.REQUEST_ID: pa.array(ids[:count]),
-                TARGET: table[TARGET].slice(0, count),
-                traffic.RECEIVED_AT: pa.array([at] * count, pa.timestamp("us", tz="UTC")),
-            }
-        )
-        traffic.append(home=str(home), model="churn", kind="feedback", rows=labels)
-    return rows
+from tasks.settings import MonitoringConfig, load_settings
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +145,10 @@ def test_m_of_n_needs_the_signal_in_m_of_the_last_n_windows() -> None:
     for hour, drift in enumerate([True, False, True, True]):
         found = signals(drift=drift, end=NOW + timedelta(hours=hour))
         decision, state = run(found, cfg, state, now=NOW + timedelta(hours=hour))
+        state = delivered(state)
         actions.append(decision.action)
-    assert actions == ["hold", "hold", "retrain", "hold"]  # the last: in cooldown
+    assert actions == ["hold", "hold", "retrain", "hold"]  # the last: the retraining in flight
+    assert "in flight" in state.windows[-1]["reason"]
     first = state.windows[0]["reason"]
     assert "seen in 1 of the last 1 window(s), 2 of 3 needed" in first
 
@@ -314,23 +183,26 @@ def test_too_few_rows_give_no_verdict() -> None:
     assert "only 10 rows in the window" in decision.reason
 
 
-def test_cooldown_holds_until_it_has_passed() -> None:
+def test_cooldown_after_a_promotion_holds_until_it_has_passed() -> None:
     cfg = config(cooldown_hours=6)
     first, state = run(signals(decayed=True), cfg)
+    state = ended(delivered(state), "promoted", version=2)  # sent at NOW, v2 serves now
     soon = NOW + timedelta(hours=5)
-    held, state = run(signals(decayed=True, end=soon), cfg, state, now=soon)
+    held, state = run(signals(decayed=True, end=soon, champion=2), cfg, state, now=soon)
     later = NOW + timedelta(hours=7)
-    again, _ = run(signals(decayed=True, end=later), cfg, state, now=later)
+    again, _ = run(signals(decayed=True, end=later, champion=2), cfg, state, now=later)
     assert (first.action, held.action, again.action) == ("retrain", "hold", "retrain")
     assert "cooldown" in held.reason
     assert held.cooldown_until == NOW + timedelta(hours=6)
 
 
-def test_cooldown_survives_a_new_process(tmp_path: Path) -> None:
+def test_the_governor_remembers_its_request_in_a_new_process(tmp_path: Path) -> None:
     home = str(tmp_path / "home")
     cfg = config(cooldown_hours=6)
     first = govern(home=home, model="churn", signals=signals(decayed=True), config=cfg, now=NOW)
     assert first.action == "retrain"
+    assert first.request_id is not None
+    mark_sent(home=home, model="churn", request_id=first.request_id, event_id="e1", now=NOW)
     code = (
         "import json, sys; from datetime import datetime, timedelta; "
         "from tasks.monitor import governor; import test_monitor as t; "
@@ -349,17 +221,185 @@ def test_cooldown_survives_a_new_process(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     action, reason = json.loads(done.stdout.strip().splitlines()[-1])
     assert action == "hold"
-    assert "in cooldown" in reason
-    assert len(load_state(home=home, model="churn").requests) == 1
+    assert f"request {first.request_id[:8]}" in reason
+    assert "in flight" in reason
+    assert reason.endswith("(sent)")
+    (request,) = load_state(home=home, model="churn").requests
+    assert (request["status"], request["event_id"]) == ("sent", "e1")
 
 
-def test_an_event_id_is_claimed_once(tmp_path: Path) -> None:
+# Requests: delivered, claimed once, their outcome read back --------------------------------------
+
+
+def last(state: State) -> dict[str, Any]:
+    assert state.last is not None, "no request in the state"
+    return state.last
+
+
+def delivered(state: State, at: datetime = NOW) -> State:
+    """The state after the monitor confirmed the last request's event (if one is pending)."""
+    last = state.last
+    if last is None or last["status"] != "pending":
+        return state
+    return state.with_request({**last, "status": "sent", "sent_at": at.isoformat()})
+
+
+def ended(state: State, status: str, *, version: int | None = None, at: datetime = NOW) -> State:
+    """The state after the last request's retraining ended (as `reconcile` reads it back)."""
+    last = state.last
+    assert last is not None
+    detail = "reject: roc_auc: gain over champion (-1.2%)" if status == "rejected" else "boom"
+    return state.with_request(
+        {
+            **last,
+            "status": status,
+            "version": version,
+            "detail": detail,
+            "ended_at": at.isoformat(),
+        }
+    )
+
+
+def with_labels(found: Signals, *, after: datetime, count: int) -> Signals:
+    """`found` with `count` labels received after `after` (none after a later time)."""
+    return replace(found, labels_after=lambda moment: count if moment and moment <= after else 0)
+
+
+def test_an_unconfirmed_request_is_sent_again_under_its_id_until_it_is_delivered() -> None:
+    cfg = config(cooldown_hours=6)
+    first, state = run(signals(decayed=True), cfg)
+    assert (first.action, last(state)["status"]) == ("retrain", "pending")
+    later = NOW + timedelta(hours=1)
+    again, state = run(signals(end=later), cfg, state, now=later)  # no signal needed to re-send
+    assert (again.action, again.resend) == ("retrain", True)
+    assert (again.request_id, again.event_id) == (first.request_id, first.event_id)
+    assert again.reason.startswith(f"re-sending request {str(first.request_id)[:8]}")
+    assert len(state.requests) == 1
+    state = delivered(state, at=later)
+    held, _ = run(signals(decayed=True, end=later + timedelta(hours=1)), cfg, state,
+                  now=later + timedelta(hours=1))  # fmt: skip
+    assert held.action == "hold"
+    assert "in flight" in held.reason
+
+
+def test_a_crashed_retraining_is_asked_for_again_with_a_new_event_and_a_lost_one_after_a_while(
+) -> None:  # fmt: skip
+    cfg = config(cooldown_hours=2)
+    first, state = run(signals(decayed=True), cfg)
+    state = delivered(state)
+    crashed = state.with_request({**last(state), "status": "crashed", "flow_run_id": "f-1"})
+    again, after = run(signals(end=NOW + timedelta(minutes=30)), cfg, crashed,
+                       now=NOW + timedelta(minutes=30))  # fmt: skip
+    assert (again.action, again.request_id, again.attempt) == ("retrain", first.request_id, 2)
+    assert again.event_id != first.event_id
+    assert last(after)["status"] == "pending"
+    # delivered, but no retraining claimed it within max(cooldown, 1 h): sent again
+    for hours, action in ((1, "hold"), (3, "retrain")):
+        at = NOW + timedelta(hours=hours)
+        found, _ = run(signals(end=at), cfg, state, now=at)
+        assert found.action == action, found.reason
+    assert "no retraining claimed it within 2 h" in found.reason
+
+
+def test_a_rejected_retraining_needs_attention_and_waits_for_new_labels_and_a_back_off() -> None:
+    cfg = config(cooldown_hours=2, min_labelled_rows=200)
+    first, state = run(signals(decayed=True), cfg)
+    state = ended(delivered(state), "rejected", version=5, at=NOW + timedelta(minutes=20))
+    ended_at = NOW + timedelta(minutes=20)
+    decisions = []
+    for hours, labels in ((1, 0), (1.5, 150), (1.9, 400), (2.5, 400)):
+        at = NOW + timedelta(hours=hours)
+        found = with_labels(signals(decayed=True, end=at), after=ended_at, count=labels)
+        decision, state = run(found, cfg, state, now=at)
+        decisions.append(decision)
+    assert [d.action for d in decisions] == ["hold", "hold", "hold", "retrain"]
+    attention = "needs attention: v5 rejected: reject: roc_auc: gain over champion (-1.2%)"
+    assert all(d.needs_attention == attention for d in decisions)
+    assert "asks again once 200 new labels arrived (0 since" in decisions[0].reason
+    assert "(150 since" in decisions[1].reason
+    assert "backing off after 1 unsuccessful retraining(s) until" in decisions[2].reason
+    assert decisions[3].request_id not in (None, first.request_id)
+    assert len(state.requests) == 2
+
+
+def test_a_failed_retraining_backs_off_twice_as_long_the_second_time() -> None:
+    cfg = config(cooldown_hours=1)
+    _, state = run(signals(decayed=True), cfg)
+    state = ended(delivered(state), "failed", at=NOW)
+    _, state = run(with_labels(signals(decayed=True, end=NOW + timedelta(hours=2)), after=NOW,
+                               count=500), cfg, state, now=NOW + timedelta(hours=2))  # fmt: skip
+    second_end = NOW + timedelta(hours=3)
+    state = ended(delivered(state), "failed", at=second_end)
+    for hours, action in ((4.5, "hold"), (5.5, "retrain")):  # 2 x 1 h after the second
+        at = NOW + timedelta(hours=hours)
+        found = with_labels(signals(decayed=True, end=at), after=second_end, count=500)
+        decision, _ = run(found, cfg, state, now=at)
+        assert decision.action == action, decision.reason
+    assert decision.needs_attention == "needs attention: the retraining failed: boom"
+
+
+def test_without_a_server_to_deliver_to_a_due_request_is_not_recorded() -> None:
+    decision, state = decide(
+        signals(decayed=True), state=State(), config=config(), now=NOW, can_deliver=False
+    )
+    assert (decision.action, decision.undeliverable) == ("hold", True)
+    assert "no Prefect server is reachable" in decision.reason
+    assert state.requests == []
+
+
+def test_two_passes_over_the_same_rows_count_as_one_window() -> None:
+    cfg = config(windows_needed=2, windows_considered=3, min_rows=1000)
+    day = [NOW + timedelta(seconds=18 * i) for i in range(5000)]  # 5,000 rows in 25 hours
+
+    def window(hours: float) -> Signals:  # the last 5,000 rows of a steady stream of rows
+        times = [t + timedelta(hours=hours) for t in day]
+        found = signals(decayed=True, end=times[-1])
+        return replace(found, rows_after=lambda m: sum(t > m for t in times) if m else len(times))
+
+    actions, counted = [], []
+    state = State()
+    for hours in (0, 1, 2, 30):  # an hour apart: 200 new rows each; a day later: all new
+        at = NOW + timedelta(hours=hours)
+        decision, state = run(window(hours), cfg, state, now=at)
+        actions.append(decision.action)
+        counted.append((decision.counted, decision.fresh_rows))
+    assert counted == [(True, 5000), (False, 200), (False, 400), (True, 5000)]
+    assert actions == ["hold", "hold", "hold", "retrain"]
+    assert "the same evidence counts once" in state.windows[1]["reason"]
+
+
+def test_a_request_is_claimed_by_one_run_ended_once_and_a_dead_runs_claim_passes_on(
+    tmp_path: Path,
+) -> None:
     home = str(tmp_path / "home")
-    record = {"at": NOW.isoformat()}
-    assert claim_event(home=home, model="churn", event_id="0b5f-1", record=record)
-    assert not claim_event(home=home, model="churn", event_id="0b5f-1", record=record)
-    assert claim_event(home=home, model="churn", event_id="0b5f-2", record=record)
-    assert claim_event(home=home, model="other", event_id="0b5f-1", record=record)
+    alive = {"run-1": True}
+
+    def claim(run_id: str) -> str:
+        found, _ = requests.claim(
+            home=home, model="churn", key="req-1", run_id=run_id, record={"x": 1},
+            is_alive=lambda r: alive.get(r, False),
+        )  # fmt: skip
+        return found
+
+    assert claim("run-1") == "claimed"
+    assert claim("run-2") == "busy"  # a live run holds it: never two at once
+    alive["run-1"] = False  # it crashed without an outcome
+    assert claim("run-2") == "claimed"
+    record = requests.read_record(home=home, model="churn", key="req-1")
+    assert record is not None
+    assert [a["flow_run_id"] for a in record["attempts"]] == ["run-1", "run-2"]
+    requests.finish(home=home, model="churn", key="req-1", status="rejected", version=3,
+                    detail="reject: ...")  # fmt: skip
+    assert claim("run-3") == "done"
+    assert (requests.read_record(home=home, model="churn", key="req-1") or {})["version"] == 3
+    _, state = run(signals(decayed=True), config())
+    state, outcome = reconcile(
+        state.with_request({**last(state), "request_id": "req-1", "status": "sent"}),
+        home=home, model="churn",
+    )  # fmt: skip
+    assert (last(state)["status"], last(state)["version"]) == ("rejected", 3)
+    assert outcome is not None
+    assert outcome["status"] == "rejected"
 
 
 def test_m_of_n_cannot_ask_for_more_windows_than_it_considers() -> None:

@@ -2,6 +2,9 @@
 server for the runs, artifacts and events. Each test gets its own project and home."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import timedelta
@@ -10,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from test_monitor import NOW, register_champion, serve, train_quick, write_project
+from helpers import NOW, register_champion, serve, train_quick, write_project
 
 from tasks import events, synthetic
 from tasks import model as m
@@ -243,3 +246,25 @@ def test_a_handful_of_extreme_values_is_a_finding_not_drift_nor_a_schema_break(
     assert found["window"]["outliers"]["rows"] == 2
     assert "outliers" not in found["reason"]
     assert "2 row(s) (0.04%)" in verdict(found)[3]
+
+
+def test_monitor_without_a_prefect_server_refuses_to_record_the_request_it_would_make(
+    tmp_path: Path, trained: Any
+) -> None:
+    project = Project(tmp_path, trained, window_hours=1e6, **M1)  # the traffic is of 2026-06
+    project.traffic(synthetic.generate(rows=3_000, seed=5, scenario="concept_drift"), labelled=0.5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DRIFTLOOP_", "PREFECT_API"))}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "driftloop"), "monitor", "--json", "--config",
+         str(project.config)],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    error = [line for line in done.stderr.splitlines() if line.startswith("driftloop: error:")]
+    assert len(error) == 1, done.stderr[-3000:]
+    assert "no Prefect server of the stack is reachable" in error[0]
+    found = json.loads(done.stdout)
+    assert found["decision"] == "hold"
+    assert found["governor"]["undeliverable"] is True
+    assert found["reason"].startswith("a retraining is due (concept drift")
+    assert load_state(home=str(project.home), model="churn").requests == []

@@ -5,17 +5,23 @@ itself, executed by `python -m flows.deployments` (prefect.serve)."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_monitor import NOW, register_champion, serve, train_quick
+from helpers import (
+    NOW,
+    TERMINAL,
+    api,
+    free_port,
+    register_champion,
+    runs_of,
+    serve,
+    train_quick,
+    wait_for,
+)
 
 from tasks import registry, stack, synthetic
 
@@ -75,7 +81,7 @@ def test_retraining_adds_labelled_traffic_keeps_the_gate_rows_apart_and_records_
     assert 0.6 * 4000 < source_train < 0.8 * 4000  # the source's training split, plus them
     versions = registry.list_versions(root=home, model="churn")
 
-    again = retraining(config=str(config), event_id="evt-1", model="churn")
+    again = retraining(config=str(config), event_id="evt-1", model="churn", request_id="r1")
     assert again["decision"] == "skipped"
     assert "handled already" in again["reason"]
     other = retraining(config=str(config), event_id="evt-2", model="someone-else")
@@ -84,37 +90,6 @@ def test_retraining_adds_labelled_traffic_keeps_the_gate_rows_apart_and_records_
 
 
 # The loop on a real stack ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def api(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"{url}{path}", data=data, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with opener.open(request, timeout=10) as resp:
-            return json.loads(resp.read().decode() or "null")
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
-
-
-def wait_for(what: str, check: Any, *, timeout_s: float, every_s: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 EMIT = """
@@ -142,12 +117,6 @@ parameters = json.loads(sys.argv[1])
 run = run_deployment("retraining/retraining", parameters=parameters, timeout=300)
 print(json.dumps({"state": run.state.type.value if run.state else None}))
 """
-TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-
-
-def runs_of(url: str, deployment_id: str, **flow_runs: Any) -> list[dict[str, Any]]:
-    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}, **flow_runs}}
-    return list(api(url, "/flow_runs/filter", body) or [])
 
 
 def test_a_retrain_request_starts_the_retraining_deployment_by_itself_once_per_event(

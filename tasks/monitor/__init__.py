@@ -17,8 +17,10 @@ The package, bottom up (each module imports only those above it in this list):
 - `window`: the window of traffic, its labels, seeded samples, the rows Serve logs;
 - `drift`: Evidently's DataDriftPreset and ValueDrift, read back as one row per column;
 - `quality`: measured quality with a bootstrap CI, CBPE estimates, the decay rule;
-- `governor`: data quality, min rows, retrain_on, M of N, cooldown; its state on disk; event
-  claims (dedupe);
+- `requests`: the retraining's record of each request (claimed once, ended once) and the lock;
+- `governor`: open requests, data quality, min rows, retrain_on, M of N (fresh rows only), after
+  an unsuccessful retraining new labels and a back-off, cooldown; its state on disk; what became
+  of each request, read back;
 - `checks`: the champion judged, its outputs, the data-quality check, quality on a window;
 - `reports`: the pass's result, its reports, Prefect artifacts and events;
 - `prefect_tasks`: the pass's steps as Prefect tasks (flows/monitoring.py wires them);
@@ -43,20 +45,23 @@ from tasks.monitor.governor import (
     Decision,
     Signals,
     State,
-    claim_event,
     decide,
     govern,
     load_state,
+    mark_sent,
+    reconcile,
 )
 from tasks.monitor.prefect_tasks import (
     champion_task,
-    claim_event_task,
+    claim_task,
     data_quality_task,
     drift_task,
     feedback_task,
+    finish_task,
     govern_task,
     publish_task,
     quality_task,
+    run_is_alive,
     window_task,
 )
 from tasks.monitor.quality import (
@@ -84,8 +89,7 @@ __all__ = [
     "champion_ref",
     "champion_task",
     "check_data",
-    "claim_event",
-    "claim_event_task",
+    "claim_task",
     "conform",
     "data_quality_task",
     "decide",
@@ -95,6 +99,7 @@ __all__ = [
     "expected_accuracy",
     "expected_roc_auc",
     "feedback_task",
+    "finish_task",
     "govern",
     "govern_task",
     "judge_quality",
@@ -102,12 +107,15 @@ __all__ = [
     "load_champion",
     "load_state",
     "logged_rows",
+    "mark_sent",
     "measured",
     "probability_columns",
     "publish",
     "publish_task",
     "quality_task",
     "read_window",
+    "reconcile",
+    "run_is_alive",
     "sample",
     "split_feedback",
     "verdict",

@@ -1,41 +1,57 @@
-"""The retrain governor: between a monitoring signal and a retraining run, it decides and says why.
+"""The retrain governor: between a monitoring signal and a retraining run, it decides, says why,
+and remembers what became of each request.
 
     decision = govern(home=home, model="churn", signals=signals, config=settings.monitoring)
     decision.action, decision.reason          # "retrain" | "hold", one line for people
+    decision.needs_attention                  # "needs attention: v5 rejected: ..." or None
 
 What it weighs, in order (the first that holds decides):
-1. data quality: a window whose data breaks its contract (missing values, unseen categories, a
-   schema break) holds: retraining would learn the breakage; fix the feed.
-2. enough rows: fewer than `min_rows` in the window give no verdict.
-3. the signal `retrain_on` asks for (see `MonitoringConfig`): drift, decay, or decay backed by
+1. a request still open: one whose event was never confirmed delivered, or whose retraining
+   crashed, is sent again under its own id (the retraining's claim keeps it to one run); one in
+   flight holds every other decision until it ends.
+2. data quality: a window whose data breaks its contract (missing values, unseen categories, a
+   schema break, outliers past their share) holds: retraining would learn the breakage.
+3. enough rows: fewer than `min_rows` in the window give no verdict.
+4. the signal `retrain_on` asks for (see `MonitoringConfig`): drift, decay, or decay backed by
    drift or by labels.
-4. M of N: the signal in `windows_needed` of the last `windows_considered` windows judged for the
-   current champion (the same window judged twice counts once; a new champion starts afresh).
-5. cooldown: none within `cooldown_hours` of the model's last request.
-Then it requests a retraining. Its state (the windows judged, the requests made) is one JSON file
-per model under `<home>/monitor/<model>/`, written atomically, so cooldown and M-of-N survive a
-restart of anything. `claim_event` makes the retraining flow idempotent: Prefect delivers an event
-at least once, and a second delivery of one event id does nothing.
+5. M of N: the signal in `windows_needed` of the last `windows_considered` windows judged for the
+   current champion, where a window counts only with `min_rows` rows no counted window before it
+   judged (passes an hour apart over 24 hours of traffic are one window's evidence, not many).
+6. after a retraining that was rejected or failed (for this champion): it needs attention, and
+   asks again only once `min_labelled_rows` new labels arrived and a back-off has passed (the
+   cooldown, doubled for each unsuccessful request in a row).
+7. cooldown: none within `cooldown_hours` of the model's last request.
+Then it requests a retraining. A request is `pending` until the monitor confirms its event reached
+the Prefect server (`mark_sent`), then `sent`; the retraining's record (`tasks.monitor.requests`)
+makes it `running`, then `promoted`, `rejected` or `failed`; a run that died holding it is
+`crashed` (sent again). The state is one JSON file per model under `<home>/monitor/<model>/`,
+written atomically under a lock, so all of it survives a restart of anything.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from tasks import files
+from tasks.monitor import requests
 from tasks.monitor.quality import Quality
 from tasks.settings import MonitoringConfig
 
 Action = Literal["retrain", "hold"]
-STATE_FILE, LOCK_FILE, EVENTS_DIR = "governor.json", ".lock", "events"
+STATE_FILE = "governor.json"
 KEEP = 100  # windows and requests kept in the state file
+OPEN = ("pending", "sent", "running", "crashed")  # a request no retraining has ended yet
+UNSUCCESSFUL = ("rejected", "failed")
+_EVENT_IDS = uuid.UUID("5c1d3f0e-6f39-4a43-9a0e-8d2b4c7e9f10")  # namespace of the events' ids
+
+
+def _all_rows(rows: int) -> Callable[[datetime | None], int]:
+    return lambda moment: rows
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,15 @@ class Signals:
     prediction_drift: bool
     quality: Quality
     data_problems: list[str] = field(default_factory=list)  # validation's problem kinds
+    # rows of the window predicted after a time, labels received after a time (`Window`'s)
+    rows_after: Callable[[datetime | None], int] | None = None
+    labels_after: Callable[[datetime | None], int] | None = None
+
+    def fresh_rows(self, moment: datetime | None) -> int:
+        return (self.rows_after or _all_rows(self.rows))(moment)
+
+    def new_labels(self, moment: datetime | None) -> int:
+        return (self.labels_after or _all_rows(self.quality.rows))(moment)
 
 
 @dataclass(frozen=True)
@@ -64,13 +89,34 @@ class Decision:
     windows_with_signal: int
     windows_judged: int
     request_id: str | None = None  # set on a retrain: the request's own id
+    attempt: int = 1  # the request's delivery attempt (a crashed or lost one is sent again)
+    resend: bool = False  # a request decided earlier, sent again
     cooldown_until: datetime | None = None
+    needs_attention: str | None = None  # a retraining that did not help, until one does
+    outcome: dict[str, Any] | None = None  # what this pass learned became of the last request
+    undeliverable: bool = False  # a retrain was due but no Prefect server could take it
+    counted: bool = True  # whether this window counts toward M of N (new rows enough)
+    fresh_rows: int = 0  # rows of this window no counted window judged before
     decided_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def event_id(self) -> uuid.UUID | None:
+        """The id of this request's event at this attempt: the same id when re-sent after a
+        lost delivery (the server keeps an event once), a new one after a crash."""
+        if self.request_id is None:
+            return None
+        return uuid.uuid5(_EVENT_IDS, f"{self.request_id}:{self.attempt}")
+
+    @property
+    def attention_is_new(self) -> bool:
+        """This pass learned that the last request's retraining did not help."""
+        return self.outcome is not None and self.outcome.get("status") in UNSUCCESSFUL
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         for key in ("cooldown_until", "decided_at"):
             out[key] = out[key].isoformat() if out[key] else None
+        out["event_id"] = str(self.event_id) if self.event_id else None
         return out
 
 
@@ -91,51 +137,81 @@ class State:
             {"windows": self.windows[-KEEP:], "requests": self.requests[-KEEP:]}, indent=1
         )
 
+    @property
+    def last(self) -> dict[str, Any] | None:
+        """The newest request (a request from before requests had a status counts as sent)."""
+        return self.requests[-1] if self.requests else None
+
     def last_request_at(self) -> datetime | None:
-        return datetime.fromisoformat(self.requests[-1]["at"]) if self.requests else None
+        last = self.last
+        return _time(last.get("sent_at") or last["at"]) if last else None
+
+    def with_request(self, entry: dict[str, Any]) -> State:
+        """The state with `entry` replacing the request of its id, or added."""
+        kept = [r for r in self.requests if r.get("request_id") != entry["request_id"]]
+        return replace(self, requests=[*kept, entry])
 
 
 # Deciding (pure: the state in, the decision and the new state out) ------------------------------
 
 
 def decide(
-    signals: Signals, *, state: State, config: MonitoringConfig, now: datetime
+    signals: Signals,
+    *,
+    state: State,
+    config: MonitoringConfig,
+    now: datetime,
+    can_deliver: bool = True,
 ) -> tuple[Decision, State]:
-    """The governor's decision on one window, and the state that remembers it."""
+    """The governor's decision on one window, and the state that remembers it. `can_deliver`:
+    a Prefect server can take a request now (without one, a due request is not recorded)."""
     signal, why = _signal(signals, config)
     blocked = _blocked(signals, config)
-    windows = _with_window(state.windows, signals, signal=signal and blocked is None, now=now)
-    recent = [w for w in windows if w["champion"] == signals.champion][-config.windows_considered :]
+    windows = _with_window(
+        state.windows, signals, signal=signal and blocked is None, config=config, now=now
+    )
+    this = windows[-1]
+    recent = [w for w in windows if w["champion"] == signals.champion and w.get("counted", True)]
+    recent = recent[-config.windows_considered :]
     count = sum(bool(w["signal"]) for w in recent)
     facts: dict[str, Any] = {
         "windows_with_signal": count,
         "windows_judged": len(recent),
         "signal": signal,
+        "counted": this["counted"],
+        "fresh_rows": this["fresh"],
+        "needs_attention": _attention(state.last, champion=signals.champion),
     }
-    if blocked is not None:
+    follow_up = _follow_up(state.last, signals=signals, config=config, now=now, facts=facts)
+    if follow_up is not None:
+        decision = follow_up
+    elif blocked is not None:
         decision = Decision(action="hold", reason=blocked, reasons=[blocked, *why], **facts)
     elif not signal:
         decision = Decision(action="hold", reason=why[0], reasons=why, **facts)
     elif count < config.windows_needed:
-        reason = (
-            f"{why[0]}; seen in {count} of the last {len(recent)} window(s), "
-            f"{config.windows_needed} of {config.windows_considered} needed"
-        )
+        needed = f"{config.windows_needed} of {config.windows_considered} needed"
+        reason = f"{why[0]}; {_seen(facts, config)}, {needed}"
         decision = Decision(action="hold", reason=reason, reasons=why, **facts)
+    elif (wait := _waiting(state, signals=signals, config=config, now=now)) is not None:
+        reason = f"{facts['needs_attention']}; {wait}"
+        decision = Decision(action="hold", reason=reason, reasons=[reason, *why], **facts)
     else:
         decision = _cooldown_or_request(why, state=state, config=config, now=now, facts=facts)
-    windows[-1] = {**windows[-1], "decision": decision.action, "reason": decision.reason}
-    requests = list(state.requests)
-    if decision.action == "retrain":
-        requests.append(
-            {
-                "at": now.isoformat(),
-                "request_id": decision.request_id,
-                "champion": signals.champion,
-                "reasons": decision.reasons,
-            }
+    if decision.action == "retrain" and not can_deliver:
+        reason = (
+            f"a retraining is due ({decision.reason}), but no Prefect server is reachable to "
+            "deliver the request: nothing recorded; start the stack (driftloop up) or set "
+            "PREFECT_API_URL"
         )
-    return replace(decision, decided_at=now), State(windows=windows, requests=requests)
+        decision = replace(
+            decision, action="hold", reason=reason, request_id=None, undeliverable=True
+        )
+    windows[-1] = {**this, "decision": decision.action, "reason": decision.reason}
+    new_state = replace(state, windows=windows)
+    if decision.action == "retrain":
+        new_state = new_state.with_request(_request_entry(decision, state, signals, now))
+    return replace(decision, decided_at=now), new_state
 
 
 def _signal(signals: Signals, config: MonitoringConfig) -> tuple[bool, list[str]]:
@@ -189,11 +265,17 @@ def _blocked(signals: Signals, config: MonitoringConfig) -> str | None:
 
 
 def _with_window(
-    windows: list[dict[str, Any]], signals: Signals, *, signal: bool, now: datetime
+    windows: list[dict[str, Any]],
+    signals: Signals,
+    *,
+    signal: bool,
+    config: MonitoringConfig,
+    now: datetime,
 ) -> list[dict[str, Any]]:
-    """The windows with this one added, or replacing an earlier judgment of the same window."""
+    """The windows with this one added (or replacing an earlier judgment of the same window).
+    It counts toward M of N only with `min_rows` rows newer than the last counted window's."""
     end = signals.window_end.isoformat() if signals.window_end else None
-    entry = {
+    entry: dict[str, Any] = {
         "end": end,
         "rows": signals.rows,
         "champion": signals.champion,
@@ -205,12 +287,105 @@ def _with_window(
         out
         and end is not None
         and out[-1]["end"] == end
-        and out[-1]["champion"] == signals.champion
+        and out[-1]["champion"] == entry["champion"]
     ):
-        out[-1] = entry
-    else:
-        out.append(entry)
+        previous = out[-1]  # the same window judged again: it counts as it did
+        out[-1] = {**entry, "fresh": previous.get("fresh", signals.rows),
+                   "counted": previous.get("counted", True)}  # fmt: skip
+        return out
+    counted = [w for w in out if w["champion"] == signals.champion and w.get("counted", True)]
+    since = _time(counted[-1]["end"]) if counted and counted[-1]["end"] else None
+    fresh = signals.fresh_rows(since) if counted else signals.rows
+    out.append({**entry, "fresh": fresh, "counted": fresh >= config.min_rows})
     return out
+
+
+def _seen(facts: dict[str, Any], config: MonitoringConfig) -> str:
+    seen = f"seen in {facts['windows_with_signal']} of the last {facts['windows_judged']} window(s)"
+    if not facts["counted"]:
+        seen += (
+            f" (this pass adds only {facts['fresh_rows']:,} rows no counted window judged, "
+            f"< monitoring.min_rows {config.min_rows:,}: the same evidence counts once)"
+        )
+    return seen
+
+
+def _follow_up(
+    last: dict[str, Any] | None,
+    *,
+    signals: Signals,
+    config: MonitoringConfig,
+    now: datetime,
+    facts: dict[str, Any],
+) -> Decision | None:
+    """What an open request asks of this pass: send it again, or wait for it (None: nothing
+    is open, or it was for another champion and never delivered)."""
+    status = None if last is None else last.get("status", "legacy")
+    if last is None or status not in OPEN:
+        return None
+    rid, at = last["request_id"], _time(last["at"])
+    ask = f"request {rid[:8]} of {at:%Y-%m-%d %H:%M} UTC"
+    if status in ("pending", "crashed") and last["champion"] != signals.champion:
+        return None  # a new champion serves: that request is moot (see `_request_entry`)
+    again: dict[str, Any] = {"action": "retrain", "request_id": rid, "resend": True, **facts}
+    attempt = int(last.get("attempt", 1))
+    if status == "pending":
+        reason = f"re-sending {ask}: its event was not confirmed delivered"
+        return Decision(reason=reason, reasons=[reason, *last["reasons"]], attempt=attempt, **again)
+    if status == "crashed":
+        reason = f"the retraining of {ask} ended without an outcome (flow run " \
+                 f"{last.get('flow_run_id')}): sending it again"  # fmt: skip
+        return Decision(reason=reason, reasons=[reason, *last["reasons"]], attempt=attempt + 1,
+                        **again)  # fmt: skip
+    sent = _time(last.get("sent_at") or last["at"])
+    patience = timedelta(hours=max(config.cooldown_hours, 1.0))
+    if status == "sent" and now - sent > patience:
+        reason = (
+            f"{ask} was delivered at {sent:%H:%M} UTC but no retraining claimed it within "
+            f"{patience.total_seconds() / 3600:g} h: sending it again"
+        )
+        return Decision(reason=reason, reasons=[reason, *last["reasons"]], attempt=attempt + 1,
+                        **again)  # fmt: skip
+    reason = f"a retraining is in flight for {ask} ({status})"
+    return Decision(action="hold", reason=reason, reasons=[reason], **facts)
+
+
+def _attention(last: dict[str, Any] | None, *, champion: int) -> str | None:
+    """Why the last retraining (asked of this champion) did not help, or None."""
+    if last is None or last.get("status") not in UNSUCCESSFUL or last["champion"] != champion:
+        return None
+    detail = str(last.get("detail") or "no detail recorded")
+    if last["status"] == "rejected":
+        return f"needs attention: v{last.get('version')} rejected: {detail}"
+    return f"needs attention: the retraining failed: {detail}"
+
+
+def _waiting(
+    state: State, *, signals: Signals, config: MonitoringConfig, now: datetime
+) -> str | None:
+    """After an unsuccessful retraining: what it waits for before asking again (None: asks)."""
+    last = state.last
+    if last is None or _attention(last, champion=signals.champion) is None:
+        return None
+    ended = _time(last.get("ended_at") or last["at"])
+    new = signals.new_labels(ended)
+    if new < config.min_labelled_rows:
+        return (
+            f"asks again once {config.min_labelled_rows:,} new labels arrived "
+            f"({new:,} since {ended:%Y-%m-%d %H:%M} UTC)"
+        )
+    streak = 0
+    for request in reversed(state.requests):
+        if request.get("status") not in UNSUCCESSFUL or request["champion"] != signals.champion:
+            break
+        streak += 1
+    until = ended + timedelta(hours=config.cooldown_hours * 2 ** (streak - 1))
+    if now < until:
+        return (
+            f"backing off after {streak} unsuccessful retraining(s) until "
+            f"{until:%Y-%m-%d %H:%M} UTC"
+        )
+    return None
 
 
 def _cooldown_or_request(
@@ -224,7 +399,7 @@ def _cooldown_or_request(
             f"UTC, next possible after {until:%Y-%m-%d %H:%M} UTC"
         )
         return Decision(action="hold", reason=reason, reasons=why, cooldown_until=until, **facts)
-    seen = f"seen in {facts['windows_with_signal']} of the last {facts['windows_judged']} window(s)"
+    seen = _seen(facts, config)
     return Decision(
         action="retrain",
         reason=f"{why[0]}; {seen}",
@@ -234,19 +409,62 @@ def _cooldown_or_request(
     )
 
 
+def _request_entry(
+    decision: Decision, state: State, signals: Signals, now: datetime
+) -> dict[str, Any]:
+    """The request as the state keeps it: new, or the open one sent again."""
+    found = next((r for r in state.requests if r.get("request_id") == decision.request_id), None)
+    base = found or {
+        "request_id": decision.request_id,
+        "at": now.isoformat(),
+        "champion": signals.champion,
+        "reasons": decision.reasons,
+    }
+    return {**base, "status": "pending", "attempt": decision.attempt,
+            "event_id": str(decision.event_id), "decided_at": now.isoformat()}  # fmt: skip
+
+
+# What became of the requests: the retraining's records, read back ------------------------------
+
+
+def reconcile(
+    state: State, *, home: str, model: str, is_alive: Callable[[str], bool] | None = None
+) -> tuple[State, dict[str, Any] | None]:
+    """The state with the last request's status from its retraining's record; and that
+    record when this call is how the governor learns the request ended (else None). A record
+    `running` in a run that is no longer alive is a crash."""
+    last = state.last
+    if last is None or last.get("status", "legacy") not in OPEN:
+        return state, None
+    record = requests.read_record(home=home, model=model, key=last["request_id"])
+    if record is None:
+        return state, None
+    status = record.get("status")
+    if status == "running":
+        holder = str(record.get("flow_run_id"))
+        dead = is_alive is not None and not is_alive(holder)
+        entry = {**last, "status": "crashed" if dead else "running", "flow_run_id": holder}
+        return state.with_request(entry), None
+    entry = {**last, "status": status, "version": record.get("version"),
+             "detail": record.get("detail"), "ended_at": record.get("ended_at"),
+             "flow_run_id": record.get("flow_run_id")}  # fmt: skip
+    return state.with_request(entry), dict(record)
+
+
 # The state on disk (or a bucket) ----------------------------------------------------------------
-
-
-def folder(home: str, model: str) -> str:
-    """`<home>/monitor/<model>`: the governor's state, its lock and its claimed events."""
-    return files.join(home, "monitor", model)
 
 
 def load_state(*, home: str, model: str) -> State:
     try:
-        return State.from_json(files.read_text(files.join(folder(home, model), STATE_FILE)))
+        return State.from_json(
+            files.read_text(files.join(requests.folder(home, model), STATE_FILE))
+        )
     except FileNotFoundError:
         return State()
+
+
+def _save(state: State, *, home: str, model: str) -> None:
+    files.write_atomic(files.join(requests.folder(home, model), STATE_FILE), state.to_json())
 
 
 def govern(
@@ -256,53 +474,38 @@ def govern(
     signals: Signals,
     config: MonitoringConfig,
     now: datetime | None = None,
+    is_alive: Callable[[str], bool] | None = None,
+    can_deliver: bool = True,
 ) -> Decision:
-    """Decide on one window and remember it, under the model's lock (local homes; on a bucket
-    the monitor deployment's concurrency limit of 1 keeps passes apart)."""
+    """Learn what became of the last request, decide on one window, and remember both, under
+    the model's lock (local homes; on a bucket the monitor deployment's concurrency limit of 1
+    keeps passes apart)."""
     now = now or datetime.now(timezone.utc)
-    with _locked(home, model):
-        decision, state = decide(
-            signals, state=load_state(home=home, model=model), config=config, now=now
+    with requests.locked(home, model):
+        state, outcome = reconcile(
+            load_state(home=home, model=model), home=home, model=model, is_alive=is_alive
         )
-        files.write_atomic(files.join(folder(home, model), STATE_FILE), state.to_json())
-    return decision
+        decision, state = decide(
+            signals, state=state, config=config, now=now, can_deliver=can_deliver
+        )
+        _save(state, home=home, model=model)
+    return replace(decision, outcome=outcome)
 
 
-def claim_event(*, home: str, model: str, event_id: str, record: dict[str, Any]) -> bool:
-    """Claim an event for this run: True the first time an id is claimed, False after (a
-    second delivery of the same event). Locally an exclusive create; on a bucket a check then a
-    write, safe because the retraining deployment runs one at a time."""
-    safe = "".join(ch for ch in event_id if ch.isalnum() or ch in "-_") or "event"
-    location = files.join(folder(home, model), EVENTS_DIR, f"{safe}.json")
-    body = json.dumps({"event_id": event_id, **record}, default=str)
-    fs, path = files.resolve(location)
-    if not files.is_local(fs):
-        if files.exists(location):
-            return False
-        files.write_atomic(location, body)
-        return True
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as out:
-        out.write(body)
-    return True
+def mark_sent(
+    *, home: str, model: str, request_id: str, event_id: str, now: datetime | None = None
+) -> None:
+    """The request's event reached the Prefect server: from `now` on it is `sent`, and the
+    cooldown counts from there."""
+    with requests.locked(home, model):
+        state = load_state(home=home, model=model)
+        found = next((r for r in state.requests if r.get("request_id") == request_id), None)
+        if found is None or found.get("status") != "pending":
+            return
+        at = now or datetime.now(timezone.utc)
+        sent = {**found, "status": "sent", "event_id": event_id, "sent_at": at.isoformat()}
+        _save(state.with_request(sent), home=home, model=model)
 
 
-@contextlib.contextmanager
-def _locked(home: str, model: str) -> Iterator[None]:
-    fs, path = files.resolve(folder(home, model))
-    if not files.is_local(fs):
-        yield
-        return
-    import fcntl
-
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, LOCK_FILE), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)

@@ -9,6 +9,7 @@ result = publish_task(result, settings=settings)
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import files, registry, validation
 from tasks.model import load_model
-from tasks.monitor import checks, governor, reports
+from tasks.monitor import checks, governor, reports, requests
 from tasks.monitor.drift import DriftResult, detect_drift
 from tasks.monitor.feedback import split_feedback
 from tasks.monitor.governor import Decision, Signals
@@ -38,8 +39,8 @@ def champion_task(settings: Settings) -> checks.Champion:
 def window_task(
     settings: Settings, *, champion: checks.Champion, now: datetime | None = None
 ) -> Window:
-    """The window of the prediction log (only the needed columns), labels joined, sampled; its
-    outliers set apart."""
+    """The window of the prediction log the champion answered (only the needed columns), labels
+    joined, sampled; its outliers set apart."""
     window = read_window(
         home=settings.home,
         model=settings.dataset.name,
@@ -47,6 +48,7 @@ def window_task(
         target=settings.dataset.target,
         config=settings.monitoring,
         now=now,
+        version=champion.version,
     )
     window = checks.without_outliers(window, champion=champion, settings=settings)
     logger = get_run_logger()
@@ -102,7 +104,11 @@ def govern_task(
     data_quality: validation.ValidationReport | None,
     now: datetime | None = None,
 ) -> Decision:
-    """Retrain or hold, and why (logged, and kept in the governor's state)."""
+    """Retrain or hold, and why (logged, and kept in the governor's state). What became of the
+    last request is read back first; a request is recorded only where a Prefect server (not a
+    temporary one of this process) can take it."""
+    from prefect.settings import get_current_settings
+
     signals = Signals(
         window_end=window.end,
         rows=window.rows,
@@ -113,6 +119,8 @@ def govern_task(
         prediction_drift=drift.prediction_drift,
         quality=quality,
         data_problems=checks.data_problems(window, data_quality),
+        rows_after=window.rows_after,
+        labels_after=window.labels_after,
     )
     decision = governor.govern(
         home=settings.home,
@@ -120,8 +128,16 @@ def govern_task(
         signals=signals,
         config=settings.monitoring,
         now=now,
+        is_alive=run_is_alive,
+        can_deliver=get_current_settings().api.url is not None,
     )
-    get_run_logger().info("governor: %s: %s", decision.action, decision.reason)
+    logger = get_run_logger()
+    if decision.outcome is not None:
+        outcome = decision.outcome
+        logger.info("request %s: %s", outcome.get("request"), outcome.get("status"))
+    logger.info("governor: %s: %s", decision.action, decision.reason)
+    if decision.needs_attention:
+        logger.warning(decision.needs_attention)
     return decision
 
 
@@ -134,15 +150,51 @@ def publish_task(result: reports.MonitorResult, *, settings: Settings) -> report
 # The retraining flow's steps ---------------------------------------------------------------------
 
 
-@task(name="claim-event", cache_policy=NO_CACHE)
-def claim_event_task(*, settings: Settings, event_id: str, record: dict[str, Any]) -> bool:
-    """True the first time this event id starts a retraining; False for a second delivery."""
-    claimed = governor.claim_event(
-        home=settings.home, model=settings.dataset.name, event_id=event_id, record=record
-    )
-    if not claimed:
-        get_run_logger().warning("event %s was handled already: nothing to do", event_id)
-    return claimed
+@task(name="claim-request", cache_policy=NO_CACHE)
+def claim_task(*, settings: Settings, key: str, record: dict[str, Any]) -> requests.Claim:
+    """Claim a retrain request for this run: `claimed` the first time (or after a run that
+    died holding it), `done` once a run ended it, `busy` while a live run holds it."""
+    from prefect.runtime import flow_run
+
+    found, held = requests.claim(
+        home=settings.home, model=settings.dataset.name, key=key,
+        run_id=str(flow_run.get_id() or "local"), record=record, is_alive=run_is_alive,
+    )  # fmt: skip
+    if found != "claimed":
+        get_run_logger().warning("request %s: %s (%s): nothing to do", key, found,
+                                 held.get("status"))  # fmt: skip
+    return found
+
+
+@task(name="record-outcome", cache_policy=NO_CACHE)
+def finish_task(
+    *, settings: Settings, key: str, status: requests.Ended, version: int | None, detail: str
+) -> None:
+    """What the retraining did with the request, for the governor to read back."""
+    requests.finish(home=settings.home, model=settings.dataset.name, key=key, status=status,
+                    version=version, detail=detail)  # fmt: skip
+    get_run_logger().info("request %s: %s%s", key, status,
+                          f" (v{version})" if version is not None else "")  # fmt: skip
+
+
+def run_is_alive(run_id: str) -> bool:
+    """Whether the flow run `run_id` may still be running (not in a final state); True where
+    Prefect cannot say, so a request is never retrained twice at once."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        key = uuid.UUID(run_id)
+    except ValueError:
+        return False  # not a Prefect run's id: a run outside Prefect, long gone
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_flow_run(key)
+    except ObjectNotFound:
+        return False
+    except Exception:
+        return True
+    return found.state is None or not found.state.is_final()
 
 
 @task(name="labelled-traffic-for-retraining", cache_policy=NO_CACHE)

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tasks import artifacts, events, files, validation
-from tasks.monitor import checks
+from tasks.monitor import checks, governor
 from tasks.monitor.drift import DriftResult
 from tasks.monitor.governor import Decision
 from tasks.monitor.quality import Quality
@@ -46,6 +46,7 @@ class MonitorResult:
     decision: Decision
     directory: str | None = None  # the pass's report folder
     events: list[str] = field(default_factory=list)  # ids of the events emitted
+    delivered: bool | None = None  # the retrain request's event confirmed on the server
     checked_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     @property
@@ -86,6 +87,14 @@ class MonitorResult:
             },
             "decision": self.decision.action,
             "reason": self.decision.reason,
+            "needs_attention": self.decision.needs_attention,
+            "request": None
+            if self.decision.request_id is None
+            else {
+                "id": self.decision.request_id,
+                "delivered": self.delivered,
+                "resent": self.decision.resend,
+            },
             "governor": self.decision.to_dict(),
             "report": self.report_html,
             "directory": self.directory,
@@ -123,6 +132,14 @@ def verdict(found: Mapping[str, Any]) -> list[str]:
         + "".join(f"; {f}" for f in findings),
         f"decision: {found['decision'].upper()}: {found['reason']}",
     ]
+    request = found.get("request")
+    if request and request["delivered"] is False:
+        lines.append(
+            f"request {request['id'][:8]}: its event was not confirmed by the Prefect server; "
+            "the next pass sends it again"
+        )
+    if found.get("needs_attention") and found["needs_attention"] not in found["reason"]:
+        lines.append(found["needs_attention"])
     if found.get("report"):
         lines.append(f"report: {found['report']}")
     return lines
@@ -150,11 +167,12 @@ def write_reports(result: MonitorResult, *, home: str) -> str:
 
 
 def publish(result: MonitorResult, *, home: str, emit: bool = True) -> MonitorResult:
-    """Everything a pass leaves: the events (naming the report's place), the reports, the
-    Prefect artifacts."""
+    """Everything a pass leaves: the events (naming the report's place), the retrain request
+    confirmed delivered (then `sent` in the governor's state), the reports, the artifacts."""
     result.directory = report_folder(home, result.model, result.checked_at)
     if emit:
         emit_events(result)
+        result.delivered = deliver(result, home=home)
     write_reports(result, home=home)
     publish_artifacts(result)
     return result
@@ -229,15 +247,29 @@ def emit_events(result: MonitorResult) -> list[str]:
             },
         )
         sent += [str(event.id)] if event is not None else []
-    if result.decision.action == "retrain":
+    decision = result.decision
+    if decision.attention_is_new:
         event = events.emit(
-            events.RETRAIN_REQUESTED,
+            events.RETRAIN_NEEDS_ATTENTION,
             model=result.model,
             payload={
                 "champion": result.champion,
-                "request_id": result.decision.request_id,
-                "reason": result.decision.reason,
-                "reasons": result.decision.reasons,
+                "needs_attention": decision.needs_attention,
+                "outcome": decision.outcome,
+            },
+        )
+        sent += [str(event.id)] if event is not None else []
+    if decision.action == "retrain":
+        event = events.emit(
+            events.RETRAIN_REQUESTED,
+            model=result.model,
+            id=decision.event_id,
+            payload={
+                "champion": result.champion,
+                "request_id": decision.request_id,
+                "attempt": decision.attempt,
+                "reason": decision.reason,
+                "reasons": decision.reasons,
                 "drift": d.drift,
                 "drifted_features": d.drifted_features,
                 "quality": result.quality.to_dict(),
@@ -248,6 +280,19 @@ def emit_events(result: MonitorResult) -> list[str]:
         sent += [str(event.id)] if event is not None else []
     result.events = sent
     return sent
+
+
+def deliver(result: MonitorResult, *, home: str) -> bool | None:
+    """For a retrain decision: whether its event reached the Prefect server (then the request
+    is `sent`; else it stays pending and the next pass sends it again). None: no request."""
+    decision = result.decision
+    if decision.action != "retrain" or decision.request_id is None or decision.event_id is None:
+        return None
+    if not events.confirm(decision.event_id):
+        return False
+    governor.mark_sent(home=home, model=result.model, request_id=decision.request_id,
+                       event_id=str(decision.event_id), now=decision.decided_at)  # fmt: skip
+    return True
 
 
 def _url(location: str | None) -> str:

@@ -12,7 +12,7 @@ time), only the day folders the window reaches are opened, and the rows are samp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -39,24 +39,50 @@ class Window:
     # rows of the sample with a value far outside the champion's training range, left out of
     # `table` (drift and data quality judge the rest); None: not looked for yet
     outliers: Outliers | None = None
+    version: int | None = None  # only the rows this model version answered (None: every row)
+    # every row's predicted_at and every label's received_at (UTC microseconds, sorted): how
+    # much of the window, and of its labels, is newer than a time the governor remembers
+    row_times: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
+    label_times: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
+
+    def rows_after(self, moment: datetime | None) -> int:
+        """Rows of the window predicted after `moment` (all of them for None)."""
+        return _after(self.row_times, moment)
+
+    def labels_after(self, moment: datetime | None) -> int:
+        """Labels of the window's rows received after `moment` (all of them for None)."""
+        return _after(self.label_times, moment)
 
     def describe(self) -> str:
         """For people: how many rows, over which span."""
         if self.start is None or self.end is None:
             return "no rows"
         span = f"{self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC"
-        return f"{self.rows:,} rows ({self.labelled:,} labelled), {span}"
+        which = f" answered by v{self.version}" if self.version is not None else ""
+        return f"{self.rows:,} rows{which} ({self.labelled:,} labelled), {span}"
 
     def to_dict(self) -> dict[str, object]:
         return {
             "rows": self.rows,
             "labelled": self.labelled,
             "sampled": self.table.num_rows,
+            "version": self.version,
             "start": self.start.isoformat() if self.start else None,
             "end": self.end.isoformat() if self.end else None,
             "since": self.since.isoformat() if self.since else None,
             "outliers": self.outliers.to_dict() if self.outliers else None,
         }
+
+
+def micros(moment: datetime) -> int:
+    """A time as UTC microseconds since the epoch (how `Window` keeps its times)."""
+    return int(moment.timestamp() * 1_000_000)
+
+
+def _after(times: np.ndarray, moment: datetime | None) -> int:
+    if moment is None:
+        return len(times)
+    return len(times) - int(np.searchsorted(times, micros(moment), side="right"))
 
 
 def probability_columns(classes: Sequence[object] | None) -> list[str]:
@@ -72,19 +98,24 @@ def read_window(
     target: str,
     config: MonitoringConfig,
     now: datetime | None = None,
+    version: int | None = None,
 ) -> Window:
     """The window of the prediction log: the last `window_hours` (and/or the newest
-    `window_rows` rows), with the labels that have arrived for it as `target`, sampled to
-    `sample_rows` rows (seeded, so the same window always gives the same sample)."""
+    `window_rows` rows) that `version` answered (every version's for None), with the labels that
+    have arrived for it as `target`, sampled to `sample_rows` rows (seeded, so the same window
+    always gives the same sample)."""
     now = now or datetime.now(timezone.utc)
     since = None if config.window_hours is None else now - timedelta(hours=config.window_hours)
     needed = [traffic.REQUEST_ID, traffic.PREDICTED_AT, MODEL_VERSION, *features]
     served = traffic.read(home=home, model=model, kind="predictions", columns=needed, since=since)
+    if served is not None and version is not None and MODEL_VERSION in served.column_names:
+        served = served.filter(pc.equal(served[MODEL_VERSION], version))
     if served is None or served.num_rows == 0:
         empty = pa.table({})
         return Window(
-            table=empty, labelled_table=empty, rows=0, labelled=0, start=None, end=None, since=since
-        )
+            table=empty, labelled_table=empty, rows=0, labelled=0, start=None, end=None,
+            since=since, version=version,
+        )  # fmt: skip
     if config.window_rows is not None and served.num_rows > config.window_rows:
         ordered = served.sort_by(traffic.PREDICTED_AT)
         served = ordered.slice(ordered.num_rows - config.window_rows)
@@ -103,11 +134,17 @@ def read_window(
         start=pc.min(times).as_py(),
         end=pc.max(times).as_py(),
         since=since,
+        version=version,
+        row_times=_sorted_micros(times),
+        label_times=_sorted_micros(labelled[traffic.RECEIVED_AT])
+        if traffic.RECEIVED_AT in labelled.column_names
+        else np.empty(0, np.int64),
     )
 
 
 def with_labels(served: pa.Table, *, home: str, model: str, target: str) -> pa.Table:
-    """`served` with the newest label of each request id as `target` (null where none came)."""
+    """`served` with the newest label of each request id as `target` (null where none came)
+    and the time it was received (`received_at`)."""
     labels = traffic.read(
         home=home,
         model=model,
@@ -116,19 +153,18 @@ def with_labels(served: pa.Table, *, home: str, model: str, target: str) -> pa.T
     )
     if labels is None or target not in labels.column_names:
         return served
-    newest = labels.sort_by([(traffic.RECEIVED_AT, "descending")])
-    unique = _first_of_each(newest, key=traffic.REQUEST_ID)  # a label sent twice: the newest wins
-    keyed = unique.select([traffic.REQUEST_ID, target])
-    served = served.drop_columns([c for c in (target,) if c in served.column_names])
+    unique = traffic.newest_labels(labels, target=target)
+    keyed = unique.select([traffic.REQUEST_ID, target, traffic.RECEIVED_AT])
+    served = served.drop_columns(
+        [c for c in (target, traffic.RECEIVED_AT) if c in served.column_names]
+    )
     joined = served.join(keyed, keys=traffic.REQUEST_ID, join_type="left outer")
     return joined.combine_chunks()
 
 
-def _first_of_each(table: pa.Table, *, key: str) -> pa.Table:
-    """The first row of each `key` value, in order."""
-    frame = table.select([key]).to_pandas()
-    keep = np.flatnonzero(~frame[key].duplicated(keep="first").to_numpy())
-    return table.take(pa.array(keep))
+def _sorted_micros(times: pa.ChunkedArray) -> np.ndarray:
+    values = pc.cast(times.drop_null(), pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    return np.sort(np.asarray(values.to_numpy(), dtype=np.int64))
 
 
 def sample(table: pa.Table, *, rows: int, seed: int) -> pa.Table:

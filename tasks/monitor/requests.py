@@ -1,0 +1,116 @@
+"""What became of each retrain request: the retraining's own record, claimed once, ended once.
+
+    claimed, record = claim(home=home, model="churn", key=request_id, run_id=flow_run_id,
+                            record={...}, is_alive=run_is_alive)
+    ...                                  # "claimed": train; "done" / "busy": nothing to do
+    finish(home=home, model="churn", key=request_id, status="promoted", version=5, detail="...")
+
+`<home>/monitor/<model>/requests/<key>.json` is written by the retraining flow only: `running`
+with its flow run id when it claims a request, then `promoted`, `rejected` or `failed` when it
+ends. Prefect delivers an event at least once and the governor re-sends a request it could not
+confirm, so a request may start several runs: the first claims it, a second finds it ended
+(`done`) or running in a live run (`busy`), and does nothing. A run that died without ending
+(`running` in a run that is no longer alive: crashed, cancelled) leaves its claim to the next
+run of the same request. The governor reads these records back (`tasks.monitor.governor`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from tasks import files
+
+Claim = Literal["claimed", "done", "busy"]
+Ended = Literal["promoted", "rejected", "failed"]
+ENDED: tuple[str, ...] = ("promoted", "rejected", "failed")
+RECORDS, LOCK_FILE = "requests", ".lock"
+
+
+def folder(home: str, model: str) -> str:
+    """`<home>/monitor/<model>`: the governor's state, its lock and the requests' records."""
+    return files.join(home, "monitor", model)
+
+
+def location(home: str, model: str, key: str) -> str:
+    safe = "".join(ch for ch in key if ch.isalnum() or ch in "-_")[:100] or "request"
+    return files.join(folder(home, model), RECORDS, f"{safe}.json")
+
+
+def read_record(*, home: str, model: str, key: str) -> dict[str, Any] | None:
+    """The retraining's record of a request (None: no run has claimed it yet)."""
+    try:
+        return dict(json.loads(files.read_text(location(home, model, key))))
+    except FileNotFoundError:
+        return None
+
+
+def claim(
+    *,
+    home: str,
+    model: str,
+    key: str,
+    run_id: str,
+    record: dict[str, Any],
+    is_alive: Callable[[str], bool],
+) -> tuple[Claim, dict[str, Any]]:
+    """Claim a request for the run `run_id`: `claimed` (this run trains), `done` (a run ended
+    it) or `busy` (a live run holds it); with the record as it stands. A run that died holding
+    the claim leaves it to this one (`attempts` counts the runs that claimed it)."""
+    with locked(home, model):
+        found = read_record(home=home, model=model, key=key)
+        if found is not None and found.get("status") in ENDED:
+            return "done", found
+        holder = None if found is None else found.get("flow_run_id")
+        if holder is not None and holder != run_id and is_alive(str(holder)):
+            return "busy", found or {}
+        now = _now()
+        claimed = {
+            **record,
+            "request": key,
+            "status": "running",
+            "flow_run_id": run_id,
+            "started_at": now,
+            "attempts": [*(found or {}).get("attempts", []), {"flow_run_id": run_id, "at": now}],
+        }
+        files.write_atomic(location(home, model, key), json.dumps(claimed, indent=1, default=str))
+        return "claimed", claimed
+
+
+def finish(
+    *, home: str, model: str, key: str, status: Ended, version: int | None = None, detail: str = ""
+) -> dict[str, Any]:
+    """End a claimed request: what the retraining did (the version it registered, why)."""
+    with locked(home, model):
+        found = read_record(home=home, model=model, key=key) or {"request": key}
+        ended = {**found, "status": status, "version": version, "detail": detail[:500],
+                 "ended_at": _now()}  # fmt: skip
+        files.write_atomic(location(home, model, key), json.dumps(ended, indent=1, default=str))
+        return ended
+
+
+@contextlib.contextmanager
+def locked(home: str, model: str) -> Iterator[None]:
+    """One writer at a time of the model's governor state and request records: an flock on a
+    local home; on a bucket the deployments' concurrency limits of 1 keep writers apart."""
+    fs, path = files.resolve(folder(home, model))
+    if not files.is_local(fs):
+        yield
+        return
+    import fcntl
+
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, LOCK_FILE), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
