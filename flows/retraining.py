@@ -4,9 +4,12 @@
                                                      # the event's id, model, reasons and report
 
 The source is re-read and joined by the production rows that have feedback labels (the last
-`monitoring.feedback_days`), minus a share kept for the gate; then the training pipeline runs as
-ever: validate, train, gate against the champion on the holdout AND on that labelled traffic,
-promote (and Serve swaps to the new champion). The new version's metadata names what started it.
+`retraining.feedback_days`) and pass the batch checks: some to train on, some to validate and
+choose how fast old rows fade (`tasks.train.recency`), the rest kept for the gate. The training
+pipeline then runs as ever: validate, train (every row weighted by its age), gate against the
+champion on the recent labelled rows neither trained on (the holdout a no-regression check),
+promote (and Serve swaps to the new champion). The new version's metadata names what started it
+and which weighting it learned with; its drift reference is a sample of what it trained on.
 Prefect delivers an event at least once and the governor re-sends a request it could not
 confirm: the run claims its request first, so a second run of one request does nothing, unless
 the first died holding it (then it trains). Its outcome (promoted, rejected, failed, with the
@@ -25,7 +28,7 @@ from flows.naming import run_name
 from flows.training import training_pipeline
 from tasks import files
 from tasks.errors import quiet_expected_failures
-from tasks.monitor import claim_task, feedback_task, finish_task
+from tasks.monitor import claim_task, finish_task, labelled_traffic_task
 from tasks.settings import load_settings
 
 
@@ -66,14 +69,13 @@ def retraining(
                     "request_id": request_id, "reason": f"request {key} {why}"}  # fmt: skip
     run_id = key or f"manual-{uuid.uuid4().hex[:12]}"
     try:
-        # Training data: the source re-read, plus labelled production rows (the gate's apart)
-        feedback = feedback_task(settings=settings, run_id=run_id)
+        # Labelled production rows: checked, split to train on, to choose on and for the gate
+        feedback = labelled_traffic_task(settings=settings, run_id=run_id)
 
-        # The same pipeline: validate, train, gate on the holdout and the labelled traffic, promote
+        # The same pipeline: validate, weight toward the present, train, gate on recent rows
         result = training_pipeline(
             config=config,
-            extra_rows=feedback["train"],
-            production_rows=feedback["gate"],
+            traffic=feedback["folder"],
             metadata={"trigger": {**trigger, "feedback": feedback}},
         )
     except Exception as exc:  # the governor reads it back: failed, and why

@@ -4,7 +4,10 @@
 
 Each stage is a task that shows in the Prefect UI with its artifacts (validation table, dataset
 card, learning curve, gate table, model card). A validation failure fails the run before anything
-trains; a gate rejection completes the run with "rejected" and the champion keeps its place.
+trains; a gate rejection completes the run with "rejected" and the champion keeps its place. A
+retraining (flows/retraining.py) hands in its labelled production rows: they join the source,
+every row weighted by its age with the half-life that predicts the recent rows best, and the gate
+judges on the recent rows neither model trained on.
 """
 
 import sys
@@ -13,17 +16,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.naming import run_name
-from tasks import data, events, files, traffic, validation
+from tasks import data, events, files, registry, traffic, validation
 from tasks.errors import quiet_expected_failures
-from tasks.evaluate import Training, champion_task, evaluate_task, gate_task, promote_task
+from tasks.evaluate import Training, judge_task, promote_task
 from tasks.model import load_model
-from tasks.monitor import conform
 from tasks.settings import Settings, load_settings, resolve_features
-from tasks.train import train_task
+from tasks.train import Labelled, train_task, training_rows_task
 
 
 @task(name="read-source", cache_policy=NO_CACHE)
@@ -45,17 +49,26 @@ def split_data(table: pa.Table, *, settings: Settings, hashes: np.ndarray) -> da
 
 
 @task(name="read-labelled-traffic", cache_policy=NO_CACHE)
-def read_labelled_traffic(*, settings: Settings, location: str | None = None) -> pa.Table | None:
-    """The most recent production rows that have a label by now (None until feedback arrives),
-    or the labelled rows at `location` (the retraining flow keeps them out of training)."""
-    if location is not None:
-        return data.read_table(location)
-    return traffic.labelled(
-        home=settings.home,
-        model=settings.dataset.name,
-        target=settings.dataset.target,
-        limit=settings.evaluation.production_rows,
-    )
+def read_labelled_traffic(
+    *, settings: Settings, folder: str | None = None
+) -> tuple[Labelled | None, pa.Table | None]:
+    """A retraining's labelled production rows from `folder` (train, select and gate), and the
+    rows the gate judges on: the folder's gate rows; for a training from the source alone, the
+    most recent labelled traffic the champion did not train on (None until feedback arrives)."""
+    if folder is not None:
+        tables = {n: data.read_table(files.join(folder, f"{n}.parquet"))
+                  for n in ("train", "select", "gate")}  # fmt: skip
+        return Labelled(**tables), tables["gate"]
+    ds = settings.dataset
+    recent = traffic.labelled(home=settings.home, model=ds.name, target=ds.target,
+                              limit=settings.evaluation.production_rows)  # fmt: skip
+    champion = registry.champion(root=settings.home, model=ds.name)
+    if recent is None or champion is None:
+        return None, recent
+    trained = registry.trained_on(champion)
+    if len(trained):
+        recent = recent.filter(pc.invert(pc.is_in(recent[traffic.REQUEST_ID], value_set=trained)))
+    return None, recent
 
 
 @task(name="serve-champion", cache_policy=NO_CACHE)
@@ -73,27 +86,17 @@ def serve_champion(*, settings: Settings, version: int) -> int | None:
     return None if served is None else served.version
 
 
-@task(name="add-labelled-traffic", cache_policy=NO_CACHE)
-def add_labelled_traffic(train: pa.Table, *, location: str | None) -> pa.Table:
-    """The training split plus the labelled production rows at `location` (written by the
-    retraining flow), in the source's columns; the split alone when there are none."""
-    if location is None:
-        return train
-    return pa.concat_tables([train, conform(data.read_table(location), schema=train.schema)])
-
-
 @flow(name="training-pipeline", flow_run_name=run_name("train"))
 def training_pipeline(
     config: str = "driftloop.yaml",
-    extra_rows: str | None = None,
-    production_rows: str | None = None,
+    traffic: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validate the source data, train a challenger with Ray Train and promote it only if it beats
-    the champion on the same holdout. Parameters: the path of the driftloop.yaml to use; for a
-    retraining, Parquet files of labelled production rows to train on too (`extra_rows`) and to
-    gate on (`production_rows`, default: the most recent labelled traffic), and `metadata` for
-    the new version (what started the run)."""
+    the champion on the same rows. Parameters: the path of the driftloop.yaml to use; for a
+    retraining, the folder of its labelled production rows (`traffic`: train, select and gate
+    Parquet files, written by the retraining flow), and `metadata` for the new version (what
+    started the run)."""
     declared = load_settings(Path(config), check_source=False)
 
     # Data, and the reference its profile is judged against --------------------------------------
@@ -118,44 +121,47 @@ def training_pipeline(
         fingerprint=fingerprint,
     )
 
-    # Split and train ----------------------------------------------------------------------------
+    # Split; a retraining adds its labelled traffic, weighted toward the present, and trains ----
     parts = split_data(table, settings=settings, hashes=hashes)
-    train: pa.Table = add_labelled_traffic(parts.train, location=extra_rows)
-    result = train_task(train=train, validation=parts.validation, settings=settings)
+    labelled, recent = read_labelled_traffic(settings=settings, folder=traffic)
+    rows = training_rows_task(parts, labelled, settings=settings)
+    result = train_task(
+        train=rows.train, validation=rows.validation, settings=settings,
+        weights=rows.weights, validation_weights=rows.validation_weights,
+    )  # fmt: skip
 
-    # Evaluate the challenger and the champion on the same rows, then gate ---------------------
-    recent = read_labelled_traffic(settings=settings, location=production_rows)
-    challenger = evaluate_task(
-        load_model(result.model_dir), parts.holdout, dataset=ds, config=settings.evaluation,
-        production=recent,
+    # Judge challenger and champion on the same rows: recent labelled traffic once there is enough
+    judged = judge_task(
+        load_model(result.model_dir), holdout=parts.holdout, production=recent, root=settings.home,
+        dataset=ds, evaluation=settings.evaluation, config=settings.gate,
+        holdout_weight=rows.holdout_weight,
     )  # fmt: skip
-    champion = champion_task(
-        parts.holdout, root=settings.home, dataset=ds, config=settings.evaluation,
-        production=recent,
-    )  # fmt: skip
-    decision = gate_task(
-        challenger=challenger, champion=champion, config=settings.gate, model=ds.name
-    )
+    decision = judged.decision
 
     # Register the challenger with its decision; it becomes champion only if the gate passed ----
     promotion = promote_task(
         decision=decision,
-        report=challenger,
+        report=judged.report,
+        holdout=judged.holdout if judged.holdout is not judged.report else None,
         dataset=ds,
         root=settings.home,
         model_dir=str(result.model_dir),
         model_dir_is_temporary=result.model_dir_is_temporary,  # removed once registered
-        metadata=metadata,
+        metadata={
+            **({"recency": rows.recency.to_dict()} if rows.recency else {}),
+            **(metadata or {}),
+        },
         training=Training(
             data_fingerprint=fingerprint,
             params=settings.training.model_dump(),
-            train_rows=train.num_rows,
+            train_rows=rows.train.num_rows,
             best_epoch=result.best_epoch,
             metric_name=result.metric_name,
             best_metric=result.best_metric,
         ),
         extra_files={
-            files.REFERENCE: data.sample_parquet(parts.train, rows=data.REFERENCE_ROWS),
+            files.REFERENCE: rows.reference(rows=data.REFERENCE_ROWS),
+            files.TRAINED_ON: _ids_parquet(rows.trained_on),
             "suite.json": validation.report_location(settings, fingerprint, files.SUITE),
             "dataset_card.md": validation.report_location(
                 settings, fingerprint, files.DATASET_CARD
@@ -170,11 +176,19 @@ def training_pipeline(
         "version": promotion.version,
         "champion": promotion.version if promotion.promoted else promotion.previous,
         "reason": promotion.reason,
+        "decided_on": decision.basis,
         decision.primary_metric: round(decision.challenger_value, 4),
         "champion_" + decision.primary_metric: decision.champion_value,
         "data_fingerprint": fingerprint,
         "failed_rules": [r.rule for r in decision.failed],
+        "recency": rows.recency.to_dict() if rows.recency else None,
     }
+
+
+def _ids_parquet(ids: pa.Array) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({traffic.REQUEST_ID: ids}), sink)
+    return bytes(sink.getvalue())
 
 
 if __name__ == "__main__":

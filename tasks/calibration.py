@@ -52,28 +52,44 @@ class Calibration:
         return cls(**known)
 
 
-def log_loss(logits: np.ndarray, y: np.ndarray, *, kind: Kind, temperature: float = 1.0) -> float:
-    """Mean log loss of the logits divided by `temperature` (natural log)."""
+def log_loss(
+    logits: np.ndarray,
+    y: np.ndarray,
+    *,
+    kind: Kind,
+    temperature: float = 1.0,
+    weights: np.ndarray | None = None,
+) -> float:
+    """Mean log loss of the logits divided by `temperature` (natural log), weighted by
+    `weights` where given (one per row)."""
     z = _logits(logits, kind) / temperature
     y = np.asarray(y).astype(np.int64)
     if z.size == 0:
         return math.nan
     if kind == "binary":
-        return float(np.mean(np.logaddexp(0.0, z) - y * z))
-    top = z.max(axis=1, keepdims=True)
-    lse = (top + np.log(np.exp(z - top).sum(axis=1, keepdims=True)))[:, 0]
-    return float(np.mean(lse - z[np.arange(len(y)), y]))
+        losses = np.logaddexp(0.0, z) - y * z
+    else:
+        top = z.max(axis=1, keepdims=True)
+        lse = (top + np.log(np.exp(z - top).sum(axis=1, keepdims=True)))[:, 0]
+        losses = lse - z[np.arange(len(y)), y]
+    return float(np.average(losses, weights=weights))
 
 
 def fit_temperature(
-    logits: np.ndarray, y: np.ndarray, *, kind: Kind, prior_sd: float | None = PRIOR_SD
+    logits: np.ndarray,
+    y: np.ndarray,
+    *,
+    kind: Kind,
+    prior_sd: float | None = PRIOR_SD,
+    weights: np.ndarray | None = None,
 ) -> float:
-    """The T that minimises the log loss of `logits / T` on (`logits`, `y`).
+    """The T that minimises the (weighted) log loss of `logits / T` on (`logits`, `y`).
 
     A grid over log T in [-3, 3], then a golden-section search around the best grid point. With
     `prior_sd`, a normal prior on log T is added (a MAP fit): its weight is one row's worth
-    divided by the rows, so it matters only for a handful of rows, which a separable validation
-    split would otherwise push to the sharpest T allowed. No rows: T = 1.
+    divided by the rows (their effective number, when weighted), so it matters only for a
+    handful of rows, which a separable validation split would otherwise push to the sharpest T
+    allowed. No rows: T = 1.
     """
     if kind == "regression":
         raise ValueError("temperature scaling is for classifiers; regression has no temperature")
@@ -81,10 +97,12 @@ def fit_temperature(
     z = _logits(logits, kind).astype(np.float64)
     if len(y) == 0:
         return 1.0
-    penalty = 0.0 if not prior_sd else 1.0 / (2 * prior_sd**2 * len(y))
+    rows = len(y) if weights is None else effective_rows(weights)
+    penalty = 0.0 if not prior_sd else 1.0 / (2 * prior_sd**2 * max(rows, 1.0))
 
     def objective(u: float) -> float:
-        return log_loss(z, y, kind=kind, temperature=math.exp(u)) + penalty * u * u
+        loss = log_loss(z, y, kind=kind, temperature=math.exp(u), weights=weights)
+        return loss + penalty * u * u
 
     grid = np.linspace(-LOG_T_RANGE, LOG_T_RANGE, _GRID)
     values = [objective(float(u)) for u in grid]
@@ -119,17 +137,26 @@ def probabilities(logits: np.ndarray, *, kind: Kind, temperature: float = 1.0) -
     return e / e.sum(axis=1, keepdims=True)
 
 
-def calibrate(logits: np.ndarray, y: np.ndarray, *, kind: Kind, bins: int) -> Calibration:
-    """Fit T on (`logits`, `y`) and measure the log loss and ECE before and after on them."""
-    t = fit_temperature(logits, y, kind=kind)
+def effective_rows(weights: np.ndarray) -> float:
+    """How many equally weighted rows `weights` are worth: sum(w)^2 / sum(w^2) (Kish)."""
+    w = np.asarray(weights, dtype=np.float64)
+    return float(w.sum() ** 2 / max(float((w * w).sum()), 1e-300))
+
+
+def calibrate(
+    logits: np.ndarray, y: np.ndarray, *, kind: Kind, bins: int, weights: np.ndarray | None = None
+) -> Calibration:
+    """Fit T on (`logits`, `y`), weighted by `weights` where given, and measure the log loss
+    (weighted) and the ECE (over the rows) before and after on them."""
+    t = fit_temperature(logits, y, kind=kind, weights=weights)
     bins = bins_for(len(y), max_bins=bins)
     before = probabilities(logits, kind=kind)
     after = probabilities(logits, kind=kind, temperature=t)
     return Calibration(
         temperature=t,
         rows=len(y),
-        log_loss_before=log_loss(logits, y, kind=kind),
-        log_loss_after=log_loss(logits, y, kind=kind, temperature=t),
+        log_loss_before=log_loss(logits, y, kind=kind, weights=weights),
+        log_loss_after=log_loss(logits, y, kind=kind, temperature=t, weights=weights),
         ece_before=calibration_error(y, before, bins=bins),
         ece_after=calibration_error(y, after, bins=bins),
         bins=bins,

@@ -14,10 +14,12 @@ from typing import Literal, NamedTuple, Protocol
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from tasks.calibration import effective_rows
 from tasks.errors import DataError as DataError  # re-exported: what reading data raises
 from tasks.files import first_line, resolve
 
@@ -31,6 +33,8 @@ class Contract(Protocol):
     def task(self) -> str: ...
     @property
     def id(self) -> str | None: ...
+    @property
+    def timestamp(self) -> str | None: ...
 
 
 class Fractions(Protocol):
@@ -89,10 +93,24 @@ def read_table(source: str, *, columns: list[str] | None = None) -> pa.Table:
         raise DataError(f"{source}: corrupt or truncated Parquet data: {_explain(exc)}") from None
 
 
-def sample_parquet(table: pa.Table, *, rows: int, seed: int = 0) -> bytes:
-    """A seeded sample of at most `rows` rows, in their order, as the bytes of a Parquet file."""
+def sample_parquet(
+    table: pa.Table, *, rows: int, seed: int = 0, weights: np.ndarray | None = None
+) -> bytes:
+    """A seeded sample of at most `rows` rows, in their order, as the bytes of a Parquet file.
+
+    `weights` (one per row, >= 0): drawn without replacement with chances in proportion to them
+    (Efraimidis-Spirakis), and no more rows than their effective number (sum(w)^2 / sum(w^2)):
+    the sample is the table as a weighted training saw it, not a copy of its rare rows."""
     count = min(table.num_rows, rows)
-    picked = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=count, replace=False))
+    rng = np.random.default_rng(seed)
+    if weights is None:
+        picked = np.sort(rng.choice(table.num_rows, size=count, replace=False))
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        count = min(count, max(round(effective_rows(w)), 1), int((w > 0).sum()))
+        with np.errstate(divide="ignore"):
+            keys = np.log(rng.random(table.num_rows)) / w  # -inf where w == 0: never drawn
+        picked = np.sort(np.argsort(-keys)[:count])
     sink = pa.BufferOutputStream()
     pq.write_table(table.take(pa.array(picked)), sink)
     return bytes(sink.getvalue())
@@ -184,9 +202,12 @@ def split(
 
     Each unit (an id, or a distinct row where there is no id or the id is null) gets a seeded
     hash score, so the assignment does not depend on row order, no id spans two splits and
-    duplicate rows never straddle two splits. Units are ranked by score within each stratum (the
-    class for classification, a target decile for regression), so every split keeps the class
-    balance. `hashes`: the table's `row_hashes`, when the caller has them already.
+    duplicate rows never straddle two splits. Where the contract has a `timestamp`, the holdout
+    is the newest units (by their newest row; ties by score; a row without a time counts as the
+    oldest): a model is judged on the period after the one it learned from, as the field does
+    for temporal data. The other units are ranked by score within each stratum (the class for
+    classification, a target decile for regression), so every split keeps the class balance.
+    `hashes`: the table's `row_hashes`, when the caller has them already.
 
     Raises:
         DataError: a part would be empty (too few distinct units for the fractions).
@@ -197,14 +218,45 @@ def split(
     strata = _strata(table[dataset.target].to_pandas(), task=dataset.task)
     unit_stratum = pd.Series(strata).groupby(unit_of_row).min().to_numpy()
     score = _mix(unit_keys ^ np.uint64(config.seed))
-    rank = pd.Series(score).groupby(unit_stratum).rank(method="first", pct=True).to_numpy()
-    unit_split = np.where(
-        rank <= config.holdout, 2, np.where(rank <= config.holdout + config.validation, 1, 0)
-    )
+    column = dataset.timestamp
+    if column is not None and column in table.column_names:
+        held = _newest(_unit_times(table[column], unit_of_row, len(unit_keys)), score,
+                       share=config.holdout)  # fmt: skip
+        rest = np.flatnonzero(~held)
+        rank = np.ones(len(unit_keys))
+        rank[rest] = (
+            pd.Series(score[rest]).groupby(unit_stratum[rest]).rank(method="first", pct=True)
+        ).to_numpy()
+        share = config.validation / (1 - config.holdout)
+        unit_split = np.where(held, 2, np.where(rank <= share, 1, 0))
+    else:
+        rank = pd.Series(score).groupby(unit_stratum).rank(method="first", pct=True).to_numpy()
+        unit_split = np.where(
+            rank <= config.holdout, 2, np.where(rank <= config.holdout + config.validation, 1, 0)
+        )
     row_split = unit_split[unit_of_row]
     parts = Splits(*[table.filter(pa.array(row_split == i)) for i in range(3)])
     _check_parts(parts, units=len(unit_keys), id_column=dataset.id, config=config)
     return parts
+
+
+def _unit_times(column: pa.ChunkedArray, unit_of_row: np.ndarray, units: int) -> np.ndarray:
+    """Each unit's newest time (microseconds; the oldest possible for a unit without one)."""
+    micros = pc.cast(column, pa.timestamp("us")) if not pa.types.is_timestamp(column.type) \
+        else column.cast(pa.timestamp("us", tz=column.type.tz))  # fmt: skip
+    values = pc.fill_null(micros.cast(pa.int64()), np.iinfo(np.int64).min).to_numpy()
+    newest = np.full(units, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(newest, unit_of_row, values)
+    return newest
+
+
+def _newest(times: np.ndarray, score: np.ndarray, *, share: float) -> np.ndarray:
+    """A mask of the newest `share` of the units (ties by score)."""
+    count = round(share * len(times))
+    held = np.zeros(len(times), dtype=bool)
+    if count:
+        held[np.lexsort((score, times))[-count:]] = True
+    return held
 
 
 def _unit_keys(table: pa.Table, *, id_column: str | None, hashes: np.ndarray | None) -> np.ndarray:

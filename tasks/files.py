@@ -25,6 +25,7 @@ MODEL_FILES = (WEIGHTS, PREPROCESSING, MODEL_JSON)
 # What else a registry version holds beside the model directory
 METADATA = "metadata.json"
 REFERENCE = "reference.parquet"  # a training sample: the next validation profile, drift reference
+TRAINED_ON = "trained_on.parquet"  # request ids of the labelled production rows it trained on
 EVALUATION, GATE, MODEL_CARD = "evaluation.json", "gate.json", "model_card.md"
 # A validation report folder (reports/<dataset>/<fingerprint>/); the suite and card go to versions
 SUITE, VALIDATION_JSON, VALIDATION_HTML = "suite.json", "validation.json", "validation.html"

@@ -290,7 +290,10 @@ def run_steps(
         if fault and step == (start + stop) // 2:
             _fire(fault)
         part = stream.at(step)
-        loss = compute_loss(model(part.numeric, part.categorical), part.target, kind=kind).mean()
+        # weights average 1 over the training rows (the driver scales them): a batch's loss is
+        # its rows' weighted sum over its size, so rows count by their weight, batches alike
+        losses = compute_loss(model(part.numeric, part.categorical), part.target, kind=kind)
+        loss = (losses * part.weight).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -324,12 +327,14 @@ def run_epoch(
 def evaluate(
     model: torch.nn.Module, shard: Shard, *, kind: Kind, target_std: float = 1.0
 ) -> tuple[float, float]:
-    """Validation loss and metric over all workers' shards (sums all-reduced, not averaged).
+    """Validation loss and metric over all workers' shards (sums all-reduced, not averaged),
+    each row counted by its weight.
 
     The metric is the AUC (binary), the accuracy (multiclass) or the RMSE in target units.
     """
     model.eval()
     device = shard.target.device
+    weight = shard.weight.double()
     with torch.no_grad():
         outputs = unwrap(model)(shard.numeric, shard.categorical) if len(shard) else None
         if kind == "binary":
@@ -338,13 +343,13 @@ def evaluate(
                 p = to_predictions(outputs, kind=kind)[:, 1]
                 bins = (p * _AUC_BINS).long().clamp(0, _AUC_BINS - 1)
                 labels = shard.target.long()
-                hist.index_put_((labels, bins), torch.ones_like(p, dtype=torch.float64), True)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, count, metric sum
+                hist.index_put_((labels, bins), weight, True)
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, weight, metric sum
         if outputs is not None:
-            sums[0] = compute_loss(outputs, shard.target, kind=kind).double().sum()
-            sums[1] = len(shard)
+            sums[0] = (compute_loss(outputs, shard.target, kind=kind).double() * weight).sum()
+            sums[1] = weight.sum()
             if kind == "multiclass":
-                sums[2] = (outputs.argmax(1) == shard.target).double().sum()
+                sums[2] = ((outputs.argmax(1) == shard.target).double() * weight).sum()
     _all_reduce(sums)
     loss = float(sums[0] / sums[1])
     if kind == "binary":

@@ -35,25 +35,27 @@ class Shard:
     numeric: torch.Tensor
     categorical: torch.Tensor
     target: torch.Tensor
+    weight: torch.Tensor  # per row (float32); ones where the split has no weights
 
     def __len__(self) -> int:
         return int(self.target.shape[0])
 
+    @property
+    def parts(self) -> tuple[torch.Tensor, ...]:
+        return (self.numeric, self.categorical, self.target, self.weight)
+
     def take(self, index: torch.Tensor) -> Shard:
         """The rows at `index`, copied (numpy's take is several times faster on CPU here)."""
-        parts = (self.numeric, self.categorical, self.target)
         if index.device.type != "cpu":
-            return Shard(*(t.index_select(0, index) for t in parts))
+            return Shard(*(t.index_select(0, index) for t in self.parts))
         rows = index.numpy()
-        return Shard(*(torch.from_numpy(np.take(t.numpy(), rows, axis=0)) for t in parts))
+        return Shard(*(torch.from_numpy(np.take(t.numpy(), rows, axis=0)) for t in self.parts))
 
     def slice(self, start: int, stop: int) -> Shard:
-        return Shard(
-            self.numeric[start:stop], self.categorical[start:stop], self.target[start:stop]
-        )
+        return Shard(*(t[start:stop] for t in self.parts))
 
     def to(self, device: torch.device) -> Shard:
-        return Shard(self.numeric.to(device), self.categorical.to(device), self.target.to(device))
+        return Shard(*(t.to(device) for t in self.parts))
 
 
 def read_shard(path: str, *, rank: int, world_size: int) -> Shard:
@@ -65,10 +67,18 @@ def read_shard(path: str, *, rank: int, world_size: int) -> Shard:
     numeric = _matrix(table, "numeric", np.float32, n)
     categorical = _matrix(table, "categorical", np.int64, n)
     target = table.column("target").to_numpy()
+    weight = (
+        table.column("weight").to_numpy()
+        if "weight" in table.column_names
+        else np.ones(n, dtype=np.float32)
+    )
     with warnings.catch_warnings():  # Arrow buffers are read-only; nothing writes into them
         warnings.simplefilter("ignore", UserWarning)
         return Shard(
-            torch.from_numpy(numeric), torch.from_numpy(categorical), torch.from_numpy(target)
+            torch.from_numpy(numeric),
+            torch.from_numpy(categorical),
+            torch.from_numpy(target),
+            torch.from_numpy(weight),
         )
 
 

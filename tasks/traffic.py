@@ -136,6 +136,30 @@ def labelled(*, home: str, model: str, target: str, limit: int) -> pa.Table | No
     return newest.slice(0, limit)
 
 
+def as_source(rows: pa.Table, *, schema: pa.Schema, timestamp: str | None = None) -> pa.Table:
+    """Logged rows in the columns and types of `schema` (the source's): columns the prediction
+    log does not carry (the id) are null, columns `schema` lacks are dropped; the source's
+    `timestamp` column, where it has one, is when the row was predicted.
+
+    Raises:
+        TrafficError: a logged column does not fit the source's type (names it).
+    """
+    columns = []
+    for field in schema:
+        name = PREDICTED_AT if field.name == timestamp else field.name
+        if name in rows.column_names:
+            try:
+                columns.append(rows[name].cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise TrafficError(
+                    f"labelled production rows: column {field.name!r} ({rows[name].type}) "
+                    f"does not fit the source's {field.type}: {files.first_line(exc)}"
+                ) from None
+        else:
+            columns.append(pa.nulls(rows.num_rows, field.type))
+    return pa.table(columns, schema=schema)
+
+
 def location(*, home: str, model: str, kind: Kind) -> str:
     """`<home>/<kind>/<model>`: a path or a URI."""
     return files.join(home, kind, model)

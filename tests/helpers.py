@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from tasks import data, files, registry, synthetic, traffic
@@ -67,10 +68,17 @@ def labels_of(table: pa.Table) -> np.ndarray:
 
 
 def register_champion(
-    home: Path, predictor: m.Predictor, *, holdout: pa.Table, reference: pa.Table, tmp: Path
+    home: Path,
+    predictor: m.Predictor,
+    *,
+    holdout: pa.Table,
+    reference: pa.Table,
+    tmp: Path,
+    trained_on: list[str] | None = None,
 ) -> int:
     """The predictor as champion, with its holdout metrics and training sample, as the
-    training pipeline registers one."""
+    training pipeline registers one (`trained_on`: request ids of the labelled production rows
+    it learned from, as a retraining records them)."""
     saved = m.save_model(
         tmp / "model",
         model=predictor.model,
@@ -84,12 +92,23 @@ def register_champion(
         model="churn",
         model_dir=str(saved),
         metadata={"metrics": metrics},
-        extra_files={files.REFERENCE: data.sample_parquet(reference, rows=data.REFERENCE_ROWS)},
+        extra_files={
+            files.REFERENCE: data.sample_parquet(reference, rows=data.REFERENCE_ROWS),
+            files.TRAINED_ON: _parquet(
+                pa.table({traffic.REQUEST_ID: pa.array(trained_on or [], pa.string())})
+            ),
+        },
     )
     registry.set_alias(
         root=str(home), model="churn", alias="champion", version=version, reason="test"
     )
     return version
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return bytes(sink.getvalue())
 
 
 def write_project(root: Path, **monitoring: Any) -> Path:

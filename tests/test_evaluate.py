@@ -242,7 +242,7 @@ def test_slice_metrics_are_the_metrics_of_each_slice_values_rows(
     assert sum(s.rows for s in real_report.slices if s.column == "plan") == holdout.num_rows
 
 
-def test_a_report_carries_clean_perturbed_and_production_metrics(
+def test_a_report_carries_clean_and_perturbed_metrics_and_says_which_rows(
     real: Linear, holdout: pa.Table
 ) -> None:
     production = synthetic.generate(rows=800, seed=9, scenario="covariate_shift")
@@ -254,16 +254,17 @@ def test_a_report_carries_clean_perturbed_and_production_metrics(
             pa.int64(),
         ),
     )
-    got = report(real, holdout, production=production)
+    recent = report(real, production, on="production")
+    assert (recent.on, recent.rows) == ("production", 600)
+    assert 0.6 < recent.metrics["roc_auc"] < 1
+    got = report(real, holdout)
+    assert got.on == "holdout"
     assert set(got.robustness) == {"noise", "missing", "unseen"}
-    assert got.production_rows == 600
-    assert got.production is not None
-    assert 0.6 < got.production["roc_auc"] < 1
     for metrics in got.robustness.values():
         assert metrics["roc_auc"] <= got.metrics["roc_auc"] + 0.01
     summary = got.to_dict()
     json.dumps(summary, allow_nan=False)
-    assert summary["rows"] == holdout.num_rows
+    assert (summary["rows"], summary["on"]) == (holdout.num_rows, "holdout")
     assert "y_true" not in summary
 
 
@@ -474,46 +475,90 @@ def test_a_model_that_degrades_on_missing_values_is_held_to_the_robustness_bound
     )
 
 
-def test_a_model_worse_on_recent_production_rows_is_not_promoted(
-    real: Linear, weak: Linear, holdout: pa.Table
-) -> None:
-    june = datetime(2026, 6, 1, tzinfo=timezone.utc)
-    production = synthetic.generate(rows=1500, seed=5, start=june, window_days=30)
+JUNE = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
-    def stale_after_june(table: pa.Table, probs: np.ndarray) -> np.ndarray:
-        recent = pc.greater_equal(table["event_time"], pa.scalar(june)).to_numpy()
+
+def scrambled(before: bool) -> Callable[[pa.Table, np.ndarray], np.ndarray]:
+    """Give the rows before June (or from June on) someone else's score."""
+
+    def change(table: pa.Table, probs: np.ndarray) -> np.ndarray:
+        recent = pc.greater_equal(table["event_time"], pa.scalar(JUNE)).to_numpy()
+        rows = ~recent if before else recent
         out = probs.copy()
-        out[recent] = probs[recent][::-1]  # recent rows get someone else's score
+        out[rows] = probs[rows][::-1]
         return out
 
-    challenger = report(Altered(real, stale_after_june), holdout, production=production)
-    champion = report(weak, holdout, production=production)
-    decision = ev.gate(challenger=challenger, champion=champion, config=GATE)
-    assert failed_rules(decision) == ["production rows: roc_auc"], ev.gate_table_markdown(decision)
-    # too few labelled production rows to judge: the rule is skipped, with the counts
-    few = ev.gate(challenger=challenger, champion=champion,
-                  config=GATE.model_copy(update={"min_production_rows": 2000}))  # fmt: skip
-    assert failed_rules(few) == []
-    rule = next(r for r in few.rules if r.rule.startswith("production rows"))
-    assert (rule.passed, rule.detail) == (True, "1500 labelled rows < 2000")
+    return change
 
 
-def test_a_challenger_that_cannot_score_the_production_rows_is_rejected_not_crashed(
+def test_labelled_production_rows_decide_and_the_holdout_is_a_no_regression_check(
     real: Linear, weak: Linear, holdout: pa.Table
 ) -> None:
-    production = synthetic.generate(rows=600, seed=6)
-    old_traffic = production.drop_columns(["monthly_charges"])  # logged before a feature existed
-    challenger = report(real, holdout, production=old_traffic)  # no exception: a finding
-    assert challenger.production is None
-    assert "monthly_charges" in str(challenger.production_error)
-    assert challenger.to_dict()["production_error"] == challenger.production_error
-    champion = report(weak, holdout)
-    for judged_against in (champion, None):  # a first model is held to it too
-        decision = ev.gate(challenger=challenger, champion=judged_against, config=GATE)
-        assert "production rows: challenger can score them" in failed_rules(decision)
-        assert not decision.promote
-        rule = next(r for r in decision.failed if r.rule.startswith("production rows"))
-        assert "monthly_charges" in rule.detail
+    production = synthetic.generate(rows=1500, seed=5, start=JUNE, window_days=30)
+    on_weak = report(weak, production, on="production"), report(weak, holdout)
+
+    gain_only = GATE.model_copy(update={"max_slice_regression": 1.0})  # slices have their tests
+
+    def decide(model: Any, *, weight: float = 1.0) -> ev.GateDecision:
+        check = ev.HoldoutCheck(report(model, holdout), on_weak[1], weight=weight)
+        return ev.gate(challenger=report(model, production, on="production"),
+                       champion=on_weak[0], config=gain_only, holdout=check)  # fmt: skip
+
+    # better on the holdout, worse on the present: rejected on the rows that decide
+    stale = decide(Altered(real, scrambled(before=False)))
+    assert (stale.decided_on, stale.rows) == ("production", 1500)
+    gain = {"roc_auc: gain over champion", "roc_auc: gain is significant", "floor: roc_auc"}
+    assert gain <= set(failed_rules(stale))
+    assert "holdout: roc_auc" not in failed_rules(stale)
+    # better on the present, far worse on the holdout: the no-regression check stops it...
+    forgetful = Altered(real, scrambled(before=True))
+    assert failed_rules(decide(forgetful)) == ["holdout: roc_auc"]
+    # ...unless the recency weighting says the source no longer describes the present
+    moved_on = decide(forgetful, weight=0.01)
+    assert moved_on.promote, ev.gate_table_markdown(moved_on)
+    rule = next(r for r in moved_on.rules if r.rule == "holdout: roc_auc")
+    assert rule.skipped
+    assert "weigh 0.01 on average" in rule.detail
+    assert "no longer describes the present" in rule.detail
+    assert moved_on.summary().startswith("promote: beats the champion on 1,500 labelled")
+
+
+def test_judge_decides_on_recent_rows_once_there_are_enough_and_rejects_what_cannot_score_them(
+    tmp_path: Path, train: pa.Table, holdout: pa.Table, real: Linear
+) -> None:
+    from tasks import model
+    from tasks.settings import TrainingConfig
+
+    home = str(tmp_path / "home")
+    features = Features(numeric=NUMERIC, categorical=CATEGORICAL)
+    pre = model.Preprocessor.fit(train, features=features, target="churned", task="classification")
+    spec = model.ModelSpec.build(pre, TrainingConfig(hidden_layers=[8]))
+    saved = model.save_model(tmp_path / "m", model=model.TabularMLP(spec), spec=spec,
+                             preprocessor=pre)  # fmt: skip
+    version = registry.register(root=home, model="churn", model_dir=str(saved), metadata={})
+    registry.set_alias(root=home, model="churn", alias="champion", version=version, reason="")
+    production = synthetic.generate(rows=600, seed=6, start=JUNE, window_days=30)
+
+    gate = GATE.model_copy(update={"max_calibration_error": None})  # Linear's are not calibrated
+
+    def judge(rows: pa.Table) -> ev.Judgement:
+        return ev.judge(
+            real, holdout=holdout, production=rows, root=home, dataset=dataset_config(),
+            evaluation=EvaluationConfig(), config=gate,
+        )  # fmt: skip
+
+    few = judge(production.slice(0, 150))
+    assert (few.decision.decided_on, few.report.on) == ("holdout", "holdout")
+    assert "150 labelled production rows neither model trained on (< gate.min_production_rows" \
+        in few.decision.basis  # fmt: skip
+    enough = judge(production)
+    assert (enough.decision.decided_on, enough.decision.rows) == ("production", 600)
+    assert (enough.report.on, enough.holdout.on) == ("production", "holdout")
+    assert enough.decision.promote, ev.gate_table_markdown(enough.decision)  # vs random weights
+    assert any(r.rule == "holdout: roc_auc" for r in enough.decision.rules)
+    lacking = judge(production.drop_columns(["monthly_charges"]))  # logged before it existed
+    assert "production rows: challenger can score them" in failed_rules(lacking.decision)
+    assert not lacking.decision.promote
 
 
 def test_the_first_model_is_judged_against_the_floors(
@@ -601,8 +646,10 @@ def test_the_gate_table_lists_every_rule_with_both_values_and_the_outcome(
     table = ev.gate_table_markdown(decision)
     lines = table.splitlines()
     assert lines[0].startswith("❌ reject: ")
-    assert lines[2] == "| rule | champion | challenger | threshold | result | detail |"
-    assert len(lines) == 4 + len(decision.rules)
+    assert lines[2] == f"Decided on: {decision.basis}"
+    assert decision.basis == f"{real_report.rows:,} holdout rows"
+    assert lines[4] == "| rule | champion | challenger | threshold | result | detail |"
+    assert len(lines) == 6 + len(decision.rules)
     gain = next(line for line in lines if line.startswith("| roc_auc: gain over champion"))
     assert f"{real_report.metrics['roc_auc']:.4f}" in gain
     assert "**FAIL**" in gain

@@ -17,6 +17,7 @@ def test_the_event_names_are_the_ones_automations_match_on() -> None:
         "driftloop.model.promoted",
         "driftloop.model.rejected",
         "driftloop.validation.failed",
+        "driftloop.retrain.needs_attention",
     }
     assert expected == events.EVENTS
 

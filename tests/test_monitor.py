@@ -17,10 +17,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from helpers import FEATURES, NOW, TARGET, labels_of, serve, train_quick, write_project
+from helpers import (
+    FEATURES,
+    NOW,
+    TARGET,
+    labels_of,
+    register_champion,
+    serve,
+    train_quick,
+    write_project,
+)
 
-from tasks import data, synthetic, traffic
 from tasks import model as m
+from tasks import synthetic, traffic
 from tasks.evaluate import compute_metrics
 from tasks.monitor import (
     Decision,
@@ -32,16 +41,18 @@ from tasks.monitor import (
     estimated,
     expected_roc_auc,
     govern,
+    labelled_traffic,
+    load_champion,
     load_state,
     mark_sent,
     measured,
     read_window,
     reconcile,
     requests,
-    split_feedback,
 )
+from tasks.monitor.feedback import LabelledRowsRejected
 from tasks.monitor.quality import Source
-from tasks.settings import MonitoringConfig, load_settings
+from tasks.settings import MonitoringConfig, RetrainingConfig, Settings, load_settings
 
 
 @pytest.fixture(scope="module")
@@ -595,25 +606,115 @@ def test_the_window_reads_the_recent_rows_with_their_newest_labels(
     assert newest.rows == 200
 
 
-def test_feedback_rows_split_by_request_id_and_the_gate_rows_stay_out_of_training(
+def retraining_project(
+    root: Path,
+    trained: tuple[m.Predictor, pa.Table, pa.Table],
+    *,
+    trained_on: list[str] | None = None,
+) -> Settings:
+    """A project whose champion (trained on `trained_on` request ids too) served the traffic
+    the test writes; its retraining looks back far enough to see traffic of 2026-06."""
+    predictor, holdout, reference = trained
+    config = write_project(root)
+    register_champion(root / "home", predictor, holdout=holdout, reference=reference, tmp=root,
+                      trained_on=trained_on)  # fmt: skip
+    settings = load_settings(config)
+    return settings.model_copy(update={"retraining": RetrainingConfig(feedback_days=1e5)})
+
+
+def test_labelled_traffic_splits_by_request_id_and_the_champions_own_rows_never_judge_it(
     tmp_path: Path, trained: tuple[m.Predictor, pa.Table, pa.Table]
 ) -> None:
     predictor, holdout, _ = trained
-    home = tmp_path / "home"
-    serve(home, predictor, holdout.slice(0, 2000), version=1, labelled=1.0)
-    cfg = MonitoringConfig(feedback_gate_share=0.3)
-    rows = split_feedback(
-        home=str(home), model="churn", target=TARGET, features=FEATURES.all, config=cfg, now=NOW
-    )
-    again = split_feedback(
-        home=str(home), model="churn", target=TARGET, features=FEATURES.all, config=cfg, now=NOW
-    )
+    settings = retraining_project(tmp_path, trained, trained_on=[f"r{i:09d}" for i in range(500)])
+    serve(tmp_path / "home", predictor, holdout.slice(0, 2000), version=1, labelled=1.0)
+    champion = load_champion(settings)
+    rows = labelled_traffic(champion=champion, settings=settings)
+    again = labelled_traffic(champion=champion, settings=settings)
     assert rows.rows == 2000
-    assert 0.25 < rows.gate.num_rows / 2000 < 0.35
+    assert rows.dropped is not None
+    assert rows.dropped.dropped == 0
+    assert 0.2 < rows.gate.num_rows / 1500 < 0.4  # 30% of the 1,500 the champion did not learn
+    assert 0.2 < rows.select.num_rows / 2000 < 0.3
     assert rows.gate.equals(again.gate)
-    assert set(rows.train.column_names) == {*FEATURES.all, TARGET}
-    both = data.row_hashes(rows.train), data.row_hashes(rows.gate)
-    assert not set(both[0].tolist()) & set(both[1].tolist())
+    assert rows.select.equals(again.select)
+    ids = [set(t[traffic.REQUEST_ID].to_pylist()) for t in (rows.train, rows.select, rows.gate)]
+    assert not ids[0] & ids[1]
+    assert not ids[0] & ids[2]
+    assert not ids[1] & ids[2]
+    assert not any(int(r[1:]) < 500 for r in ids[2])  # what it trained on never judges it
+    assert set(rows.train.column_names) == {
+        traffic.REQUEST_ID,
+        traffic.PREDICTED_AT,
+        traffic.MODEL_VERSION,
+        *FEATURES.all,
+        TARGET,
+    }
+
+
+def spoiled(table: pa.Table, scenario: str) -> tuple[pa.Table, set[int]]:
+    """`table` as a broken feed logs it, and the rows it broke."""
+    bad: set[int] = set()
+    if scenario == "outliers":
+        values = table["monthly_charges"].to_pylist()
+        for i in (3, 500, 999):
+            values[i] = 1e12
+            bad.add(i)
+        table = table.set_column(table.column_names.index("monthly_charges"),
+                                 "monthly_charges", pa.array(values))  # fmt: skip
+        return table, bad
+    broken = synthetic.generate(rows=table.num_rows, seed=5, scenario=scenario)
+    for name in FEATURES.all:
+        was, now = table[name].to_pylist(), broken[name].to_pylist()
+        bad |= {i for i, (a, b) in enumerate(zip(was, now, strict=True)) if a != b}
+    return broken, bad
+
+
+@pytest.mark.parametrize(
+    ("scenario", "check", "rows"),
+    [
+        ("unseen_categories", "unseen_categories", 1000),
+        ("missing_spike", "missing_values", 400),  # 78% of them broken: 1,000 would be too many
+        ("outliers", "outliers: monthly_charges", 1000),
+        ("covariate_shift", None, 1000),  # drift, not breakage: every row may teach
+    ],
+)
+def test_the_bad_labelled_rows_of_each_broken_feed_are_kept_out_of_a_retraining(
+    tmp_path: Path, trained: tuple[m.Predictor, pa.Table, pa.Table], scenario: str,
+    check: str | None, rows: int,
+) -> None:  # fmt: skip
+    predictor, holdout, _ = trained
+    settings = retraining_project(tmp_path, trained)
+    home = tmp_path / "home"
+    serve(home, predictor, holdout.slice(0, 2000), version=1, labelled=1.0, prefix="ok")
+    clean = synthetic.generate(rows=rows, seed=5)
+    logged, bad = spoiled(clean, scenario)
+    serve(home, predictor, clean, version=1, labelled=1.0, prefix="feed", features=logged)
+    found = labelled_traffic(champion=load_champion(settings), settings=settings)
+    parts = (found.train, found.select, found.gate)
+    kept = set().union(*(t[traffic.REQUEST_ID].to_pylist() for t in parts))
+    assert found.dropped is not None
+    if check is None:
+        assert found.dropped.dropped == 0
+        assert len(kept) == 2000 + rows
+        return
+    assert bad
+    assert {f"feed{i:09d}" for i in bad} & kept == set()  # none of the broken rows joins
+    assert any(why.startswith(check) for why in found.dropped.reasons), found.dropped.reasons
+    assert found.dropped.dropped >= len(bad)
+
+
+def test_past_its_share_a_broken_feed_fails_the_retraining_naming_the_check(
+    tmp_path: Path, trained: tuple[m.Predictor, pa.Table, pa.Table]
+) -> None:
+    predictor = trained[0]
+    settings = retraining_project(tmp_path, trained)
+    clean = synthetic.generate(rows=1000, seed=5)
+    logged, _ = spoiled(clean, "missing_spike")
+    serve(tmp_path / "home", predictor, clean, version=1, labelled=1.0, features=logged)
+    with pytest.raises(LabelledRowsRejected, match="missing_values: data_usage_gb") as caught:
+        labelled_traffic(champion=load_champion(settings), settings=settings)
+    assert "retraining.max_invalid_share 25%" in str(caught.value)
 
 
 def test_settings_load_the_monitoring_section_with_its_defaults(tmp_path: Path) -> None:
@@ -639,12 +740,21 @@ def test_whole_numbers_logged_as_floats_are_judged_as_the_integers_sent() -> Non
 
 def test_labelled_rows_take_the_source_types_or_name_the_column_that_does_not_fit() -> None:
     from tasks.errors import DriftloopError
-    from tasks.monitor import conform
 
-    source = pa.schema([("customer_id", pa.string()), ("tenure_months", pa.int64())])
-    logged = pa.table({"tenure_months": [3.0, 12.0], "extra": [1, 2]})
-    fitted = conform(logged, schema=source)
+    source = pa.schema(
+        [("customer_id", pa.string()), ("tenure_months", pa.int64()),
+         ("event_time", pa.timestamp("us", tz="UTC"))]
+    )  # fmt: skip
+    logged = pa.table(
+        {"tenure_months": [3.0, 12.0], "extra": [1, 2],
+         traffic.PREDICTED_AT: pa.array([NOW, NOW], pa.timestamp("us", tz="UTC"))}
+    )  # fmt: skip
+    fitted = traffic.as_source(logged, schema=source, timestamp="event_time")
     assert fitted.schema == source
-    assert fitted.to_pydict() == {"customer_id": [None, None], "tenure_months": [3, 12]}
+    assert fitted.to_pydict() == {
+        "customer_id": [None, None],
+        "tenure_months": [3, 12],
+        "event_time": [NOW, NOW],
+    }
     with pytest.raises(DriftloopError, match=r"column 'tenure_months' \(double\) does not fit"):
-        conform(pa.table({"tenure_months": [3.5, 1.0]}), schema=source)
+        traffic.as_source(pa.table({"tenure_months": [3.5, 1.0]}), schema=source)

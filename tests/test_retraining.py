@@ -3,6 +3,7 @@ the new version's metadata, a redelivered event ignored), and the whole loop on 
 a `driftloop.retrain.requested` event makes the deployment's trigger start a retraining run by
 itself, executed by `python -m flows.deployments` (prefect.serve)."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,6 +11,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from helpers import (
     NOW,
@@ -22,43 +25,56 @@ from helpers import (
     train_quick,
     wait_for,
 )
+from sklearn.metrics import roc_auc_score
 
-from tasks import registry, stack, synthetic
+from tasks import files, registry, stack, synthetic
+from tasks.model import load_model
+from tasks.monitor import requests
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).parents[1]
 
 
 def project(root: Path, *, workers: int = 2) -> Path:
-    """A project whose source is fresh data, with a small training section, a champion trained
-    on older data, and 3,000 served rows of which 2,000 got labels."""
-    synthetic.write_parquet(synthetic.generate(rows=4000, seed=3), root / "data" / "churn.parquet")
+    """A project whose source never changes: the old world's rows, which v1 learned from. The
+    world then moved (the generator's concept drift): v1 served 3,000 rows of it, and every
+    label came back."""
+    old = synthetic.generate(rows=10_000, seed=1)
+    synthetic.write_parquet(old, root / "data" / "churn.parquet")
     config = root / "driftloop.yaml"
     config.write_text(
         f"home: {root / 'home'}\n"
         "dataset:\n  name: churn\n  source: data/churn.parquet\n  target: churned\n"
         "  id: customer_id\n  timestamp: event_time\n"
-        f"training:\n  epochs: 3\n  batch_size: 512\n  num_workers: {workers}\n  min_steps: 0\n"
+        f"training:\n  epochs: 3\n  batch_size: 256\n  num_workers: {workers}\n"
+        "  min_steps: 300\n"
         "gate:\n  max_calibration_error: 0.1\n"
-        "monitoring:\n  feedback_days: 100000\n"  # the test traffic is stamped in 2026-06
+        "retraining:\n  feedback_days: 100000\n"  # the test traffic is stamped in 2026-06
     )
-    old = synthetic.generate(rows=10_000, seed=1)
     predictor = train_quick(old.slice(0, 8_000), steps=200)
     register_champion(
         root / "home", predictor, holdout=old.slice(8_000), reference=old.slice(0, 8_000), tmp=root
     )
-    served = synthetic.generate(rows=3_000, seed=8)
-    serve(root / "home", predictor, served, version=1, at=NOW, labelled=2 / 3)
+    served = synthetic.generate(rows=3_000, seed=8, scenario="concept_drift")
+    serve(root / "home", predictor, served, version=1, at=NOW, labelled=1.0)
     return config
 
 
-def test_retraining_adds_labelled_traffic_keeps_the_gate_rows_apart_and_records_its_trigger(
+def roc_auc(version: int, *, home: str, rows: pa.Table) -> float:
+    predictor = load_model(registry.resolve(root=home, model="churn", ref=version))
+    probs = predictor.predict(rows)[:, 1]
+    return float(roc_auc_score(rows["churned"].to_numpy(), probs))
+
+
+def test_a_static_source_and_labelled_concept_drift_teach_the_retraining_the_new_world(
     prefect_server: None, ray_local: None, tmp_path: Path
 ) -> None:
     from flows.retraining import retraining
 
     config = project(tmp_path)
     home = str(tmp_path / "home")
+    source = tmp_path / "data" / "churn.parquet"
+    before = hashlib.sha256(source.read_bytes()).hexdigest()
     found = retraining(
         config=str(config),
         event_id="evt-1",
@@ -67,26 +83,48 @@ def test_retraining_adds_labelled_traffic_keeps_the_gate_rows_apart_and_records_
         reasons=["concept drift: ..."],
         report="/x/drift.html",
     )
-    assert found["decision"] in ("promoted", "rejected")
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == before  # the source is untouched
+    assert found["decision"] == "promoted", found["reason"]
     feedback = found["feedback"]
-    assert feedback["train_rows"] + feedback["gate_rows"] == 2_000
-    assert 400 < feedback["gate_rows"] < 800
+    assert feedback["train_rows"] + feedback["select_rows"] + feedback["gate_rows"] == 3_000
+    assert 600 < feedback["gate_rows"] < 1_200
+    # on fresh rows of the new world that neither model saw, the retrained champion is far ahead
+    fresh = synthetic.generate(rows=5_000, seed=99, scenario="concept_drift")
+    new, old = roc_auc(found["version"], home=home, rows=fresh), roc_auc(1, home=home, rows=fresh)
+    assert new - old > 0.3, (new, old)
+    assert new > 0.7
     meta = registry.get_version(root=home, model="churn", version=found["version"])
+    # the recent rows decided, and the old source counted for little
+    assert meta["judged_on"]["on"] == "production"
+    assert meta["production_rows"] == feedback["gate_rows"]
+    assert meta["recency"]["half_life_days"] is not None, meta["recency"]["reason"]
+    assert len(meta["recency"]["candidates"]) == 4
     trigger = meta["trigger"]
     assert (trigger["event_id"], trigger["request_id"]) == ("evt-1", "r1")
     assert trigger["reasons"] == ["concept drift: ..."]
     assert trigger["drift_report"] == "/x/drift.html"
-    assert meta["production_rows"] == feedback["gate_rows"]  # the gate judged on those rows
-    source_train = meta["train_rows"] - feedback["train_rows"]
-    assert 0.6 * 4000 < source_train < 0.8 * 4000  # the source's training split, plus them
-    versions = registry.list_versions(root=home, model="churn")
+    # it remembers which labelled rows it learned from; the gate's were never among them
+    version = registry.find(root=home, model="churn", ref=found["version"])
+    trained = set(registry.trained_on(version).to_pylist())
+    folder = Path(feedback["folder"])
+    learned = {*pq.read_table(folder / "train.parquet")["request_id"].to_pylist(),
+               *pq.read_table(folder / "select.parquet")["request_id"].to_pylist()}  # fmt: skip
+    assert trained == learned
+    assert not trained & set(pq.read_table(folder / "gate.parquet")["request_id"].to_pylist())
+    # its drift reference is the world it learned: mostly the new rows (no customer id)
+    reference = pq.read_table(version.file(files.REFERENCE))
+    assert reference["customer_id"].null_count / reference.num_rows > 0.5
 
+    versions = registry.list_versions(root=home, model="churn")
     again = retraining(config=str(config), event_id="evt-1", model="churn", request_id="r1")
     assert again["decision"] == "skipped"
     assert "handled already" in again["reason"]
     other = retraining(config=str(config), event_id="evt-2", model="someone-else")
     assert other["decision"] == "skipped"
     assert registry.list_versions(root=home, model="churn") == versions
+    record = requests.read_record(home=home, model="churn", key="r1")
+    assert record is not None
+    assert (record["status"], record["version"]) == ("promoted", found["version"])
 
 
 # The loop on a real stack ------------------------------------------------------------------------

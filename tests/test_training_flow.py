@@ -140,10 +140,12 @@ def test_a_first_model_is_promoted_and_an_identical_retrain_is_rejected(
     assert kept["gate"]["passed"] is False
     assert kept["gate"]["judged_against"] == 1
     assert kept["production_rows"] == 400
+    assert kept["judged_on"]["on"] == "production"  # 400 >= gate.min_production_rows: they decide
+    assert kept["judged_on"]["basis"] == second["decided_on"]
+    assert kept["holdout_metrics"]["roc_auc"] == pytest.approx(first["roc_auc"], abs=1e-4)
     rules = json.loads((Path(kept["path"]) / "gate.json").read_text())["rules"]
-    production = [r for r in rules if r["rule"].startswith("production rows")]
-    assert production
-    assert production[0]["passed"]  # the same model does no worse on the recent rows
+    holdout = next(r for r in rules if r["rule"] == "holdout: roc_auc")
+    assert holdout["passed"]  # the same model does no worse on the source holdout
     assert read_events(events.MODEL_PROMOTED)
     assert read_events(events.MODEL_REJECTED)
 

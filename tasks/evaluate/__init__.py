@@ -15,13 +15,15 @@ The package, bottom to top (each module imports only those above it in this list
 - measure: the metrics, `evaluate()` and its `EvaluationReport`, slices, perturbations.
 - gating: the gate's rules (listed there), `gate()` and its `GateDecision`, the paired bootstrap.
 - reports: the gate table and the model card in markdown, and the Prefect artifacts of both.
-- promote: the champion measured on the same rows, the Prefect tasks, and promotion into the
-  registry (`promote_task`).
+- promote: the champion measured on the same rows, which rows decide (`judge`: labelled
+  production rows neither model trained on, once there are enough, else the holdout), the
+  Prefect tasks, and promotion into the registry (`promote_task`).
 This module is the face: import from `tasks.evaluate`, not from its modules.
 """
 
 from tasks.evaluate.gating import (
     GateDecision,
+    HoldoutCheck,
     RuleResult,
     gate,
     paired_bootstrap,
@@ -56,12 +58,14 @@ from tasks.evaluate.measure import (
 )
 from tasks.evaluate.promote import (
     Champion,
+    Judgement,
     Promotion,
     Training,
-    champion_task,
     decision_payload,
     evaluate_task,
     gate_task,
+    judge,
+    judge_task,
     measure_champion,
     promote_task,
 )
@@ -79,13 +83,14 @@ __all__ = [
     "EvaluationError",
     "EvaluationReport",
     "GateDecision",
+    "HoldoutCheck",
+    "Judgement",
     "Predictor",
     "Promotion",
     "RuleResult",
     "SliceMetrics",
     "Task",
     "Training",
-    "champion_task",
     "classification_metrics",
     "compute_metrics",
     "decision_payload",
@@ -96,6 +101,8 @@ __all__ = [
     "gate_table_markdown",
     "gate_task",
     "is_better",
+    "judge",
+    "judge_task",
     "measure_champion",
     "metric",
     "model_card",

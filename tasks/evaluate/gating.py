@@ -18,9 +18,15 @@ The gate's rules (`GateConfig`), each recorded with both models' values:
   (`tasks.calibration.ece_interval`) fails only when its bootstrap CI's low end is above
   `max_calibration_error`; under `min_calibration_rows` rows it says "not enough rows" (skipped).
 - robustness: the primary metric loses at most `max_robustness_drop` under the worst perturbation.
-- production: on labelled production rows (when both reports have enough), no loss beyond
-  `max_production_regression`.
+- holdout (when labelled production rows decided): on the source's holdout, no loss beyond
+  `max_holdout_regression`, while the retraining's recency weighting still gives the holdout's
+  rows `min_holdout_weight` (below it the source no longer describes the present: skipped).
 Tolerances are relative (0.05 = 5% of the reference value), so one default fits ROC-AUC and RMSE.
+
+Which rows decide: the reports handed in. A retraining (or any training once feedback labels
+arrived) hands in reports on labelled production rows neither model trained on when there are
+`min_production_rows` of them, and the holdout's as a `HoldoutCheck`; otherwise the holdout's.
+`GateDecision.basis` says which rows decided, and why.
 """
 
 from __future__ import annotations
@@ -66,15 +72,28 @@ class RuleResult:
 
 
 @dataclass(frozen=True)
+class HoldoutCheck:
+    """Both models on the source's holdout, when labelled production rows decided: a
+    no-regression check, as much as the recency weighting still counts the holdout's rows."""
+
+    challenger: EvaluationReport
+    champion: EvaluationReport | None  # None: the champion could not score the holdout
+    weight: float = 1.0  # the holdout rows' mean recency weight (the newest rows weigh 1)
+
+
+@dataclass(frozen=True)
 class GateDecision:
     """Promote or not, and every rule that decided it."""
 
     promote: bool
     primary_metric: str
-    challenger_value: float  # the primary metric on the holdout
+    challenger_value: float  # the primary metric on the rows that decided
     champion_value: float | None  # None: there was no champion (or it could not be scored)
     rules: list[RuleResult]
     champion_version: int | None = None  # the champion judged against: promotion expects it
+    decided_on: str = "holdout"  # "holdout" or "production": which rows decided
+    rows: int = 0  # how many
+    basis: str = ""  # which rows decided and why, for people
 
     @property
     def failed(self) -> list[RuleResult]:
@@ -88,7 +107,9 @@ class GateDecision:
         """One line: the verdict and what decided it."""
         if self.promote:
             what = "beats the champion" if self.has_champion else "first model, floors met"
-            return f"promote: {what} ({len(self.rules)} rules passed)"
+            where = f" on {self.rows:,} labelled production rows" if self.decided_on != "holdout" \
+                else ""  # fmt: skip
+            return f"promote: {what}{where} ({len(self.rules)} rules passed)"
         return "reject: " + "; ".join(f"{r.rule} ({r.detail})" for r in self.failed)
 
     def advice(self, version: int | None = None) -> str | None:
@@ -114,24 +135,33 @@ def gate(
     config: GateConfig,
     champion_version: int | None = None,
     champion_error: str | None = None,
+    holdout: HoldoutCheck | None = None,
+    basis: str | None = None,
+    challenger_error: str | None = None,
 ) -> GateDecision:
-    """Decide whether `challenger` replaces `champion` (None: there is no champion yet).
+    """Decide whether `challenger` replaces `champion` (None: there is no champion yet), both
+    measured on the same rows: the holdout, or labelled production rows (then `holdout` holds
+    both on the holdout, for the no-regression check). `basis`: why these rows decide.
 
     `champion_error` says why a champion that exists could not be measured on these rows (a
     schema change, say): the challenger is then rejected, never waved through as a first model.
+    `challenger_error`: why the challenger could not score the labelled production rows that
+    were to decide (a feature the traffic lacks): rejected too.
     """
     primary = primary_metric(challenger.task, config)
     if champion is not None:
         _check_pair(challenger, champion)
+    rows = "labelled production rows" if challenger.on != "holdout" else "holdout rows"
     rules = [
         *_comparable_rules(champion_version, champion_error),
+        *_scoring_rules(challenger_error),
         *_floor_rules(challenger, champion, config),
         *_baseline_rules(challenger, champion, config, primary),
         *_gain_rules(challenger, champion, config, primary),
         *_slice_rules(challenger, champion, config, primary),
         *_calibration_rules(challenger, champion, config),
         *_robustness_rules(challenger, champion, config, primary),
-        *_production_rules(challenger, champion, config, primary),
+        *_holdout_rules(holdout, config, primary),
     ]
     return GateDecision(
         promote=all(r.passed for r in rules),
@@ -140,6 +170,9 @@ def gate(
         champion_value=champion.metrics[primary] if champion is not None else None,
         rules=rules,
         champion_version=champion_version,
+        decided_on=challenger.on,
+        rows=challenger.rows,
+        basis=basis or f"{challenger.rows:,} {rows}",
     )
 
 
@@ -230,6 +263,13 @@ def _comparable_rules(version: int | None, error: str | None) -> list[RuleResult
         "make this version champion with `driftloop deploy --version N` if it should serve"
     )
     return [_failed("champion: measured on the same rows", detail)]
+
+
+def _scoring_rules(error: str | None) -> list[RuleResult]:
+    if error is None:
+        return []
+    detail = f"the challenger could not score the labelled production rows ({error})"
+    return [_failed("production rows: challenger can score them", detail)]
 
 
 def _skipped(rule: str, detail: str) -> RuleResult:
@@ -403,24 +443,27 @@ def _worst_loss(report: EvaluationReport, primary: str) -> tuple[str, float]:
     return kind, losses[kind]
 
 
-def _production_rules(
-    c: EvaluationReport, champion: EvaluationReport | None, config: GateConfig, primary: str
+def _holdout_rules(
+    check: HoldoutCheck | None, config: GateConfig, primary: str
 ) -> list[RuleResult]:
-    if c.production_error is not None:  # what it would be served cannot go through it
-        error = c.production_error
-        detail = f"the challenger could not score the labelled production rows ({error})"
-        return [_failed("production rows: challenger can score them", detail)]
-    if champion is None or c.production is None or champion.production is None:
+    if check is None:
         return []
-    if c.production_fingerprint != champion.production_fingerprint:
-        raise EvaluationError("the two reports saw different production rows: use the same ones")
-    if c.production_rows < config.min_production_rows:
-        detail = f"{c.production_rows} labelled rows < {config.min_production_rows}"
-        return [_skipped("production rows: no regression", detail)]
-    new, old = c.production[primary], champion.production[primary]
+    name = f"holdout: {primary}"
+    c = check.challenger
+    if check.champion is None:
+        return [_skipped(name, "the champion could not score the source's holdout")]
+    if check.weight < config.min_holdout_weight:
+        detail = (
+            f"{c.rows:,} source holdout rows weigh {check.weight:.3g} on average under the "
+            f"chosen recency weighting (< gate.min_holdout_weight {config.min_holdout_weight:g}): "
+            "the source no longer describes the present"
+        )
+        return [_skipped(name, detail)]
+    new, old = c.metrics[primary], check.champion.metrics[primary]
     loss = relative_loss(primary, reference=old, value=new)
     return [_rule(
-        f"production rows: {primary}", champion=old, challenger=new, observed=loss, op="<=",
-        threshold=config.max_production_regression, relative=True,
-        detail=f"{c.production_rows} labelled production rows; loss {loss:+.2%}",
+        name, champion=old, challenger=new, observed=loss, op="<=",
+        threshold=config.max_holdout_regression, relative=True,
+        detail=f"{c.rows:,} source holdout rows; loss {loss:+.2%} "
+        f"(allowed {config.max_holdout_regression:.2%})",
     )]  # fmt: skip

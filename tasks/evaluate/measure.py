@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -203,10 +203,7 @@ class EvaluationReport:
     robustness: dict[str, dict[str, float]]  # perturbation -> metrics
     robustness_errors: dict[str, str] = field(default_factory=dict)  # perturbation -> error
     calibration_bins: int = 15
-    production: dict[str, float] | None = None
-    production_rows: int = 0
-    production_fingerprint: str | None = None
-    production_error: str | None = None  # why the model could not score the production rows
+    on: str = "holdout"  # which rows: the source's "holdout", or labelled "production" rows
     # a calibrated classifier: its temperature, what it did on the validation split, and the
     # holdout ECE (equal-mass bins) of its probabilities without (`before`) and with it
     calibration: dict[str, Any] | None = None
@@ -218,9 +215,8 @@ class EvaluationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (no per-row arrays; NaN as null)."""
-        keep = ("task", "classes", "rows", "fingerprint", "metrics", "robustness",
-                "robustness_errors", "calibration_bins", "production", "production_rows",
-                "production_fingerprint", "production_error", "calibration")  # fmt: skip
+        keep = ("task", "classes", "rows", "on", "fingerprint", "metrics", "robustness",
+                "robustness_errors", "calibration_bins", "calibration")  # fmt: skip
         out = {k: getattr(self, k) for k in keep}
         out["slices"] = [asdict(s) for s in self.slices]
         return dict(events.jsonable(out))
@@ -232,13 +228,17 @@ def evaluate(
     *,
     dataset: DatasetConfig,
     config: EvaluationConfig,
-    production: pa.Table | None = None,
+    on: str = "holdout",
 ) -> EvaluationReport:
-    """Measure a model on the holdout (and on labelled production rows when given).
+    """Measure a model on `holdout`: the source's holdout, or labelled production rows (`on`
+    says which; their slices are the slice columns the rows have).
 
     Rows whose target is null are left out (unlabelled production rows, say).
     """
-    table = _labelled(holdout, target=dataset.target, what="holdout")
+    table = _labelled(holdout, target=dataset.target, what=on)
+    if on != "holdout":  # the prediction log has the features, not every slice column
+        slices = [c for c in dataset.slices if c in table.column_names]
+        dataset = dataset.model_copy(update={"slices": slices})
     y, pred = predict_encoded(predictor, table, target=dataset.target, task=dataset.task)
     bins = config.calibration_bins
     perturbed, errors = robustness(predictor, table, dataset=dataset, config=config)
@@ -252,18 +252,12 @@ def evaluate(
         robustness=perturbed,
         robustness_errors=errors,
         calibration_bins=bins,
+        on=on,
         calibration=_calibration(predictor, table, y, pred, dataset=dataset, bins=bins),
         y_true=y,
         predictions=pred,
     )
-    if production is None:
-        return report
-    recent = _labelled(production, target=dataset.target, what="production rows")
-    try:
-        py, ppred = predict_encoded(predictor, recent, target=dataset.target, task=dataset.task)
-    except CANNOT_SCORE as exc:  # e.g. traffic lacks a new feature
-        return replace(report, production_error=f"{type(exc).__name__}: {exc}")
-    return _with_production(report, recent, py, ppred)
+    return report
 
 
 def _calibration(
@@ -290,17 +284,6 @@ def _calibration(
         "holdout_ece_before": calibration_error(y, raw, bins=holdout_bins),
         "holdout_ece_after": calibration_error(y, pred, bins=holdout_bins),
     }
-
-
-def _with_production(
-    report: EvaluationReport, table: pa.Table, y: np.ndarray, pred: np.ndarray
-) -> EvaluationReport:
-    return replace(
-        report,
-        production=compute_metrics(y, pred, task=report.task, bins=report.calibration_bins),
-        production_rows=table.num_rows,
-        production_fingerprint=rows_fingerprint(table),
-    )
 
 
 def predict_encoded(

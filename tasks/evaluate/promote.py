@@ -26,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import events, files, registry
-from tasks.evaluate.gating import GateDecision, gate
+from tasks.evaluate.gating import GateDecision, HoldoutCheck, gate
 from tasks.evaluate.measure import CANNOT_SCORE, EvaluationReport, Predictor, evaluate
 from tasks.evaluate.reports import model_card, publish_card, publish_gate, publish_metrics
 from tasks.settings import EvaluationConfig, GateConfig
@@ -48,12 +48,12 @@ class Champion:
 
 
 def measure_champion(
-    holdout: pa.Table,
+    rows: pa.Table,
     *,
     root: str,
     dataset: DatasetConfig,
     config: EvaluationConfig,
-    production: pa.Table | None = None,
+    on: str = "holdout",
 ) -> Champion:
     """The champion measured on the challenger's rows; its error when it cannot score them."""
     from tasks.model import load_model
@@ -63,10 +63,100 @@ def measure_champion(
         return Champion(version=None, report=None)
     try:
         predictor = load_model(found.location)
-        report = evaluate(predictor, holdout, dataset=dataset, config=config, production=production)
+        report = evaluate(predictor, rows, dataset=dataset, config=config, on=on)
     except CANNOT_SCORE as exc:  # e.g. a column it needs is gone
         return Champion(version=found.version, report=None, error=f"{type(exc).__name__}: {exc}")
     return Champion(version=found.version, report=report)
+
+
+# Which rows decide -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The gate's decision, the challenger's report on the rows that decided, and on the
+    source holdout (the same report when the holdout decided)."""
+
+    decision: GateDecision
+    report: EvaluationReport
+    holdout: EvaluationReport
+    champion: Champion  # measured on the rows that decided
+
+    @property
+    def reports(self) -> list[tuple[EvaluationReport, str]]:
+        """Every report made, with its role, for the metrics artifacts."""
+        found = [(self.report, "challenger")]
+        if self.champion.report is not None:
+            found.append((self.champion.report, "champion"))
+        if self.holdout is not self.report:
+            found.append((self.holdout, "challenger-holdout"))
+        return found
+
+
+def judge(
+    predictor: Predictor,
+    *,
+    holdout: pa.Table,
+    production: pa.Table | None,
+    root: str,
+    dataset: DatasetConfig,
+    evaluation: EvaluationConfig,
+    config: GateConfig,
+    holdout_weight: float = 1.0,
+) -> Judgement:
+    """Measure challenger and champion on the same rows and gate: on `production` (labelled
+    production rows neither model trained on) when there is a champion and at least
+    `gate.min_production_rows` of them, the holdout then a no-regression check weighing
+    `holdout_weight`; else on the holdout, as for a first model."""
+    on_holdout = evaluate(predictor, holdout, dataset=dataset, config=evaluation)
+    champion = measure_champion(holdout, root=root, dataset=dataset, config=evaluation)
+    recent = _labelled_rows(production, target=dataset.target)
+    least = config.min_production_rows
+    if champion.version is None or recent < least:
+        why = (
+            "a first model" if champion.version is None
+            else f"{recent:,} labelled production rows neither model trained on "
+            f"(< gate.min_production_rows {least:,})"
+        )  # fmt: skip
+        decision = gate(
+            challenger=on_holdout, champion=champion.report, config=config,
+            champion_version=champion.version, champion_error=champion.error,
+            basis=f"the source holdout ({on_holdout.rows:,} rows): {why}",
+        )  # fmt: skip
+        return Judgement(decision=decision, report=on_holdout, holdout=on_holdout,
+                         champion=champion)  # fmt: skip
+    assert production is not None
+    basis = (
+        f"{recent:,} labelled production rows neither model trained on (>= "
+        f"gate.min_production_rows {least:,}): the present decides; the source holdout "
+        f"({on_holdout.rows:,} rows) is a no-regression check"
+    )
+    check = HoldoutCheck(on_holdout, champion.report, weight=holdout_weight)
+    try:
+        on_recent = evaluate(predictor, production, dataset=dataset, config=evaluation,
+                             on="production")  # fmt: skip
+    except CANNOT_SCORE as exc:  # what it would serve cannot go through it, e.g. a new feature
+        decision = gate(
+            challenger=on_holdout, champion=champion.report, config=config,
+            champion_version=champion.version, champion_error=champion.error, holdout=check,
+            basis=basis, challenger_error=f"{type(exc).__name__}: {exc}",
+        )  # fmt: skip
+        return Judgement(decision=decision, report=on_holdout, holdout=on_holdout,
+                         champion=champion)  # fmt: skip
+    measured = measure_champion(production, root=root, dataset=dataset, config=evaluation,
+                                on="production")  # fmt: skip
+    decision = gate(
+        challenger=on_recent, champion=measured.report, config=config,
+        champion_version=measured.version, champion_error=measured.error, holdout=check,
+        basis=basis,
+    )  # fmt: skip
+    return Judgement(decision=decision, report=on_recent, holdout=on_holdout, champion=measured)
+
+
+def _labelled_rows(rows: pa.Table | None, *, target: str) -> int:
+    if rows is None or target not in rows.column_names:
+        return 0
+    return rows.num_rows - rows[target].null_count
 
 
 # Prefect tasks ------------------------------------------------------------------------------------
@@ -79,11 +169,10 @@ def evaluate_task(
     *,
     dataset: DatasetConfig,
     config: EvaluationConfig,
-    production: pa.Table | None = None,
     role: str = "challenger",
 ) -> EvaluationReport:
     """Measure a model on the holdout; publish its metrics as a table artifact."""
-    report = evaluate(predictor, holdout, dataset=dataset, config=config, production=production)
+    report = evaluate(predictor, holdout, dataset=dataset, config=config)
     publish_metrics(report, model=dataset.name, role=role)
     return report
 
@@ -105,26 +194,35 @@ def gate_task(
     return decision
 
 
-@task(name="evaluate-champion", cache_policy=NO_CACHE)
-def champion_task(
-    holdout: pa.Table,
+@task(name="evaluate-and-gate", cache_policy=NO_CACHE)
+def judge_task(
+    predictor: Predictor,
     *,
+    holdout: pa.Table,
+    production: pa.Table | None,
     root: str,
     dataset: DatasetConfig,
-    config: EvaluationConfig,
-    production: pa.Table | None = None,
-) -> Champion:
-    """Measure the champion on the challenger's holdout (and production rows), if there is one."""
+    evaluation: EvaluationConfig,
+    config: GateConfig,
+    holdout_weight: float = 1.0,
+) -> Judgement:
+    """Challenger and champion on the rows that decide (`judge`); publishes each report's
+    metrics and the gate table, and logs which rows decided."""
     from prefect import get_run_logger
 
-    champion = measure_champion(
-        holdout, root=root, dataset=dataset, config=config, production=production
-    )
-    if champion.report is not None:
-        publish_metrics(champion.report, model=dataset.name, role="champion")
-    if champion.error is not None:
-        get_run_logger().warning("champion v%s: %s", champion.version, champion.error)
-    return champion
+    found = judge(
+        predictor, holdout=holdout, production=production, root=root, dataset=dataset,
+        evaluation=evaluation, config=config, holdout_weight=holdout_weight,
+    )  # fmt: skip
+    for report, role in found.reports:
+        publish_metrics(report, model=dataset.name, role=role)
+    publish_gate(found.decision, model=dataset.name)
+    logger = get_run_logger()
+    logger.info("gate decided on %s", found.decision.basis)
+    if found.champion.error is not None:
+        logger.warning("champion v%s: %s", found.champion.version, found.champion.error)
+    logger.info("gate: %s", found.decision.summary())
+    return found
 
 
 # Promotion ----------------------------------------------------------------------------------------
@@ -175,16 +273,19 @@ def promote_task(
     metadata: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, str | bytes] | None = None,
     model_dir_is_temporary: bool = False,
+    holdout: EvaluationReport | None = None,
 ) -> Promotion:
     """Register the challenger with its decision; make it champion when the gate passed.
 
     Every candidate becomes a registry version (weights, evaluation, gate table, card), so a
-    rejection is kept with its reasons and a person can still deploy it by hand. The version's
-    metadata is `training`'s facts, the number of labelled production rows it was measured on,
-    then `metadata` (which wins on a clash). The champion alias moves by compare-and-set against
-    the champion the gate judged against: if another run promoted a model meanwhile, this one
-    stays a plain version. Publishes the model card (`model-card-<model>`) and emits
-    `driftloop.model.promoted` or `driftloop.model.rejected`.
+    rejection is kept with its reasons and a person can still deploy it by hand. `report` is
+    the challenger on the rows that decided (its metrics are the version's `metrics`, the
+    baseline the monitor measures decay against), `holdout` on the source holdout when those
+    were labelled production rows. The version's metadata is `training`'s facts, which rows
+    decided, then `metadata` (which wins on a clash). The champion alias moves by
+    compare-and-set against the champion the gate judged against: if another run promoted a
+    model meanwhile, this one stays a plain version. Publishes the model card
+    (`model-card-<model>`) and emits `driftloop.model.promoted` or `driftloop.model.rejected`.
 
     `model_dir_is_temporary`: `model_dir` is the only thing in a temporary folder (tasks.train's
     local export for a run on remote storage); that folder is removed once the task is done with
@@ -195,10 +296,13 @@ def promote_task(
             decision=decision, report=report, dataset=dataset, root=root, model_dir=model_dir,
             metadata={
                 **(training.metadata() if training is not None else {}),
-                "production_rows": report.production_rows,
+                "judged_on": {"on": decision.decided_on, "rows": decision.rows,
+                              "basis": decision.basis},
+                "production_rows": decision.rows if decision.decided_on != "holdout" else 0,
+                **({"holdout_metrics": holdout.to_dict()["metrics"]} if holdout else {}),
                 **(metadata or {}),
             },
-            extra_files=extra_files or {},
+            extra_files=extra_files or {}, holdout=holdout,
         )  # fmt: skip
     finally:
         if model_dir_is_temporary:  # the registry holds its copy now
@@ -214,6 +318,7 @@ def _promote(
     model_dir: str,
     metadata: Mapping[str, Any],
     extra_files: Mapping[str, str | bytes],
+    holdout: EvaluationReport | None = None,
 ) -> Promotion:
     model, previous = dataset.name, decision.champion_version
 
@@ -221,6 +326,7 @@ def _promote(
         return model_card(
             dataset=dataset, report=report, decision=decision, version=version,
             data_fingerprint=metadata.get("data_fingerprint"), params=metadata.get("params"),
+            holdout=holdout, recency=metadata.get("recency"),
         )  # fmt: skip
 
     gate_record = {
@@ -233,7 +339,9 @@ def _promote(
         metadata={**metadata, "metrics": report.to_dict()["metrics"], "gate": gate_record},
         extra_files={
             **extra_files,
-            files.EVALUATION: json.dumps(report.to_dict(), indent=1).encode(),
+            files.EVALUATION: json.dumps(
+                {**report.to_dict(), "holdout": holdout.to_dict() if holdout else None}, indent=1
+            ).encode(),
             files.GATE: json.dumps(decision.to_dict(), indent=1).encode(),
             files.MODEL_CARD: card(None).encode(),  # the number is claimed as it is published
         },

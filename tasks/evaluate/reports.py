@@ -31,6 +31,8 @@ def gate_table_markdown(decision: GateDecision) -> str:
     lines = [
         ("✅ " if decision.promote else "❌ ") + artifacts.md(decision.summary()),
         "",
+        f"Decided on: {artifacts.md(decision.basis)}" if decision.basis else "",
+        "",
         "| rule | champion | challenger | threshold | result | detail |",
         "|---|---|---|---|---|---|",
     ]
@@ -58,8 +60,12 @@ def model_card(
     version: int | None = None,
     params: Mapping[str, Any] | None = None,
     intended_use: str | None = None,
+    holdout: EvaluationReport | None = None,
+    recency: Mapping[str, Any] | None = None,
 ) -> str:
-    """A markdown model card: intended use, data, metrics overall and per slice, gate, limits."""
+    """A markdown model card: intended use, data, metrics overall and per slice, gate, limits.
+    `report`: on the rows that decided; `holdout`: on the source's holdout when those were
+    labelled production rows; `recency`: a retraining's choice of weighting."""
     features = dataset_features(dataset)
     title = f"# Model card: {dataset.name}" + (f" v{version}" if version is not None else "")
     use = intended_use or (
@@ -74,9 +80,10 @@ def model_card(
         f"- numeric features: {', '.join(features.numeric) or 'none'}",
         f"- categorical features: {', '.join(features.categorical) or 'none'}",
         f"- training data fingerprint: `{data_fingerprint or 'unknown'}`",
-        f"- holdout: {report.rows} rows (fingerprint `{report.fingerprint}`)"
-        + (f"; labelled production rows: {report.production_rows}" if report.production else ""),
-        "", "## Metrics (holdout)", "", _metrics_table(report), "",
+        f"- judged on: {_rows(report)} (fingerprint `{report.fingerprint}`)"
+        + (f"; the source holdout: {holdout.rows} rows" if holdout is not None else ""),
+        *([f"- recency weighting: {recency['reason']}"] if recency else []),
+        "", f"## Metrics ({_label(report)})", "", _metrics_table(report, holdout=holdout), "",
     ]  # fmt: skip
     if report.task == "classification":
         lines += ["## Calibration", "", *_calibration_lines(report), ""]
@@ -110,10 +117,18 @@ def _calibration_lines(report: EvaluationReport) -> list[str]:
     ]
 
 
-def _metrics_table(report: EvaluationReport) -> str:
-    columns = {"holdout": report.metrics, **{f"+{k}": v for k, v in report.robustness.items()}}
-    if report.production:
-        columns["production rows"] = report.production
+def _label(report: EvaluationReport) -> str:
+    return "labelled production rows" if report.on != "holdout" else "holdout"
+
+
+def _rows(report: EvaluationReport) -> str:
+    return f"{report.rows:,} {_label(report)}" + (" rows" if report.on == "holdout" else "")
+
+
+def _metrics_table(report: EvaluationReport, *, holdout: EvaluationReport | None = None) -> str:
+    columns = {report.on: report.metrics, **{f"+{k}": v for k, v in report.robustness.items()}}
+    if holdout is not None:
+        columns["source holdout"] = holdout.metrics
     header = "| metric | " + " | ".join(columns) + " |"
     rule = "|---" * (len(columns) + 1) + "|"
     rows = [
@@ -140,7 +155,10 @@ def _limitations(report: EvaluationReport, *, primary: str) -> list[str]:
     notes = [
         "Measured on a holdout drawn from the same data as training: it says nothing about rows "
         "from a different population or period (the drift monitor checks production inputs).",
-    ]
+    ] if report.on == "holdout" else [
+        "Measured on recent labelled production rows no model trained on: the present as far as "
+        "the feedback labels show it; the drift monitor keeps watching.",
+    ]  # fmt: skip
     small = [f"{s.column}={s.value} ({s.rows})" for s in report.slices if s.rows < 200]
     if small:
         notes.append("Slices too small for reliable metrics: " + ", ".join(small) + ".")
@@ -164,12 +182,12 @@ def publish_metrics(report: EvaluationReport, *, model: str, role: str) -> None:
     `evaluation-<model>-<role>`."""
     from prefect.artifacts import create_table_artifact
 
-    rows = [{"metric": k, "holdout": v, **{k2: m[k] for k2, m in report.robustness.items()}}
+    rows = [{"metric": k, report.on: v, **{k2: m[k] for k2, m in report.robustness.items()}}
             for k, v in report.metrics.items()]  # fmt: skip
     create_table_artifact(
         table=events.jsonable(rows),
         key=artifacts.key("evaluation", model, role),
-        description=f"{model} ({role}): metrics on {report.rows} holdout rows",
+        description=f"{model} ({role}): metrics on {_rows(report)}",
     )
 
 

@@ -23,8 +23,9 @@ The package, bottom up (each module imports only those above it in this list):
   of each request, read back;
 - `checks`: the champion judged, its outputs, the data-quality check, quality on a window;
 - `reports`: the pass's result, its reports, Prefect artifacts and events;
-- `prefect_tasks`: the pass's steps as Prefect tasks (flows/monitoring.py wires them);
-- `feedback`: labelled production rows for the retraining flow (training rows and gate rows).
+- `feedback`: a retraining's labelled production rows, checked, split for training, choosing
+  the weighting and the gate;
+- `prefect_tasks`: the pass's and the retraining's steps as Prefect tasks (the flows wire them).
 This module is the face: import from `tasks.monitor`.
 """
 
@@ -33,14 +34,17 @@ from tasks.monitor.checks import (
     MonitorError,
     champion_ref,
     check_data,
+    check_rows,
     judge_quality,
     load_champion,
+    not_trained_on,
+    outlier_bounds,
     window_settings,
     with_outputs,
     without_outliers,
 )
 from tasks.monitor.drift import ColumnDrift, DriftResult, detect_drift
-from tasks.monitor.feedback import FeedbackRows, conform, split_feedback
+from tasks.monitor.feedback import LabelledRowsRejected, LabelledTraffic, labelled_traffic
 from tasks.monitor.governor import (
     Decision,
     Signals,
@@ -56,9 +60,9 @@ from tasks.monitor.prefect_tasks import (
     claim_task,
     data_quality_task,
     drift_task,
-    feedback_task,
     finish_task,
     govern_task,
+    labelled_traffic_task,
     publish_task,
     quality_task,
     run_is_alive,
@@ -79,7 +83,8 @@ __all__ = [
     "ColumnDrift",
     "Decision",
     "DriftResult",
-    "FeedbackRows",
+    "LabelledRowsRejected",
+    "LabelledTraffic",
     "MonitorError",
     "MonitorResult",
     "Quality",
@@ -89,8 +94,8 @@ __all__ = [
     "champion_ref",
     "champion_task",
     "check_data",
+    "check_rows",
     "claim_task",
-    "conform",
     "data_quality_task",
     "decide",
     "detect_drift",
@@ -98,17 +103,20 @@ __all__ = [
     "estimated",
     "expected_accuracy",
     "expected_roc_auc",
-    "feedback_task",
     "finish_task",
     "govern",
     "govern_task",
     "judge_quality",
+    "labelled_traffic",
+    "labelled_traffic_task",
     "latest",
     "load_champion",
     "load_state",
     "logged_rows",
     "mark_sent",
     "measured",
+    "not_trained_on",
+    "outlier_bounds",
     "probability_columns",
     "publish",
     "publish_task",
@@ -117,7 +125,6 @@ __all__ = [
     "reconcile",
     "run_is_alive",
     "sample",
-    "split_feedback",
     "verdict",
     "window_settings",
     "window_task",

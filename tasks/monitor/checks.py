@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from tasks import data, files, registry, validation
+from tasks import data, files, registry, traffic, validation
 from tasks.errors import DriftloopError
 from tasks.evaluate import CANNOT_SCORE, primary_metric
 from tasks.model import Predictor, load_model
@@ -45,6 +46,9 @@ class Champion:
     metrics: dict[str, Any]  # on its holdout, from the registry metadata
     reference: pa.Table  # its training sample (sampled to monitoring.sample_rows)
     location: str
+    # request ids of the labelled production rows it trained on (a retraining's): its quality
+    # is never measured on them, and the gate never judges it on them
+    trained_on: pa.Array = field(default_factory=lambda: pa.array([], pa.string()), repr=False)
 
     @property
     def features(self) -> Features:
@@ -101,7 +105,16 @@ def load_champion(settings: Settings) -> Champion:
         metrics=dict(meta.get("metrics") or {}),
         reference=sample(reference, rows=config.sample_rows, seed=config.seed),
         location=ref.location,
+        trained_on=registry.trained_on(ref),
     )
+
+
+def not_trained_on(table: pa.Table, champion: Champion) -> pa.Table:
+    """The rows of `table` (with request ids) the champion did not train on."""
+    if len(champion.trained_on) == 0 or traffic.REQUEST_ID not in table.column_names:
+        return table
+    seen = pc.is_in(table[traffic.REQUEST_ID], value_set=champion.trained_on)
+    return table.filter(pc.invert(seen))
 
 
 def with_outputs(table: pa.Table, outputs: pa.Table | None) -> pa.Table:
@@ -123,14 +136,21 @@ def without_outliers(window: Window, *, champion: Champion, settings: Settings) 
     move a drift score or a type check by themselves; they are a finding of their own, and a
     problem past `validation.batch_range_share` of the rows."""
     cfg = settings.validation
-    bounds = validation.outlier_bounds(
-        champion.reference, columns=champion.features.numeric, spans=cfg.outlier_spans
-    )
     far, found = validation.find_outliers(
-        window.table, bounds, spans=cfg.outlier_spans, limit=cfg.batch_range_share
-    )
+        window.table, outlier_bounds(champion, settings), spans=cfg.outlier_spans,
+        limit=cfg.batch_range_share,
+    )  # fmt: skip
     table = window.table.filter(pa.array(~far)) if found.rows else window.table
     return replace(window, table=table, outliers=found)
+
+
+def outlier_bounds(champion: Champion, settings: Settings) -> validation.Bounds:
+    """Beyond these a numeric feature's value is an outlier: the champion's training range
+    widened by `validation.outlier_spans` spans."""
+    spans = settings.validation.outlier_spans
+    return validation.outlier_bounds(
+        champion.reference, columns=champion.features.numeric, spans=spans
+    )
 
 
 def data_problems(window: Window, report: validation.ValidationReport | None) -> list[str]:
@@ -161,14 +181,28 @@ def check_data(
 ) -> validation.ValidationReport:
     """The window's sample against the validation suite (built from the champion's training
     sample): data quality, not drift (`validation.check_batch`)."""
+    return check_rows(window.table, champion=champion, settings=settings)
+
+
+def check_rows(
+    rows: pa.Table, *, champion: Champion, settings: Settings
+) -> validation.ValidationReport:
+    """Logged rows (features, and the target where labels came) against the validation suite
+    built from the champion's training sample; the rows as checked are `sent_rows(rows, ...)`."""
     contract = window_settings(settings, champion)
-    ds = contract.dataset
-    columns = [c for c in [*contract.features.all, ds.target] if c in window.table.column_names]
-    table = as_sent(window.table.select(columns), source=champion.reference.schema)
     suite = validation.build_suite(
-        champion.reference, settings=contract, profile_source=f"{ds.name} v{champion.version}"
-    )
+        champion.reference, settings=contract,
+        profile_source=f"{contract.dataset.name} v{champion.version}",
+    )  # fmt: skip
+    table = sent_rows(rows, champion=champion, settings=settings)
     return validation.check_batch(table, suite=suite, settings=contract, source="prediction log")
+
+
+def sent_rows(rows: pa.Table, *, champion: Champion, settings: Settings) -> pa.Table:
+    """The features and the target of logged rows, integers back where they were sent."""
+    target = settings.dataset.target
+    columns = [c for c in [*champion.features.all, target] if c in rows.column_names]
+    return as_sent(rows.select(columns), source=champion.reference.schema)
 
 
 def as_sent(table: pa.Table, *, source: pa.Schema) -> pa.Table:
@@ -197,8 +231,9 @@ def judge_quality(window: Window, *, champion: Champion, settings: Settings) -> 
     except DriftloopError as exc:
         return q.unknown(str(exc))
     baseline = _number(champion.metrics.get(primary))
-    if window.labelled >= config.min_labelled_rows:
-        y, pred = _labelled(window.labelled_table, champion=champion, target=ds.target)
+    if window.labelled >= config.min_labelled_rows:  # never on rows it trained on
+        rows = not_trained_on(window.labelled_table, champion)
+        y, pred = _labelled(rows, champion=champion, target=ds.target)
         if y is not None and pred is not None and len(y) >= config.min_labelled_rows:
             return q.measured(y, pred, metric_name=primary, baseline=baseline, config=config)
     if champion.predictor.classes is None:

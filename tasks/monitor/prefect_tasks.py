@@ -19,10 +19,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import files, registry, validation
-from tasks.model import load_model
 from tasks.monitor import checks, governor, reports, requests
 from tasks.monitor.drift import DriftResult, detect_drift
-from tasks.monitor.feedback import split_feedback
+from tasks.monitor.feedback import labelled_traffic
 from tasks.monitor.governor import Decision, Signals
 from tasks.monitor.quality import Quality
 from tasks.monitor.window import Window, read_window
@@ -198,37 +197,23 @@ def run_is_alive(run_id: str) -> bool:
 
 
 @task(name="labelled-traffic-for-retraining", cache_policy=NO_CACHE)
-def feedback_task(*, settings: Settings, run_id: str) -> dict[str, Any]:
-    """Labelled production rows of the last `feedback_days`, split into rows to train on and
-    rows for the gate, written under <home>/retraining/<model>/<run_id>/ (None: no rows)."""
+def labelled_traffic_task(*, settings: Settings, run_id: str) -> dict[str, Any]:
+    """Labelled production rows of the last `retraining.feedback_days` that pass the batch
+    checks, split into rows to train on, to choose the weighting on and for the gate, written
+    under <home>/retraining/<model>/<run_id>/ (`folder`; None: no champion, the source alone)."""
     ds = settings.dataset
     folder = files.join(settings.home, "retraining", ds.name, run_id)
-    ref = registry.champion(root=settings.home, model=ds.name)
-    if ref is None:  # no champion, nothing served: the source alone
-        return {"folder": folder, "train": None, "gate": None, "train_rows": 0, "gate_rows": 0}
-    features = load_model(ref.location).features  # what the served model reads, the log holds
-    rows = split_feedback(
-        home=settings.home,
-        model=ds.name,
-        target=ds.target,
-        features=features,
-        config=settings.monitoring,
-    )
-    written: dict[str, Any] = {"since": rows.since.isoformat(), "folder": folder}
-    for name, table in (("train", rows.train), ("gate", rows.gate)):
-        written[f"{name}_rows"] = table.num_rows
-        written[name] = _parquet(table, files.join(folder, f"{name}.parquet"))
-    get_run_logger().info(
-        "labelled production rows: %d to train on, %d for the gate",
-        rows.train.num_rows,
-        rows.gate.num_rows,
-    )
-    return written
+    if registry.champion(root=settings.home, model=ds.name) is None:
+        return {"folder": None, "train_rows": 0, "select_rows": 0, "gate_rows": 0}
+    rows = labelled_traffic(champion=checks.load_champion(settings), settings=settings)
+    for name, table in (("train", rows.train), ("select", rows.select), ("gate", rows.gate)):
+        _parquet(table, files.join(folder, f"{name}.parquet"))
+    logger = get_run_logger()
+    logger.info("labelled production rows: %s", rows.describe())
+    return {"folder": folder, **rows.to_dict()}
 
 
-def _parquet(table: pa.Table, location: str) -> str | None:
-    if table.num_rows == 0:
-        return None
+def _parquet(table: pa.Table, location: str) -> str:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return files.write_atomic(location, sink.getvalue().to_pybytes())

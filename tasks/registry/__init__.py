@@ -54,6 +54,7 @@ from tasks.registry.api import (
     resolve,
     rollback,
     set_alias,
+    trained_on,
 )
 from tasks.registry.store import ALIASES, HISTORY, METADATA, PathOrUri, RegistryError
 
@@ -82,4 +83,5 @@ __all__ = [
     "resolve",
     "rollback",
     "set_alias",
+    "trained_on",
 ]

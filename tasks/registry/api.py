@@ -24,7 +24,9 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from tasks import events, files
 from tasks.registry import lock, store
@@ -288,6 +290,17 @@ def history(*, root: PathOrUri, model: str) -> list[AliasChange]:
     """Every alias move, oldest first."""
     place = store.place(root, model)
     return _read_history(place, upto=_read_aliases(place).seq)
+
+
+def trained_on(ref: VersionRef) -> pa.Array:
+    """The request ids of the labelled production rows a version trained on (a retraining's;
+    empty for a version trained on the source alone)."""
+    location = ref.file(files.TRAINED_ON)
+    if not files.exists(location):
+        return pa.array([], pa.string())
+    fs, path = files.resolve(location)
+    table = pq.read_table(path, filesystem=fs, columns=["request_id"])
+    return table["request_id"].combine_chunks().cast(pa.string())
 
 
 def code_version() -> str:

@@ -182,8 +182,26 @@ class GateConfig(BaseModel):
     min_calibration_rows: int = Field(30, ge=1)
     max_robustness_drop: float | None = Field(0.2, ge=0)  # loss under the worst perturbation
     floors: dict[MetricName, float] = {"roc_auc": 0.6, "r2": 0.0}  # absolute bounds for any model
-    min_production_rows: int = Field(200, ge=1)  # fewer labelled production rows: rule skipped
-    max_production_regression: float = Field(0.02, ge=0)  # loss allowed on production rows
+    # labelled production rows neither model trained on: from this many on, they decide (gain,
+    # significance, slices, calibration, robustness) and the holdout becomes a no-regression check
+    min_production_rows: int = Field(200, ge=1)
+    max_holdout_regression: float = Field(0.02, ge=0)  # that check's tolerance (relative loss)
+    # the check holds only while the retraining's recency weighting gives the holdout rows at
+    # least this mean weight (the newest rows weigh 1; 0.5: they are one half-life old): below
+    # it the weighting the data chose says the source no longer describes the present (a new
+    # concept), and the check says so instead of holding the new model to the old world
+    min_holdout_weight: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_production_regression" in data:
+            raise ValueError(
+                "gate.max_production_regression is gone: labelled production rows decide the gate "
+                "now (from gate.min_production_rows of them), and the holdout becomes the "
+                "no-regression check; its tolerance is gate.max_holdout_regression"
+            )
+        return data
 
 
 class StackConfig(_Strict):
@@ -267,9 +285,15 @@ class MonitoringConfig(_Strict):
     max_quality_drop: float = Field(0.05, ge=0, lt=1)
     confidence: float = Field(0.95, gt=0.5, lt=1)  # bootstrap CI level of window quality
     bootstrap_resamples: int = Field(200, ge=50, le=10_000)
-    # retraining: labelled production rows of the last this many days join the source data...
-    feedback_days: float = Field(30.0, gt=0)
-    feedback_gate_share: float = Field(0.3, gt=0, lt=1)  # ...minus this share, kept for the gate
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        moved = {"feedback_days": "feedback_days", "feedback_gate_share": "gate_share"}
+        for key, new in moved.items():
+            if isinstance(data, dict) and key in data:
+                raise ValueError(f"monitoring.{key} moved to retraining.{new}")
+        return data
 
     @model_validator(mode="after")
     def _m_of_n(self) -> "MonitoringConfig":
@@ -281,6 +305,43 @@ class MonitoringConfig(_Strict):
         if self.window_hours is None and self.window_rows is None:
             raise ValueError("monitoring: set window_hours, window_rows or both")
         return self
+
+
+class RetrainingConfig(_Strict):
+    """How a retraining learns the present (flows/retraining.py, tasks/train/recency.py).
+
+    Labelled production rows of the last `feedback_days` that pass the batch checks join the
+    source: `gate_share` of them are kept for the gate (never trained on), `selection_share` of
+    the rest validate (early stopping, calibration) and choose how fast old rows fade: every
+    row weighs 0.5 ** (age / half-life), its age counted back from the newest row (a source row
+    by `dataset.timestamp`, a production row by when it was predicted; a row without a time
+    counts as old as the oldest, and at least `feedback_days`). One quick fit per candidate
+    half-life is scored on the selection rows; the best is trained on Ray Train, and the choice is
+    recorded with the version. No single half-life fits every world: the generator's concept
+    drift wants the old source almost gone, a table whose old rows still teach wants them all.
+    """
+
+    feedback_days: float = Field(30.0, gt=0)  # labelled production rows of the last this long
+    gate_share: float = Field(0.3, gt=0, lt=1)  # of them for the gate, never trained on
+    selection_share: float = Field(0.25, gt=0, lt=1)  # of the rest: validation that chooses
+    # the candidates, in days; null: no decay (every row weighs 1). The first is the choice when
+    # fewer than `min_selection_rows` recent rows can choose
+    half_lives_days: list[float | None] = Field(
+        default_factory=lambda: [None, 90.0, 30.0, 7.0], min_length=1
+    )
+    min_selection_rows: int = Field(100, ge=1)
+    selection_steps: int = Field(300, ge=10)  # optimizer steps of each candidate's quick fit
+    # labelled rows that break the batch checks are left out; past this share the run fails
+    max_invalid_share: float = Field(0.25, ge=0, le=1)
+    # only source rows of the last this many days (needs dataset.timestamp); null: all of them
+    source_window_days: float | None = Field(None, gt=0)
+
+    @field_validator("half_lives_days")
+    @classmethod
+    def _positive(cls, value: list[float | None]) -> list[float | None]:
+        if any(h is not None and h <= 0 for h in value):
+            raise ValueError("retraining.half_lives_days: each is a number of days > 0, or null")
+        return value
 
 
 class Settings(BaseSettings):
@@ -304,6 +365,7 @@ class Settings(BaseSettings):
     stack: StackConfig = StackConfig()
     serving: ServingConfig = ServingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    retraining: RetrainingConfig = RetrainingConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -320,6 +382,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _columns_have_one_role(self) -> "Settings":
         _check_roles(self.dataset)
+        if self.retraining.source_window_days is not None and self.dataset.timestamp is None:
+            raise ValueError(
+                "retraining.source_window_days needs dataset.timestamp: the column that says "
+                "how old a source row is"
+            )
         return self
 
     @field_validator("home", mode="before")

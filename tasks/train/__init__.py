@@ -5,8 +5,10 @@
 
 `driver` runs a training (`train_model`), `checks` catches what cannot work before Ray Train
 waits on it and words what failed, `progress` brings epochs to the driver live and draws the
-learning curve, `prefect_task` is the Prefect task. The Ray connection is `tasks.cluster`; the
-per-worker loop is `tasks.loop`, whose pieces are re-exported here for benchmarks and tests.
+learning curve, `recency` weights a retraining's rows by age (the half-life chosen by quick fits
+scored on recent labelled rows), `prefect_task` holds the Prefect tasks. The Ray connection is
+`tasks.cluster`; the per-worker loop is `tasks.loop`, whose pieces are re-exported here for
+benchmarks and tests.
 """
 
 from tasks.cluster import connect_ray, dashboard_url, worker_setup_hook
@@ -28,25 +30,41 @@ from tasks.train.checks import (
     place_workers,
 )
 from tasks.train.driver import METRICS, TrainResult, train_model, write_encoded
-from tasks.train.prefect_task import train_task
+from tasks.train.prefect_task import train_task, training_rows_task
 from tasks.train.progress import (
     ProgressTail,
     learning_curve_markdown,
     learning_curve_svg,
     progress_callback,
 )
+from tasks.train.recency import (
+    Candidate,
+    Labelled,
+    Recency,
+    TrainingRows,
+    ages_in_days,
+    choose_half_life,
+    recency_weights,
+    training_rows,
+)
 
 __all__ = [
     "METRICS",
+    "Candidate",
     "EpochRecord",
     "FaultInjection",
+    "Labelled",
     "Placement",
     "ProgressTail",
+    "Recency",
     "TrainResult",
     "TrainingFailed",
+    "TrainingRows",
     "WorkerInfo",
+    "ages_in_days",
     "auc_from_histograms",
     "check_storage_is_shared",
+    "choose_half_life",
     "connect_ray",  # from tasks.cluster, kept here for older callers
     "dashboard_url",  # from tasks.cluster
     "evaluate",
@@ -57,9 +75,12 @@ __all__ = [
     "place_workers",
     "progress_callback",
     "read_shard",
+    "recency_weights",
     "run_epoch",
     "train_model",
     "train_task",
+    "training_rows",
+    "training_rows_task",
     "worker_setup_hook",  # from tasks.cluster
     "write_encoded",
 ]

@@ -109,6 +109,8 @@ def train_model(
     name: str | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     fault: FaultInjection | None = None,
+    weights: np.ndarray | None = None,
+    validation_weights: np.ndarray | None = None,
 ) -> TrainResult:
     """Fit the preprocessing and train the MLP with DDP on Ray Train; export the best model,
     with a temperature fitted on the validation split for a classifier (`training.calibrate`).
@@ -125,6 +127,10 @@ def train_model(
         name: the run's name; a new run with the name of an unfinished one resumes it.
         on_epoch: called in the driver as epochs finish (live progress), once per epoch.
         fault: a fault drill for tests and game days.
+        weights: one per training row (>= 0): how much each row counts in the loss (a
+            retraining's recency weights); None: every row alike.
+        validation_weights: the same for the validation rows: how much each counts in the
+            validation loss and metric (early stopping, the best round) and the temperature.
 
     Raises:
         TrainingFailed: too few rows for the workers, the cluster cannot hold the workers the
@@ -134,6 +140,10 @@ def train_model(
     started = time.perf_counter()
     config = settings.training
     _check_rows(train, validation, config)
+    weights = _check_weights(weights, rows=train.num_rows, what="weights")
+    validation_weights = _check_weights(
+        validation_weights, rows=validation.num_rows, what="validation_weights"
+    )
     pre = _fit_preprocessing(train, settings)
     spec = ModelSpec.build(pre, config)
     metric, mode = METRICS[pre.kind]
@@ -152,7 +162,10 @@ def train_model(
     progress = ProgressTail(on_epoch)
     try:
         # Data: encoded once, sharded by row group, where every node reads it
-        paths = _write_splits(train, validation, pre, data_dir=data_dir, shards=config.num_workers)
+        paths = _write_splits(
+            {"train": (train, weights), "validation": (validation, validation_weights)},
+            pre, data_dir=data_dir, shards=config.num_workers,
+        )  # fmt: skip
         # Train loop config
         loop = LoopConfig(
             train_path=paths["train"],
@@ -190,6 +203,7 @@ def train_model(
         calibrate_on=config.calibrate,
         bins=settings.evaluation.calibration_bins,
         budget=budget,
+        validation_weights=validation_weights,
     )
     progress.catch_up(trained.history)
     return trained
@@ -206,6 +220,18 @@ def _check_rows(train: pa.Table, validation: pa.Table, config: TrainingConfig) -
             f"training.num_workers={config.num_workers}) and one validation row; got "
             f"{train.num_rows} and {validation.num_rows}"
         )
+
+
+def _check_weights(weights: np.ndarray | None, *, rows: int, what: str) -> np.ndarray | None:
+    """One finite weight >= 0 per row, not all zero; scaled to average 1 (None stays None)."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (rows,) or not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
+        raise TrainingFailed(
+            f"{what}: need {rows} finite weights >= 0, not all zero; got shape {w.shape}"
+        )
+    return w / w.mean()
 
 
 def _fit_preprocessing(train: pa.Table, settings: Settings) -> Preprocessor:
@@ -230,14 +256,24 @@ def _place_on_cluster(config: TrainingConfig) -> Placement:
 
 
 def _write_splits(
-    train: pa.Table, validation: pa.Table, pre: Preprocessor, *, data_dir: str, shards: int
+    parts: dict[str, tuple[pa.Table, np.ndarray | None]],
+    pre: Preprocessor,
+    *,
+    data_dir: str,
+    shards: int,
 ) -> dict[str, str]:
-    """Both splits encoded under `data_dir`, in row groups that split evenly over `shards`."""
+    """Each split (with its weights) encoded under `data_dir`, in row groups that split evenly
+    over `shards`."""
     return {
         part: write_encoded(
-            table, pre, files.join(data_dir, f"{part}.parquet"), shards=shards, seed=i
+            table,
+            pre,
+            files.join(data_dir, f"{part}.parquet"),
+            shards=shards,
+            seed=i,
+            weights=weights,
         )
-        for i, (part, table) in enumerate([("train", train), ("validation", validation)])
+        for i, (part, (table, weights)) in enumerate(parts.items())
     }
 
 
@@ -340,12 +376,14 @@ def write_encoded(
     *,
     shards: int,
     seed: int = 0,
+    weights: np.ndarray | None = None,
 ) -> str:
     """Encode `table` and write it, rows shuffled, in row groups that split evenly over `shards`.
 
     `location` is a path or a URI (written through `pyarrow.fs`). Columns: `numeric` and
-    `categorical` (fixed-size lists, so a reader gets one contiguous buffer per kind) and
-    `target`. Written in place, not renamed: only this run's workers read it, after this returns.
+    `categorical` (fixed-size lists, so a reader gets one contiguous buffer per kind),
+    `target`, and `weight` (float32) where `weights` are given. Written in place, not renamed:
+    only this run's workers read it, after this returns.
     """
     encoded = pre.transform(table)
     target = pre.encode_target(table)
@@ -356,6 +394,8 @@ def write_encoded(
             flat = pa.array(values[order].reshape(-1))
             columns[key] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
     columns["target"] = pa.array(target[order])
+    if weights is not None:
+        columns["weight"] = pa.array(np.asarray(weights, dtype=np.float32)[order])
     encoded_table = pa.table(columns)
     groups = shards * max(1, -(-table.num_rows // (shards * _ROWS_PER_GROUP)))
     bounds = np.linspace(0, table.num_rows, groups + 1).astype(int)
@@ -410,6 +450,7 @@ def _collect(
     calibrate_on: bool,
     bins: int,
     budget: Budget,
+    validation_weights: np.ndarray | None = None,
 ) -> TrainResult:
     """Export the best round's model, calibrated, and gather what the loop returned.
 
@@ -423,7 +464,9 @@ def _collect(
     model_dir, temporary = _model_dir(result)
     with newest.as_directory() as folder:
         predictor = load_model(best_model_folder(folder))
-    calibration = _fit_temperature(predictor, validation, enabled=calibrate_on, bins=bins)
+    calibration = _fit_temperature(
+        predictor, validation, enabled=calibrate_on, bins=bins, weights=validation_weights
+    )
     save_model(
         model_dir,
         model=predictor.model,
@@ -460,15 +503,22 @@ def _collect(
 
 
 def _fit_temperature(
-    predictor: Predictor, validation: pa.Table, *, enabled: bool, bins: int
+    predictor: Predictor,
+    validation: pa.Table,
+    *,
+    enabled: bool,
+    bins: int,
+    weights: np.ndarray | None = None,
 ) -> Calibration | None:
-    """A classifier's temperature, fitted on the validation split (tasks.calibration)."""
+    """A classifier's temperature, fitted on the validation split, its rows weighted where
+    `weights` are given (tasks.calibration)."""
     pre = predictor.preprocessor
     if not enabled or pre.kind == "regression" or validation.num_rows == 0:
         return None
     found = calibrate(
-        predictor.logits(validation), pre.encode_target(validation), kind=pre.kind, bins=bins
-    )
+        predictor.logits(validation), pre.encode_target(validation), kind=pre.kind, bins=bins,
+        weights=weights,
+    )  # fmt: skip
     logger.info(
         "temperature %.3f on %d validation rows: log loss %.4f -> %.4f, ECE %.4f -> %.4f",
         found.temperature, found.rows, found.log_loss_before, found.log_loss_after,
