@@ -29,7 +29,6 @@ from typing import Any
 from uuid import UUID
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -151,13 +150,13 @@ def watch_clean_traffic(demo: Demo) -> None:
 
 def watch_drifted_traffic(demo: Demo) -> str:
     """The world changes (a new relationship between the inputs and the label): traffic carries
-    it, its labels come back as feedback, and the source feed refreshes with it too."""
+    it and its labels come back as feedback. The source file stays as it was: the labelled
+    traffic alone must teach the retraining the new world."""
     rows = _traffic_rows(demo)
     task = demo.settings.dataset.task
     with demo.stage("drifted traffic with feedback labels, then the monitor") as stage:
         batch = synthetic.generate(rows=rows, seed=202, task=task, scenario="concept_drift")
         sent = _send(demo, batch, label="drifted traffic", feedback=True)
-        _refresh_source(demo)
         logged = time.monotonic()  # the drifted traffic is in the prediction log
         found = _monitor(demo, tag="drifted-traffic")
         demo.loop["monitor pass"] = time.monotonic() - logged
@@ -167,21 +166,6 @@ def watch_drifted_traffic(demo: Demo) -> str:
             raise DemoFailed(f"monitor: the governor held on drifted traffic: {found['reason']}")
         stage.outcome = f"{sent:,} predictions and their labels; {verdict(found)}"
         return str(request)
-
-
-def _refresh_source(demo: Demo) -> None:
-    """The source is a rolling extract of the feed: it now holds the new world's rows (the old
-    table is kept beside it), which the retraining re-reads with the labelled traffic."""
-    source = Path(demo.settings.dataset.source)  # the demo's own file: a local path
-    rows = pq.ParquetFile(source).metadata.num_rows
-    before = source.with_name(f"{source.stem}.before-drift{source.suffix}")
-    if not before.exists():  # the table the first champion learned from stays as it was
-        source.replace(before)
-    fresh = synthetic.generate(
-        rows=rows, seed=404, task=demo.settings.dataset.task, scenario="concept_drift"
-    )
-    synthetic.write_parquet(fresh, source)
-    demo.console.print(f"  the source feed moved on: {source} now holds {rows:,} fresh rows")
 
 
 def retrain_by_itself(demo: Demo, request_id: str) -> None:
@@ -228,6 +212,7 @@ def retrain_by_itself(demo: Demo, request_id: str) -> None:
             raise DemoFailed(f"retraining: the triggered run ended {state}; {_see(demo)}")
         if during.failed:
             raise DemoFailed(f"retraining: {during.failed} requests failed while it ran")
+        demo.facts["new_world"] = on_the_new_world(demo, versions=[demo.facts["first"], latest])
         verdict = "promoted, now serving" if promoted else "rejected by the gate, v{} serves"
         stage.outcome = (
             f"v{latest} {verdict.format(champion.version if champion else '?')} "
@@ -235,6 +220,27 @@ def retrain_by_itself(demo: Demo, request_id: str) -> None:
             f"{during.answered:,} requests during it, 0 failed, versions "
             f"{', '.join(f'v{v}' for v in sorted(during.versions))}"
         )
+
+
+NEW_WORLD_ROWS = 5_000
+
+
+def on_the_new_world(demo: Demo, *, versions: list[int]) -> dict[str, Any]:
+    """Each version's primary metric on fresh rows of the new world that none of them saw."""
+    from tasks.evaluate import metric, predict_encoded, primary_metric
+    from tasks.model import load_model
+
+    settings = demo.settings
+    fresh = synthetic.generate(rows=NEW_WORLD_ROWS, seed=505, task=settings.dataset.task,
+                               scenario="concept_drift")  # fmt: skip
+    name = primary_metric(settings.dataset.task, settings.gate)
+    found: dict[str, Any] = {"rows": fresh.num_rows, "metric": name}
+    for version in versions:
+        location = registry.resolve(root=demo.home, model=demo.model, ref=version)
+        y, pred = predict_encoded(load_model(location), fresh, target=settings.dataset.target,
+                                  task=settings.dataset.task)  # fmt: skip
+        found[f"v{version}"] = round(metric(name, y, pred), 4)
+    return found
 
 
 # The summary --------------------------------------------------------------------------------------

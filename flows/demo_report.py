@@ -96,6 +96,14 @@ def summarize(demo: Demo) -> None:
     demo.console.print(versions)
     drifted = demo.facts.get("drifted", {})
     demo.console.print(f"drift found: {verdict(drifted)}; reason: {drifted.get('reason', '-')}")
+    new_world = demo.facts.get("new_world")
+    if new_world:
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in new_world.items() if k.startswith("v"))
+        demo.console.print(
+            f"on {new_world['rows']:,} fresh rows of the new world that no version saw, "
+            f"{new_world['metric']}: {scores} (the source file never changed: the labelled "
+            "traffic taught it)"
+        )
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in demo.loop.items())
     demo.console.print(f"from drifted traffic logged to the champion serving: "
                        f"{sum(demo.loop.values()):.0f} s ({steps})")  # fmt: skip
@@ -121,10 +129,14 @@ def summary(demo: Demo) -> dict[str, Any]:
 
 
 def metric(demo: Demo, version: int) -> str:
-    """The holdout metrics a person looks at first (ranking, then hits or errors)."""
-    metrics = registry.get_version(root=demo.home, model=demo.model, version=version)["metrics"]
+    """The metrics a person looks at first (ranking, then hits or errors), on the rows that
+    judged the version (the holdout, or recent labelled traffic)."""
+    meta = registry.get_version(root=demo.home, model=demo.model, version=version)
+    metrics = meta["metrics"]
     shown = [k for k in SHOWN_METRICS if isinstance(metrics.get(k), int | float)][:2]
-    return ", ".join(f"{k} {metrics[k]:.3f}" for k in shown) or "-"
+    text = ", ".join(f"{k} {metrics[k]:.3f}" for k in shown) or "-"
+    on = (meta.get("judged_on") or {}).get("on", "holdout")
+    return text + (" on labelled traffic" if on != "holdout" else "")
 
 
 def verdict(found: dict[str, Any]) -> str:

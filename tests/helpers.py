@@ -9,6 +9,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,22 @@ TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 def runs_of(url: str, deployment_id: str, **flow_runs: Any) -> list[dict[str, Any]]:
     body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}, **flow_runs}}
     return list(api(url, "/flow_runs/filter", body) or [])
+
+
+def read_events(name: str, *, ids: list[str]) -> list[Any]:
+    """The events of this name among `ids` on the module's Prefect server (polled: events are
+    persisted asynchronously)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventIDFilter, EventNameFilter
+
+    wanted = EventFilter(
+        event=EventNameFilter(name=[name]), id=EventIDFilter(id=[uuid.UUID(i) for i in ids])
+    )
+    found: list[Any] = []
+    with get_client(sync_client=True) as client:
+        for _ in range(40):
+            found = client.read_events(filter=wanted, limit=50).events
+            if len(found) == len(ids):
+                return found
+            time.sleep(0.5)
+    return found

@@ -317,3 +317,40 @@ def test_join_puts_parts_under_a_path_or_a_uri_and_keeps_the_uris_options_last()
         files.join("s3://bucket/home?endpoint_override=127.0.0.1:9000&scheme=http", "ray", "x")
         == "s3://bucket/home/ray/x?endpoint_override=127.0.0.1:9000&scheme=http"
     )
+
+
+def test_with_a_timestamp_the_holdout_is_the_newest_rows_and_no_id_straddles_it() -> None:
+    table = make_table(3000, repeat_ids=True)
+    stamps = np.datetime64("2026-01-01T00:00", "us") + np.arange(3000) * np.timedelta64(1, "h")
+    table = table.append_column("at", pa.array(np.random.default_rng(1).permutation(stamps)))
+    dated = DatasetConfig(name="t", source="unused", target="churned", id="customer_id",
+                          timestamp="at")  # fmt: skip
+    parts = data.split(table, dataset=dated, config=SplitConfig(validation=0.15, holdout=0.15))
+    newest_elsewhere = max(pc.max(p["at"]).as_py() for p in (parts.train, parts.validation))
+    assert pc.min(parts.holdout["at"]).as_py() < newest_elsewhere  # an id's older rows go along
+    by_id: dict[str, str] = {}
+    for name, part in zip(("train", "validation", "holdout"), parts, strict=True):
+        for customer in set(part["customer_id"].to_pylist()):
+            assert by_id.setdefault(customer, name) == name  # no id in two splits
+    holdout_ids = set(parts.holdout["customer_id"].to_pylist())
+    newest = table.group_by("customer_id").aggregate([("at", "max")])
+    ranked = sorted(zip(newest["at_max"].to_pylist(), newest["customer_id"].to_pylist(),
+                        strict=True))  # fmt: skip
+    assert holdout_ids == {c for _, c in ranked[-len(holdout_ids) :]}  # the newest ids
+    assert 0.12 < len(holdout_ids) / len(ranked) < 0.18
+    assert 0.6 < parts.train.num_rows / 3000 < 0.8
+
+
+def test_a_weighted_sample_draws_by_weight_and_no_more_rows_than_they_are_worth() -> None:
+    table = pa.table({"i": np.arange(10_000)})
+    weights = np.where(np.arange(10_000) < 1_000, 1.0, 0.0)
+    weights[1_000:1_100] = 0.001  # rows worth almost nothing
+    drawn = pq.read_table(pa.BufferReader(data.sample_parquet(table, rows=5_000,
+                                                              weights=weights)))  # fmt: skip
+    picked = np.asarray(drawn["i"])
+    assert 900 <= len(picked) <= 1_001  # the weights are worth ~1,000 rows, not 5,000
+    assert (picked < 1_100).all()  # a row of weight 0 is never drawn
+    assert (picked >= 1_000).sum() < 20
+    assert list(picked) == sorted(picked)  # in their order
+    plain = pq.read_table(pa.BufferReader(data.sample_parquet(table, rows=5_000)))
+    assert plain.num_rows == 5_000

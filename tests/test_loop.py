@@ -267,3 +267,31 @@ def test_a_checkpoint_carries_the_best_rounds_weights_when_it_is_not_the_round_i
     assert all(torch.equal(best[k], v) for k, v in best_model.state_dict().items())
     _write_checkpoint(tmp_path / "d", now, optimizer, scheduler, state, loop, best=None)
     assert best_model_folder(tmp_path / "d") == tmp_path / "d" / "model"  # the round is best
+
+
+def test_a_row_of_weight_zero_teaches_nothing_and_counts_nothing_in_validation(
+    tmp_path: Path,
+) -> None:
+    table = make_table(600, seed=4)
+    pre = preprocessor(table, target="band")
+    weights = np.where(np.arange(600) < 300, 1.0, 0.0)  # the second half weighs nothing
+    both = read_shard(write_encoded(table, pre, tmp_path / "w.parquet", shards=1,
+                                    weights=weights), rank=0, world_size=1)  # fmt: skip
+    alone = read_shard(write_encoded(table.slice(0, 300), pre, tmp_path / "a.parquet", shards=1),
+                       rank=0, world_size=1)  # fmt: skip
+    assert sorted(both.weight.tolist()) == [0.0] * 300 + [1.0] * 300
+    torch.manual_seed(0)
+    model = TabularMLP(ModelSpec.build(pre, TrainingConfig(hidden_layers=[16])))
+    # validation: the weighted rows alone count, as if the others were not there
+    weighted, unweighted = (
+        evaluate(model, both, kind=pre.kind),
+        evaluate(model, alone, kind=pre.kind),
+    )
+    assert weighted == pytest.approx(unweighted)
+    # training: a step on rows of weight zero leaves the model as it was
+    light = both.take(torch.from_numpy(np.flatnonzero(both.weight.numpy() == 0)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stream = BatchStream(light, batch=64, seed=0, rank=0)
+    run_steps(model, optimizer, stream, kind=pre.kind, start=0, stop=3, dropout_seed=(0, 1, 0))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -5,15 +5,13 @@ import json
 import os
 import subprocess
 import sys
-import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from helpers import NOW, register_champion, serve, train_quick, write_project
+from helpers import NOW, read_events, register_champion, serve, train_quick, write_project
 
 from tasks import events, synthetic
 from tasks import model as m
@@ -49,25 +47,6 @@ class Project:
         from flows.monitoring import monitoring_pass
 
         return monitoring_pass(config=str(self.config), now=now)
-
-
-def read_events(name: str, *, ids: list[str]) -> list[Any]:
-    """The events of this name among `ids` on the module's Prefect server (polled: events are
-    persisted asynchronously)."""
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventIDFilter, EventNameFilter
-
-    wanted = EventFilter(
-        event=EventNameFilter(name=[name]), id=EventIDFilter(id=[uuid.UUID(i) for i in ids])
-    )
-    found: list[Any] = []
-    with get_client(sync_client=True) as client:
-        for _ in range(40):
-            found = client.read_events(filter=wanted, limit=50).events
-            if len(found) == len(ids):
-                return found
-            time.sleep(0.5)
-    return found
 
 
 def shifted(rows: int, *, seed: int = 5) -> pa.Table:
@@ -268,3 +247,25 @@ def test_monitor_without_a_prefect_server_refuses_to_record_the_request_it_would
     assert found["governor"]["undeliverable"] is True
     assert found["reason"].startswith("a retraining is due (concept drift")
     assert load_state(home=str(project.home), model="churn").requests == []
+
+
+def test_the_window_holds_only_the_champions_own_rows_and_its_quality_none_it_trained_on(
+    prefect_server: None, tmp_path: Path, trained: Any
+) -> None:
+    project = Project(tmp_path, trained, min_rows=500, **M1)
+    project.traffic(synthetic.generate(rows=3_000, seed=5), labelled=1.0)  # v1's, 2026-06-01
+    learned = [f"r{i:09d}" for i in range(1_000)]  # v2 learned from 1,000 of them
+    predictor, holdout, reference = trained
+    v2 = register_champion(project.home, predictor, holdout=holdout, reference=reference,
+                           tmp=tmp_path / "v2", trained_on=learned)  # fmt: skip
+    later = NOW + timedelta(hours=1)
+    serve(project.home, predictor, synthetic.generate(rows=1_500, seed=6), version=v2, at=later,
+          labelled=1.0, prefix="v2-")  # fmt: skip
+    # rows v2 answered that it had learned from (it was deployed again after a rollback, say)
+    serve(project.home, predictor, synthetic.generate(rows=300, seed=7), version=v2, at=later,
+          labelled=1.0, prefix="r")  # fmt: skip
+    found = project.monitor(now=later + timedelta(minutes=5))
+    assert (found["champion"], found["window"]["version"]) == (v2, v2)
+    assert found["window"]["rows"] == 1_800  # none of v1's 3,000
+    assert found["quality"]["source"] == "measured"
+    assert found["quality"]["rows"] == 1_500  # none of the 300 it trained on

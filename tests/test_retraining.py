@@ -8,8 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,6 +23,7 @@ from helpers import (
     TERMINAL,
     api,
     free_port,
+    read_events,
     register_champion,
     runs_of,
     serve,
@@ -27,18 +32,18 @@ from helpers import (
 )
 from sklearn.metrics import roc_auc_score
 
-from tasks import files, registry, stack, synthetic
+from tasks import events, files, registry, stack, synthetic
 from tasks.model import load_model
-from tasks.monitor import requests
+from tasks.monitor import load_state, requests, verdict
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).parents[1]
 
 
-def project(root: Path, *, workers: int = 2) -> Path:
+def project(root: Path, *, workers: int = 2, at: datetime = NOW) -> Path:
     """A project whose source never changes: the old world's rows, which v1 learned from. The
-    world then moved (the generator's concept drift): v1 served 3,000 rows of it, and every
-    label came back."""
+    world then moved (the generator's concept drift): v1 served 3,000 rows of it (at `at`), and
+    every label came back."""
     old = synthetic.generate(rows=10_000, seed=1)
     synthetic.write_parquet(old, root / "data" / "churn.parquet")
     config = root / "driftloop.yaml"
@@ -56,7 +61,7 @@ def project(root: Path, *, workers: int = 2) -> Path:
         root / "home", predictor, holdout=old.slice(8_000), reference=old.slice(0, 8_000), tmp=root
     )
     served = synthetic.generate(rows=3_000, seed=8, scenario="concept_drift")
-    serve(root / "home", predictor, served, version=1, at=NOW, labelled=1.0)
+    serve(root / "home", predictor, served, version=1, at=at, labelled=1.0)
     return config
 
 
@@ -125,6 +130,115 @@ def test_a_static_source_and_labelled_concept_drift_teach_the_retraining_the_new
     record = requests.read_record(home=home, model="churn", key="r1")
     assert record is not None
     assert (record["status"], record["version"]) == ("promoted", found["version"])
+
+
+# The governor and its requests, with the retraining flow ------------------------------------------
+
+
+def lifecycle_project(root: Path, **gate: Any) -> tuple[Path, Callable[[], dict[str, Any]]]:
+    """`project`, in real time (the governor compares its clock with the retraining's), deciding
+    on one window with a short cooldown; and its monitoring pass."""
+    from flows.monitoring import monitoring_pass
+
+    config = project(root, at=datetime.now(timezone.utc))
+    text = config.read_text().replace("retraining:\n  feedback_days: 100000\n", "")
+    extra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in gate.items())
+    config.write_text(
+        text.replace("gate:\n", "gate:\n" + extra)
+        + "monitoring:\n  windows_needed: 1\n  windows_considered: 1\n  cooldown_hours: 0.001\n"
+    )
+    return config, lambda: monitoring_pass(config=str(config))
+
+
+def test_a_crashed_retraining_runs_again_a_rejected_one_needs_attention_until_new_labels(
+    prefect_server: None, ray_local: None, tmp_path: Path
+) -> None:
+    from flows.retraining import retraining
+
+    config, monitor = lifecycle_project(tmp_path, min_improvement=10.0)  # no model can pass
+    home = str(tmp_path / "home")
+    first = monitor()
+    request = first["request"]
+    assert (first["decision"], request["delivered"]) == ("retrain", True), first["reason"]
+    # its retraining died holding the claim: the next pass finds the run gone and asks again
+    requests.claim(home=home, model="churn", key=request["id"], run_id=str(uuid.uuid4()),
+                   record={}, is_alive=lambda _: True)  # fmt: skip
+    again = monitor()
+    assert (again["decision"], again["request"]["id"]) == ("retrain", request["id"])
+    assert again["governor"]["attempt"] == 2
+    assert again["governor"]["event_id"] != first["governor"]["event_id"]
+    rejected = retraining(config=str(config), event_id=again["governor"]["event_id"],
+                          model="churn", request_id=request["id"])  # fmt: skip
+    assert rejected["decision"] == "rejected"
+    record = requests.read_record(home=home, model="churn", key=request["id"])
+    assert record is not None
+    assert len(record["attempts"]) == 2  # the dead run's claim, then this one's
+    versions = registry.list_versions(root=home, model="churn")
+    # rejected: every pass holds and says so, until new labels arrive; the event is sent once
+    held = [monitor(), monitor()]
+    for found in held:
+        assert found["decision"] == "hold", found["reason"]
+        assert found["needs_attention"].startswith(f"needs attention: v{versions[-1]} rejected")
+        assert "asks again once 200 new labels arrived (0 since" in found["reason"]
+    attention = [e for found in held for e in found["events"]]
+    assert len(read_events(events.RETRAIN_NEEDS_ATTENTION, ids=attention)) == 1
+    assert registry.list_versions(root=home, model="churn") == versions
+    # new labelled evidence (a new window's worth): exactly one new request
+    predictor = load_model(registry.resolve(root=home, model="churn", ref="champion"))
+    more = synthetic.generate(rows=1_200, seed=21, scenario="concept_drift")
+    serve(tmp_path / "home", predictor, more, version=1, at=datetime.now(timezone.utc),
+          labelled=1.0, prefix="later")  # fmt: skip
+    time.sleep(4)  # the back-off: the cooldown (0.001 h) after one unsuccessful retraining
+    fresh = monitor()
+    assert fresh["decision"] == "retrain", fresh["reason"]
+    assert fresh["request"]["id"] != request["id"]
+    assert [r["status"] for r in load_state(home=home, model="churn").requests] == [
+        "rejected", "sent"
+    ]  # fmt: skip
+
+
+def test_a_lost_request_is_sent_again_under_its_id_and_a_live_run_keeps_its_claim(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import prefect.events
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from flows.retraining import retraining
+
+    _, monitor = lifecycle_project(tmp_path)
+    home = str(tmp_path / "home")
+    real_emit = prefect.events.emit_event
+
+    def lose_requests(*, event: str, **kwargs: Any) -> Any:  # as emit_event does when it fails
+        return None if event == events.RETRAIN_REQUESTED else real_emit(event=event, **kwargs)
+
+    monkeypatch.setattr(prefect.events, "emit_event", lose_requests)
+    lost = monitor()
+    assert (lost["decision"], lost["request"]["delivered"]) == ("retrain", False)
+    assert "not confirmed" in " ".join(verdict(lost))
+    assert load_state(home=home, model="churn").requests[-1]["status"] == "pending"
+    monkeypatch.setattr(prefect.events, "emit_event", real_emit)
+    resent = monitor()
+    assert resent["request"] == {"id": lost["request"]["id"], "delivered": True, "resent": True}
+    assert resent["governor"]["event_id"] == lost["governor"]["event_id"]
+    (delivered,) = read_events(events.RETRAIN_REQUESTED, ids=[resent["governor"]["event_id"]])
+    assert delivered.payload["request_id"] == lost["request"]["id"]
+    assert len(load_state(home=home, model="churn").requests) == 1
+
+    @flow(name="a-live-retraining")
+    def live() -> None: ...
+
+    with get_client(sync_client=True) as client:
+        running = client.create_flow_run(live, state=Running())
+    requests.claim(home=home, model="churn", key=lost["request"]["id"], run_id=str(running.id),
+                   record={}, is_alive=lambda _: True)  # fmt: skip
+    busy = retraining(config=str(tmp_path / "driftloop.yaml"), model="churn",
+                      request_id=lost["request"]["id"])  # fmt: skip
+    assert busy["decision"] == "skipped"
+    assert "is being retrained by a live run" in busy["reason"]
+    assert registry.list_versions(root=home, model="churn") == [1]
 
 
 # The loop on a real stack ------------------------------------------------------------------------
