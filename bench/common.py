@@ -64,7 +64,7 @@ def judge(
     elif of == "value":
         judged, shown = value, f"{limit:g} {unit}"
     else:
-        judged, shown = value - (baseline or 0.0), f"+{limit:g} {unit}"
+        judged, shown = value - (baseline or 0.0), f"{limit:+g} {unit}".strip()
     met = judged <= limit if op == "<=" else judged >= limit
     return Row(figure, value, baseline, ratio, f"{op} {shown}", "PASS" if met else "MISS", unit)
 

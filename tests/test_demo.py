@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from helpers import api, free_port
 
+from tasks import registry
+
 pytestmark = pytest.mark.integration
 
 DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
@@ -90,7 +92,16 @@ def test_the_demo_closes_the_loop_retraining_by_itself_with_no_request_failed(
     assert found["monitor"]["drifted"]["decision"] == "retrain"
     assert found["retraining_state"] == "COMPLETED"
     assert found["retrained"] == 2
-    assert found["served"] == (2 if found["promoted"] else 1)
+    # the source file never changed: the labelled traffic alone taught v2 the new world
+    assert found["promoted"] is True
+    assert found["served"] == 2
+    world = found["new_world"]
+    assert world["v2"] - world["v1"] > 0.3, world
+    home = root / "home"
+    fingerprints = {registry.get_version(root=str(home), model="churn", version=v)[
+        "data_fingerprint"] for v in (1, 2)}  # fmt: skip
+    assert len(fingerprints) == 1
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["churn.parquet"]
     during = found["during_retraining"]
     assert during["answered"] > 0
     assert during["failed"] == 0
