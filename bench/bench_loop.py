@@ -70,7 +70,8 @@ def trained_alone(folder: Path) -> float:
     from tasks.train.recency import quick_score
 
     settings = load_settings(folder / "driftloop.yaml")
-    (rows,) = list(Path(settings.home).glob(f"retraining/{settings.dataset.name}/*"))
+    home = folder / settings.home  # the demo's home, relative to its folder
+    (rows,) = list(home.glob(f"retraining/{settings.dataset.name}/*"))
     labelled = pa.concat_tables([pq.read_table(rows / f"{n}.parquet") for n in ("train", "select")])
     steps = plan_budget(rows=labelled.num_rows, config=LoopTraining.of(settings.training))
     alone = settings.model_copy(update={"retraining": settings.retraining.model_copy(
