@@ -37,7 +37,7 @@ from common import Row, Run, judge
 
 from tasks import data, files, registry, synthetic, traffic
 from tasks import model as m
-from tasks.monitor import checks, governor, reports
+from tasks.monitor import checks, governor, reports, requests
 from tasks.monitor.drift import detect_drift
 from tasks.monitor.window import Window, logged_rows, read_window
 from tasks.settings import DatasetConfig, Features, MonitoringConfig, Settings, TrainingConfig
@@ -159,7 +159,7 @@ def driftloop_pass(home: Path) -> tuple[reports.MonitorResult, Window]:
         data_problems=report.problems,
     )
     decision, _ = governor.decide(
-        signals, state=governor.State(), config=settings.monitoring, now=NOW
+        signals, state=requests.State(), config=settings.monitoring, now=NOW
     )
     result = reports.MonitorResult(
         model="churn",

@@ -135,6 +135,21 @@ def weak_report(weak: Linear, holdout: pa.Table) -> ev.EvaluationReport:
     return report(weak, holdout)
 
 
+def untrained_champion(home: str, *, train: pa.Table, tmp: Path) -> int:
+    """A driftloop network with its initial (random) weights, registered as the champion."""
+    from tasks import model
+    from tasks.settings import TrainingConfig
+
+    features = Features(numeric=NUMERIC, categorical=CATEGORICAL)
+    pre = model.Preprocessor.fit(train, features=features, target="churned", task="classification")
+    spec = model.ModelSpec.build(pre, TrainingConfig(hidden_layers=[8]))
+    saved = model.save_model(tmp / "m", model=model.TabularMLP(spec), spec=spec,
+                             preprocessor=pre)  # fmt: skip
+    version = registry.register(root=home, model="churn", model_dir=str(saved), metadata={})
+    registry.set_alias(root=home, model="churn", alias="champion", version=version, reason="")
+    return version
+
+
 def failed_rules(decision: ev.GateDecision) -> list[str]:
     return [r.rule for r in decision.failed]
 
@@ -526,17 +541,8 @@ def test_labelled_production_rows_decide_and_the_holdout_is_a_no_regression_chec
 def test_judge_decides_on_recent_rows_once_there_are_enough_and_rejects_what_cannot_score_them(
     tmp_path: Path, train: pa.Table, holdout: pa.Table, real: Linear
 ) -> None:
-    from tasks import model
-    from tasks.settings import TrainingConfig
-
     home = str(tmp_path / "home")
-    features = Features(numeric=NUMERIC, categorical=CATEGORICAL)
-    pre = model.Preprocessor.fit(train, features=features, target="churned", task="classification")
-    spec = model.ModelSpec.build(pre, TrainingConfig(hidden_layers=[8]))
-    saved = model.save_model(tmp_path / "m", model=model.TabularMLP(spec), spec=spec,
-                             preprocessor=pre)  # fmt: skip
-    version = registry.register(root=home, model="churn", model_dir=str(saved), metadata={})
-    registry.set_alias(root=home, model="churn", alias="champion", version=version, reason="")
+    untrained_champion(home, train=train, tmp=tmp_path)
     production = synthetic.generate(rows=600, seed=6, start=JUNE, window_days=30)
 
     gate = GATE.model_copy(update={"max_calibration_error": None})  # Linear's are not calibrated
@@ -597,17 +603,8 @@ def test_a_champion_that_cannot_score_the_new_rows_blocks_promotion_instead_of_w
 def test_a_champion_that_cannot_score_the_new_rows_is_reported_not_raised(
     tmp_path: Path, train: pa.Table, holdout: pa.Table
 ) -> None:
-    from tasks import model
-    from tasks.settings import TrainingConfig
-
     home = str(tmp_path / "home")
-    features = Features(numeric=NUMERIC, categorical=CATEGORICAL)
-    pre = model.Preprocessor.fit(train, features=features, target="churned", task="classification")
-    spec = model.ModelSpec.build(pre, TrainingConfig(hidden_layers=[8]))
-    saved = model.save_model(tmp_path / "m", model=model.TabularMLP(spec), spec=spec,
-                             preprocessor=pre)  # fmt: skip
-    version = registry.register(root=home, model="churn", model_dir=str(saved), metadata={})
-    registry.set_alias(root=home, model="churn", alias="champion", version=version, reason="")
+    version = untrained_champion(home, train=train, tmp=tmp_path)
     without = holdout.drop_columns([NUMERIC[0]])  # the new data no longer has a column it needs
     champion = ev.measure_champion(
         without, root=home, dataset=dataset_config(), config=EvaluationConfig()

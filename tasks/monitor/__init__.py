@@ -17,10 +17,11 @@ The package, bottom up (each module imports only those above it in this list):
 - `window`: the window of traffic, its labels, seeded samples, the rows Serve logs;
 - `drift`: Evidently's DataDriftPreset and ValueDrift, read back as one row per column;
 - `quality`: measured quality with a bootstrap CI, CBPE estimates, the decay rule;
-- `requests`: the retraining's record of each request (claimed once, ended once) and the lock;
+- `requests`: each request's life: the retraining's record (claimed once, ended once), the
+  governor's memory on disk (windows judged, requests made, what became of each, read back),
+  the lock;
 - `governor`: open requests, data quality, min rows, retrain_on, M of N (fresh rows only), after
-  an unsuccessful retraining new labels and a back-off, cooldown; its state on disk; what became
-  of each request, read back;
+  an unsuccessful retraining new labels and a back-off, cooldown;
 - `checks`: the champion judged, its outputs, the data-quality check, quality on a window;
 - `reports`: the pass's result, its reports, Prefect artifacts and events;
 - `feedback`: a retraining's labelled production rows, checked, split for training, choosing
@@ -45,16 +46,7 @@ from tasks.monitor.checks import (
 )
 from tasks.monitor.drift import ColumnDrift, DriftResult, detect_drift
 from tasks.monitor.feedback import LabelledRowsRejected, LabelledTraffic, labelled_traffic
-from tasks.monitor.governor import (
-    Decision,
-    Signals,
-    State,
-    decide,
-    govern,
-    load_state,
-    mark_sent,
-    reconcile,
-)
+from tasks.monitor.governor import Decision, Signals, decide, govern
 from tasks.monitor.prefect_tasks import (
     champion_task,
     claim_task,
@@ -76,6 +68,7 @@ from tasks.monitor.quality import (
     measured,
 )
 from tasks.monitor.reports import MonitorResult, latest, publish, verdict, write_reports
+from tasks.monitor.requests import State, load_state, mark_sent, reconcile
 from tasks.monitor.window import Window, logged_rows, probability_columns, read_window, sample
 
 __all__ = [

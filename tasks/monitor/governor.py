@@ -30,23 +30,18 @@ written atomically under a lock, so all of it survives a restart of anything.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from tasks import files
 from tasks.monitor import requests
 from tasks.monitor.quality import Quality
+from tasks.monitor.requests import OPEN, UNSUCCESSFUL, State, time_of
 from tasks.settings import MonitoringConfig
 
 Action = Literal["retrain", "hold"]
-STATE_FILE = "governor.json"
-KEEP = 100  # windows and requests kept in the state file
-OPEN = ("pending", "sent", "running", "crashed")  # a request no retraining has ended yet
-UNSUCCESSFUL = ("rejected", "failed")
 _EVENT_IDS = uuid.UUID("5c1d3f0e-6f39-4a43-9a0e-8d2b4c7e9f10")  # namespace of the events' ids
 
 
@@ -118,38 +113,6 @@ class Decision:
             out[key] = out[key].isoformat() if out[key] else None
         out["event_id"] = str(self.event_id) if self.event_id else None
         return out
-
-
-@dataclass(frozen=True)
-class State:
-    """The governor's memory of one model: the windows it judged and the retrains it asked for."""
-
-    windows: list[dict[str, Any]] = field(default_factory=list)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def from_json(cls, text: str) -> State:
-        raw = json.loads(text)
-        return cls(windows=list(raw.get("windows", [])), requests=list(raw.get("requests", [])))
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {"windows": self.windows[-KEEP:], "requests": self.requests[-KEEP:]}, indent=1
-        )
-
-    @property
-    def last(self) -> dict[str, Any] | None:
-        """The newest request (a request from before requests had a status counts as sent)."""
-        return self.requests[-1] if self.requests else None
-
-    def last_request_at(self) -> datetime | None:
-        last = self.last
-        return _time(last.get("sent_at") or last["at"]) if last else None
-
-    def with_request(self, entry: dict[str, Any]) -> State:
-        """The state with `entry` replacing the request of its id, or added."""
-        kept = [r for r in self.requests if r.get("request_id") != entry["request_id"]]
-        return replace(self, requests=[*kept, entry])
 
 
 # Deciding (pure: the state in, the decision and the new state out) ------------------------------
@@ -294,7 +257,7 @@ def _with_window(
                    "counted": previous.get("counted", True)}  # fmt: skip
         return out
     counted = [w for w in out if w["champion"] == signals.champion and w.get("counted", True)]
-    since = _time(counted[-1]["end"]) if counted and counted[-1]["end"] else None
+    since = time_of(counted[-1]["end"]) if counted and counted[-1]["end"] else None
     fresh = signals.fresh_rows(since) if counted else signals.rows
     out.append({**entry, "fresh": fresh, "counted": fresh >= config.min_rows})
     return out
@@ -323,7 +286,7 @@ def _follow_up(
     status = None if last is None else last.get("status", "legacy")
     if last is None or status not in OPEN:
         return None
-    rid, at = last["request_id"], _time(last["at"])
+    rid, at = last["request_id"], time_of(last["at"])
     ask = f"request {rid[:8]} of {at:%Y-%m-%d %H:%M} UTC"
     if status in ("pending", "crashed") and last["champion"] != signals.champion:
         return None  # a new champion serves: that request is moot (see `_request_entry`)
@@ -337,7 +300,7 @@ def _follow_up(
                  f"{last.get('flow_run_id')}): sending it again"  # fmt: skip
         return Decision(reason=reason, reasons=[reason, *last["reasons"]], attempt=attempt + 1,
                         **again)  # fmt: skip
-    sent = _time(last.get("sent_at") or last["at"])
+    sent = time_of(last.get("sent_at") or last["at"])
     patience = timedelta(hours=max(config.cooldown_hours, 1.0))
     if status == "sent" and now - sent > patience:
         reason = (
@@ -367,7 +330,7 @@ def _waiting(
     last = state.last
     if last is None or _attention(last, champion=signals.champion) is None:
         return None
-    ended = _time(last.get("ended_at") or last["at"])
+    ended = time_of(last.get("ended_at") or last["at"])
     new = signals.new_labels(ended)
     if new < config.min_labelled_rows:
         return (
@@ -424,49 +387,6 @@ def _request_entry(
             "event_id": str(decision.event_id), "decided_at": now.isoformat()}  # fmt: skip
 
 
-# What became of the requests: the retraining's records, read back ------------------------------
-
-
-def reconcile(
-    state: State, *, home: str, model: str, is_alive: Callable[[str], bool] | None = None
-) -> tuple[State, dict[str, Any] | None]:
-    """The state with the last request's status from its retraining's record; and that
-    record when this call is how the governor learns the request ended (else None). A record
-    `running` in a run that is no longer alive is a crash."""
-    last = state.last
-    if last is None or last.get("status", "legacy") not in OPEN:
-        return state, None
-    record = requests.read_record(home=home, model=model, key=last["request_id"])
-    if record is None:
-        return state, None
-    status = record.get("status")
-    if status == "running":
-        holder = str(record.get("flow_run_id"))
-        dead = is_alive is not None and not is_alive(holder)
-        entry = {**last, "status": "crashed" if dead else "running", "flow_run_id": holder}
-        return state.with_request(entry), None
-    entry = {**last, "status": status, "version": record.get("version"),
-             "detail": record.get("detail"), "ended_at": record.get("ended_at"),
-             "flow_run_id": record.get("flow_run_id")}  # fmt: skip
-    return state.with_request(entry), dict(record)
-
-
-# The state on disk (or a bucket) ----------------------------------------------------------------
-
-
-def load_state(*, home: str, model: str) -> State:
-    try:
-        return State.from_json(
-            files.read_text(files.join(requests.folder(home, model), STATE_FILE))
-        )
-    except FileNotFoundError:
-        return State()
-
-
-def _save(state: State, *, home: str, model: str) -> None:
-    files.write_atomic(files.join(requests.folder(home, model), STATE_FILE), state.to_json())
-
-
 def govern(
     *,
     home: str,
@@ -482,30 +402,12 @@ def govern(
     keeps passes apart)."""
     now = now or datetime.now(timezone.utc)
     with requests.locked(home, model):
-        state, outcome = reconcile(
-            load_state(home=home, model=model), home=home, model=model, is_alive=is_alive
-        )
+        state, outcome = requests.reconcile(
+            requests.load_state(home=home, model=model), home=home, model=model,
+            is_alive=is_alive,
+        )  # fmt: skip
         decision, state = decide(
             signals, state=state, config=config, now=now, can_deliver=can_deliver
         )
-        _save(state, home=home, model=model)
+        requests.save_state(state, home=home, model=model)
     return replace(decision, outcome=outcome)
-
-
-def mark_sent(
-    *, home: str, model: str, request_id: str, event_id: str, now: datetime | None = None
-) -> None:
-    """The request's event reached the Prefect server: from `now` on it is `sent`, and the
-    cooldown counts from there."""
-    with requests.locked(home, model):
-        state = load_state(home=home, model=model)
-        found = next((r for r in state.requests if r.get("request_id") == request_id), None)
-        if found is None or found.get("status") != "pending":
-            return
-        at = now or datetime.now(timezone.utc)
-        sent = {**found, "status": "sent", "event_id": event_id, "sent_at": at.isoformat()}
-        _save(state.with_request(sent), home=home, model=model)
-
-
-def _time(text: str) -> datetime:
-    return datetime.fromisoformat(text)

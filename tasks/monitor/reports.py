@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tasks import artifacts, events, files, validation
-from tasks.monitor import checks, governor
+from tasks.monitor import checks, requests
 from tasks.monitor.drift import DriftResult
 from tasks.monitor.governor import Decision
 from tasks.monitor.quality import Quality
@@ -290,7 +290,7 @@ def deliver(result: MonitorResult, *, home: str) -> bool | None:
         return None
     if not events.confirm(decision.event_id):
         return False
-    governor.mark_sent(home=home, model=result.model, request_id=decision.request_id,
+    requests.mark_sent(home=home, model=result.model, request_id=decision.request_id,
                        event_id=str(decision.event_id), now=decision.decided_at)  # fmt: skip
     return True
 

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -114,3 +115,98 @@ def locked(home: str, model: str) -> Iterator[None]:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+# The governor's memory: the windows it judged, the requests it made, what became of them -------
+
+STATE_FILE = "governor.json"
+KEEP = 100  # windows and requests kept in the state file
+OPEN = ("pending", "sent", "running", "crashed")  # a request no retraining has ended yet
+UNSUCCESSFUL = ("rejected", "failed")
+
+
+@dataclass(frozen=True)
+class State:
+    """The governor's memory of one model: the windows it judged and the retrains it asked for."""
+
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, text: str) -> State:
+        raw = json.loads(text)
+        return cls(windows=list(raw.get("windows", [])), requests=list(raw.get("requests", [])))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"windows": self.windows[-KEEP:], "requests": self.requests[-KEEP:]}, indent=1
+        )
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        """The newest request (a request from before requests had a status counts as sent)."""
+        return self.requests[-1] if self.requests else None
+
+    def last_request_at(self) -> datetime | None:
+        last = self.last
+        return time_of(last.get("sent_at") or last["at"]) if last else None
+
+    def with_request(self, entry: dict[str, Any]) -> State:
+        """The state with `entry` replacing the request of its id, or added."""
+        kept = [r for r in self.requests if r.get("request_id") != entry["request_id"]]
+        return replace(self, requests=[*kept, entry])
+
+
+def reconcile(
+    state: State, *, home: str, model: str, is_alive: Callable[[str], bool] | None = None
+) -> tuple[State, dict[str, Any] | None]:
+    """The state with the last request's status from its retraining's record; and that
+    record when this call is how the governor learns the request ended (else None). A record
+    `running` in a run that is no longer alive is a crash."""
+    last = state.last
+    if last is None or last.get("status", "legacy") not in OPEN:
+        return state, None
+    record = read_record(home=home, model=model, key=last["request_id"])
+    if record is None:
+        return state, None
+    status = record.get("status")
+    if status == "running":
+        holder = str(record.get("flow_run_id"))
+        dead = is_alive is not None and not is_alive(holder)
+        entry = {**last, "status": "crashed" if dead else "running", "flow_run_id": holder}
+        return state.with_request(entry), None
+    entry = {**last, "status": status, "version": record.get("version"),
+             "detail": record.get("detail"), "ended_at": record.get("ended_at"),
+             "flow_run_id": record.get("flow_run_id")}  # fmt: skip
+    return state.with_request(entry), dict(record)
+
+
+def load_state(*, home: str, model: str) -> State:
+    try:
+        return State.from_json(files.read_text(files.join(folder(home, model), STATE_FILE)))
+    except FileNotFoundError:
+        return State()
+
+
+def save_state(state: State, *, home: str, model: str) -> None:
+    files.write_atomic(files.join(folder(home, model), STATE_FILE), state.to_json())
+
+
+def mark_sent(
+    *, home: str, model: str, request_id: str, event_id: str, now: datetime | None = None
+) -> None:
+    """The request's event reached the Prefect server: from `now` on it is `sent`, and the
+    cooldown counts from there."""
+    with locked(home, model):
+        state = load_state(home=home, model=model)
+        found = next((r for r in state.requests if r.get("request_id") == request_id), None)
+        if found is None or found.get("status") != "pending":
+            return
+        at = now or datetime.now(timezone.utc)
+        sent = {**found, "status": "sent", "event_id": event_id, "sent_at": at.isoformat()}
+        save_state(state.with_request(sent), home=home, model=model)
+
+
+def time_of(text: str) -> datetime:
+    """A time the state or a record keeps (ISO 8601)."""
+    return datetime.fromisoformat(text)

@@ -3,7 +3,8 @@
     result = train_model(train=parts.train, validation=parts.validation, settings=settings)
     predictor = load_model(result.model_dir)
 
-`driver` runs a training (`train_model`), `checks` catches what cannot work before Ray Train
+`driver` runs a training (`train_model`), `encoded` writes the splits its workers read,
+`checks` catches what cannot work before Ray Train
 waits on it and words what failed, `progress` brings epochs to the driver live and draws the
 learning curve, `recency` weights a retraining's rows by age (the half-life chosen by quick fits
 scored on recent labelled rows), `prefect_task` holds the Prefect tasks. The Ray connection is
@@ -29,7 +30,8 @@ from tasks.train.checks import (
     nodes_without_path,
     place_workers,
 )
-from tasks.train.driver import METRICS, TrainResult, train_model, write_encoded
+from tasks.train.driver import METRICS, TrainResult, train_model
+from tasks.train.encoded import write_encoded
 from tasks.train.prefect_task import train_task, training_rows_task
 from tasks.train.progress import (
     ProgressTail,

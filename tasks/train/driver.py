@@ -11,8 +11,6 @@ in `tasks.loop`.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import logging
 import os
@@ -27,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from tasks import files
 from tasks.budget import Budget, plan_budget
@@ -53,6 +50,7 @@ from tasks.train.checks import (
     place_workers,
     warn_if_busy,
 )
+from tasks.train.encoded import as_location, remove, storage_location, write_encoded, write_splits
 from tasks.train.progress import ProgressTail
 
 if TYPE_CHECKING:
@@ -67,7 +65,6 @@ METRICS: dict[Kind, tuple[str, Mode]] = {
     "multiclass": ("val_accuracy", "max"),
     "regression": ("val_rmse", "min"),
 }
-_ROWS_PER_GROUP = 131_072  # Parquet row group size cap: the unit a worker reads
 logger = logging.getLogger(__name__)
 
 
@@ -155,14 +152,14 @@ def train_model(
 
     # Cluster: fail now on what it can never hold, or on storage its nodes cannot share
     placement = _place_on_cluster(config)
-    storage = _storage_location(os.fspath(storage_path or settings.location("ray")))
+    storage = storage_location(os.fspath(storage_path or settings.location("ray")))
     check_storage_is_shared(storage)
     name = name or _run_name(settings.dataset.name)
     data_dir = files.join(storage, name, "data")
     progress = ProgressTail(on_epoch)
     try:
         # Data: encoded once, sharded by row group, where every node reads it
-        paths = _write_splits(
+        paths = write_splits(
             {"train": (train, weights), "validation": (validation, validation_weights)},
             pre, data_dir=data_dir, shards=config.num_workers,
         )  # fmt: skip
@@ -189,7 +186,7 @@ def train_model(
         result = _fit(loop, scaling, run, name=name, config=config)
     finally:
         progress.close()
-        _remove(data_dir)  # about 100 bytes a row; the checkpoints stay
+        remove(data_dir)  # about 100 bytes a row; the checkpoints stay
     # Collect
     trained = _collect(
         result,
@@ -253,28 +250,6 @@ def _place_on_cluster(config: TrainingConfig) -> Placement:
         logger.log(logging.WARNING if placement.fell_back else logging.INFO, placement.reason)
     warn_if_busy(config, placement)
     return placement
-
-
-def _write_splits(
-    parts: dict[str, tuple[pa.Table, np.ndarray | None]],
-    pre: Preprocessor,
-    *,
-    data_dir: str,
-    shards: int,
-) -> dict[str, str]:
-    """Each split (with its weights) encoded under `data_dir`, in row groups that split evenly
-    over `shards`."""
-    return {
-        part: write_encoded(
-            table,
-            pre,
-            files.join(data_dir, f"{part}.parquet"),
-            shards=shards,
-            seed=i,
-            weights=weights,
-        )
-        for i, (part, (table, weights)) in enumerate(parts.items())
-    }
 
 
 def _scaling_config(config: TrainingConfig, placement: Placement) -> ray.train.ScalingConfig:
@@ -366,69 +341,6 @@ def _poll_workers_often() -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
-# Encoded data and storage -----------------------------------------------------------------------
-
-
-def write_encoded(
-    table: pa.Table,
-    pre: Preprocessor,
-    location: str | os.PathLike[str],
-    *,
-    shards: int,
-    seed: int = 0,
-    weights: np.ndarray | None = None,
-) -> str:
-    """Encode `table` and write it, rows shuffled, in row groups that split evenly over `shards`.
-
-    `location` is a path or a URI (written through `pyarrow.fs`). Columns: `numeric` and
-    `categorical` (fixed-size lists, so a reader gets one contiguous buffer per kind),
-    `target`, and `weight` (float32) where `weights` are given. Written in place, not renamed:
-    only this run's workers read it, after this returns.
-    """
-    encoded = pre.transform(table)
-    target = pre.encode_target(table)
-    order = np.random.default_rng(seed).permutation(table.num_rows)
-    columns: dict[str, pa.Array] = {}
-    for key, values in (("numeric", encoded.numeric), ("categorical", encoded.categorical)):
-        if values.shape[1]:
-            flat = pa.array(values[order].reshape(-1))
-            columns[key] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
-    columns["target"] = pa.array(target[order])
-    if weights is not None:
-        columns["weight"] = pa.array(np.asarray(weights, dtype=np.float32)[order])
-    encoded_table = pa.table(columns)
-    groups = shards * max(1, -(-table.num_rows // (shards * _ROWS_PER_GROUP)))
-    bounds = np.linspace(0, table.num_rows, groups + 1).astype(int)
-    where = os.fspath(location)
-    fs, path = files.resolve(where)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with pq.ParquetWriter(path, encoded_table.schema, filesystem=fs) as writer:
-        for lo, hi in itertools.pairwise(bounds):
-            writer.write_table(encoded_table.slice(lo, hi - lo), row_group_size=max(hi - lo, 1))
-    return where
-
-
-def _storage_location(location: str) -> str:
-    """Ray Train storage as Ray takes it: a URI as it is, a local path made absolute."""
-    return location.rstrip("/") if "://" in location else str(Path(location).resolve())
-
-
-def _as_location(storage: str, fs_path: str) -> str:
-    """A path on the storage's file system as a location like `storage`: a path, or a URI with
-    the storage's scheme and options."""
-    if "://" not in storage:
-        return fs_path
-    scheme, _, rest = storage.partition("://")
-    _, mark, query = rest.partition("?")
-    return f"{scheme}://{fs_path}{mark}{query}"
-
-
-def _remove(location: str) -> None:
-    fs, path = files.resolve(location)
-    with contextlib.suppress(OSError):
-        fs.delete_dir(path)
-
-
 def _run_name(dataset: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{dataset}-{stamp}-{os.urandom(3).hex()}"
@@ -457,7 +369,7 @@ def _collect(
     The newest checkpoint carries the best round's weights (`tasks.loop.best_model_folder`),
     even when Ray Train no longer keeps that round's own checkpoint.
     """
-    run_path = _as_location(storage, str(result.path))
+    run_path = as_location(storage, str(result.path))
     newest = result.checkpoint
     if newest is None:
         raise TrainingFailed(f"training run {run_path} finished without any checkpoint")
@@ -490,7 +402,7 @@ def _collect(
         resumed_from_epoch=list(summary.get("attempts", [])),
         workers=[WorkerInfo(**w) for w in summary.get("workers", [])],
         run_path=run_path,
-        checkpoints=[_as_location(storage, c.path) for c, _ in result.best_checkpoints or []],
+        checkpoints=[as_location(storage, c.path) for c, _ in result.best_checkpoints or []],
         registered=list(registered),
         epoch_seconds=list(summary.get("epoch_seconds", [])),
         use_gpu=placement.use_gpu,
