@@ -150,6 +150,7 @@ def with_labels(served: pa.Table, *, home: str, model: str, target: str) -> pa.T
         model=model,
         kind="feedback",
         columns=[traffic.REQUEST_ID, traffic.RECEIVED_AT, target],
+        with_file=True,
     )
     if labels is None or target not in labels.column_names:
         return served

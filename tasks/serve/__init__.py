@@ -7,9 +7,9 @@
 
 The modules: `app` (the deployment and `build_app`, for `serve run`/`serve deploy`/KubeRay),
 `service` (the model behind FastAPI, free of Ray), `schema` (request schemas from the model's
-features), `scoring` (the model on its device, int8 or float32), `log` (the buffered prediction
-log), `control` (start, swap, stop), `probe` (status over HTTP), `client` (predict and feedback over
-HTTP, counting what failed). Nothing here imports Prefect:
+features), `scoring` (the model on its device, int8 or float32), `log` (the prediction log,
+durable before an answer leaves), `control` (start, swap, stop), `probe` (status over HTTP),
+`client` (predict and feedback over HTTP, counting what failed). Nothing here imports Prefect:
 replicas import it. The names below load their module on first use, so `driftloop status`
 (which needs `probe` alone) does not pay for Ray, torch and FastAPI.
 """
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         stop,
         swap,
     )
-    from tasks.serve.log import Batch, PredictionLog
+    from tasks.serve.log import Answered, LogUnavailable, PredictionLog
     from tasks.serve.probe import ServeStatus, headers, probe, url
     from tasks.serve.schema import BadRequest, Schemas
     from tasks.serve.scoring import INT8_TOLERANCE, Scorer
@@ -49,7 +49,7 @@ _WHERE = {
     "client": ["Client", "Traffic"],
     "control": ["ServeError", "deploy_version", "is_running", "start", "start_champion", "stop",
                 "swap"],
-    "log": ["Batch", "PredictionLog"],
+    "log": ["Answered", "LogUnavailable", "PredictionLog"],
     "probe": ["ServeStatus", "headers", "probe", "url"],
     "schema": ["BadRequest", "Schemas"],
     "scoring": ["INT8_TOLERANCE", "Scorer"],
@@ -61,9 +61,10 @@ __all__ = [
     "APP_NAME",
     "DEPLOYMENT",
     "INT8_TOLERANCE",
+    "Answered",
     "BadRequest",
-    "Batch",
     "Client",
+    "LogUnavailable",
     "PredictionLog",
     "Schemas",
     "Scorer",

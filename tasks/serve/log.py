@@ -1,174 +1,147 @@
-"""The prediction log writer of a replica: buffered, flushed off the request path.
+"""A replica's prediction log: durable before the answer leaves, Parquet soon after.
 
-    log = PredictionLog(home=home, model="churn", flush_rows=10_000, flush_seconds=1.0)
-    log.add(Batch(...))  # on the request path: a list append under a lock
-    log.flush()          # on a model swap; `close()` on shutdown flushes and stops the thread
+    log = PredictionLog(home=home, model="churn", serving=settings.serving)
+    log.add(Answered(...))   # on the request path: one write(2) of one JSON line, ~4 us
+    log.flush()              # on a model swap, in tests; `close()` on shutdown
 
-A background thread writes what is buffered as one Parquet file (`traffic.append`: written beside
-its final name, then moved into place) every `flush_seconds`, or sooner once `flush_rows` rows
-wait. A failed write keeps its rows for the next try. A replica killed outright (no shutdown)
-loses what it buffered since the last flush: at most `flush_seconds` of its answers.
+`add` appends the request's rows to this replica's open spool segment (`tasks.traffic.spool`)
+before the response is sent: once it returns, the OS holds them, and a replica killed the next
+instant has lost no answered row. When it cannot (a full or broken disk), or when more than
+`serving.log_max_pending_rows` rows wait to become Parquet (the home cannot keep up), it raises
+`LogUnavailable` and the request gets a 503 instead of an answer nobody could learn from. A
+background thread closes the segment every `log_flush_seconds` (or once it holds
+`log_flush_rows` rows) and converts closed segments to the Parquet layout the monitor reads,
+its own and any a dead replica left behind (the lock of a live writer keeps them apart).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
 from tasks import traffic
-from tasks.traffic import LATENCY_MS, MODEL_VERSION, PREDICTION, PROBABILITY
+from tasks.settings import ServingConfig
+from tasks.traffic import Answered, SpoolError
 
 log = logging.getLogger("driftloop.serve")
+__all__ = ["Answered", "LogUnavailable", "PredictionLog"]
 
 
-@dataclass(frozen=True)
-class Batch:
-    """One request's answers as the request path leaves them: Python values, no Arrow yet."""
-
-    request_ids: list[str]
-    version: int
-    features: dict[str, list[Any]]  # validated values, column by column
-    types: dict[str, pa.DataType]  # each feature's column type in the log
-    predictions: Sequence[object]
-    prediction_type: pa.DataType
-    probabilities: dict[str, np.ndarray] | None  # class -> one probability per record
-    latency_ms: float
-    predicted_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-
-    @property
-    def rows(self) -> int:
-        return len(self.request_ids)
-
-    def shape(self) -> tuple[object, ...]:
-        """Batches of one shape (a version's columns) become one Arrow table together."""
-        probabilities = tuple(self.probabilities or ())
-        return (tuple(self.types.items()), self.prediction_type, probabilities)
+class LogUnavailable(SpoolError):
+    """An answer that could not be logged, and so must not be given."""
 
 
-def to_table(batches: Sequence[Batch]) -> pa.Table:
-    """The log rows of batches of one shape: ids, time, version, features, outputs. One Arrow
-    array per column for the whole flush (per request it would cost more than the model)."""
-    first = batches[0]
+@dataclass
+class Counts:
+    """What a replica's log did since it started (shown on /healthz)."""
 
-    def joined(values: Callable[[Batch], Iterable[Any]], kind: pa.DataType) -> pa.Array:
-        return pa.array(list(itertools.chain.from_iterable(values(b) for b in batches)), kind)
+    answered: int = 0  # rows whose answers left (each written to a segment first)
+    converted: int = 0  # rows turned to Parquet (this replica's and adopted ones)
+    refused: int = 0  # requests answered 503 because their rows could not be logged
+    failed_conversions: int = 0
 
-    columns: dict[str, pa.Array] = {
-        traffic.REQUEST_ID: joined(lambda b: b.request_ids, pa.string()),
-        traffic.PREDICTED_AT: joined(lambda b: [b.predicted_at] * b.rows, _TIME),
-        MODEL_VERSION: joined(lambda b: [b.version] * b.rows, pa.int64()),
-    }
-    for name, kind in first.types.items():
-        columns[name] = joined(lambda b, name=name: b.features[name], kind)  # type: ignore[misc]
-    columns[PREDICTION] = joined(lambda b: b.predictions, first.prediction_type)
-    for label in first.probabilities or {}:
-        columns[f"{PROBABILITY}{label}"] = pa.array(
-            np.concatenate([b.probabilities[label] for b in batches if b.probabilities]),
-            pa.float64(),
-        )
-    columns[LATENCY_MS] = joined(lambda b: [b.latency_ms] * b.rows, pa.float64())
-    return pa.table(columns)
-
-
-_TIME = pa.timestamp("us", tz="UTC")
+    def to_dict(self, *, pending: int) -> dict[str, Any]:
+        return {
+            "answered_rows": self.answered,
+            "logged_rows": self.answered,  # the same by construction: logged before answered
+            "converted_rows": self.converted,
+            "pending_rows": pending,
+            "refused_requests": self.refused,
+            "failed_conversions": self.failed_conversions,
+        }
 
 
 class PredictionLog:
-    """Rows waiting to be written, and the thread that writes them."""
+    """This replica's spool segment, and the thread that rotates and converts segments."""
 
-    def __init__(
-        self,
-        *,
-        home: str,
-        model: str,
-        flush_rows: int,
-        flush_seconds: float,
-        kind: traffic.Kind = "predictions",
-    ) -> None:
-        self.home, self.model, self.kind = home, model, kind
-        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
-        self._pending: list[Batch] = []
-        self._writing: list[Batch] = []  # taken for the file being written, not yet readable
-        self._rows = 0
-        self._lock = threading.Lock()  # guards _pending, _writing and _rows
-        self._write_lock = threading.Lock()  # one writer at a time: files stay in order
+    def __init__(self, *, home: str, model: str, serving: ServingConfig) -> None:
+        self.home, self.model = home, model
+        self.rotate_rows, self.rotate_seconds = serving.log_flush_rows, serving.log_flush_seconds
+        self.max_pending = serving.log_max_pending_rows
+        self.folder = traffic.spool_folder(home, model)
+        self.spool = traffic.Spool(self.folder, fsync=serving.log_fsync)
+        self.segment_ids = traffic.SegmentIds(self.folder)
+        self.counts = Counts()
+        self._unconverted = 0  # rows in this replica's closed segments not yet converted
+        self._lock = threading.Lock()  # rotation and conversion, one at a time
         self._wake = threading.Event()
         self._closed = False
-        self.written_rows = 0
-        self.failed_writes = 0
+        self._opened_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="driftloop-log", daemon=True)
         self._thread.start()
 
-    def add(self, batch: Batch) -> None:
-        """Queue a request's rows for the next file (a list append: no Arrow, no I/O)."""
-        with self._lock:
-            self._pending.append(batch)
-            self._rows += batch.rows
-            full = self._rows >= self.flush_rows
-        if full:
+    def add(self, answered: Answered) -> None:
+        """Write a request's rows to the segment before its answer leaves; `LogUnavailable`
+        when they cannot be written, or too many wait to be converted."""
+        pending = self.pending_rows
+        if pending >= self.max_pending:
+            self.counts.refused += 1
+            raise LogUnavailable(
+                f"the prediction log cannot keep up: {pending:,} rows wait to be written to "
+                f"{self.home} (serving.log_max_pending_rows {self.max_pending:,})"
+            )
+        try:
+            self.spool.append(answered)
+        except SpoolError as exc:
+            self.counts.refused += 1
+            raise LogUnavailable(f"the prediction log cannot be written: {exc}") from None
+        self.counts.answered += answered.rows
+        if self.spool.rows >= self.rotate_rows:
             self._wake.set()
 
     @property
     def pending_rows(self) -> int:
-        with self._lock:
-            return self._rows
+        """Rows this replica answered that are not Parquet yet."""
+        return self.spool.rows + self._unconverted
 
     def pending_ids(self) -> set[str]:
-        """Request ids answered but not yet readable in a log file (queued, or being written)."""
-        with self._lock:
-            parts = self._writing + self._pending
-        return {i for batch in parts for i in batch.request_ids}
+        """Request ids answered but not in a Parquet file yet: every segment of the model's
+        spool folder (this replica's and the others' on this machine)."""
+        return self.spool.ids | self.segment_ids()
+
+    def health(self) -> dict[str, Any]:
+        return self.counts.to_dict(pending=self.pending_rows)
 
     def flush(self) -> int:
-        """Write what is buffered now, as one file; returns the rows written."""
-        with self._write_lock:
-            with self._lock:
-                parts, self._pending, self._rows = self._pending, [], 0
-                self._writing = parts
-            if not parts:
-                return 0
-            try:
-                groups = [list(g) for _, g in itertools.groupby(parts, key=Batch.shape)]
-                tables = [to_table(group) for group in groups]
-                table = pa.concat_tables(tables, promote_options="permissive")
-                traffic.append(home=self.home, model=self.model, kind=self.kind, rows=table)
-            except Exception:
-                self.failed_writes += 1
-                log.exception("prediction log: write failed; %d rows kept for the next try",
-                              sum(p.rows for p in parts))  # fmt: skip
-                with self._lock:
-                    self._pending[:0] = parts
-                    self._rows += sum(p.rows for p in parts)
-                    self._writing = []
-                return 0
-            with self._lock:
-                self._writing = []  # the file is in place: the ids are readable there now
-            self.written_rows += table.num_rows
-            return table.num_rows
+        """Close the open segment and convert every closed one now; returns the rows converted."""
+        with self._lock:
+            self._unconverted += self.spool.rotate()
+            self._opened_at = time.monotonic()
+            return self._convert()
 
     def close(self) -> None:
-        """Flush what is left and stop the thread (idempotent)."""
+        """Convert what is left and stop the thread (idempotent)."""
         if self._closed:
             return
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=30)
-        self.flush()
+        with self._lock:
+            self._unconverted += self.spool.close()
+            self._convert()
+
+    def _convert(self) -> int:
+        try:
+            rows = traffic.convert_closed(home=self.home, model=self.model, folder=self.folder)
+        except Exception:
+            self.counts.failed_conversions += 1
+            log.exception("prediction log: converting segments failed; they stay for the next try")
+            return 0
+        self._unconverted = 0  # every closed segment of ours went (or another converter has it)
+        self.counts.converted += rows
+        return rows
 
     def _run(self) -> None:
         while not self._closed:
-            self._wake.wait(timeout=self.flush_seconds)
+            self._wake.wait(timeout=min(self.rotate_seconds, 1.0))
             self._wake.clear()
+            due = time.monotonic() - self._opened_at >= self.rotate_seconds
+            if self._closed or not (due or self.spool.rows >= self.rotate_rows):
+                continue
             started = time.monotonic()
             self.flush()
-            if self.failed_writes and time.monotonic() - started < 0.1:
-                time.sleep(min(self.flush_seconds, 1.0))  # a broken home: do not spin
+            if self.counts.failed_conversions and time.monotonic() - started < 0.1:
+                time.sleep(min(self.rotate_seconds, 1.0))  # a broken home: do not spin

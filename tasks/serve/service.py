@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -23,16 +22,13 @@ from typing import Any, Protocol
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
-from tasks import files, registry, traffic
+from tasks import registry, traffic
 from tasks.model import Predictor, load_model
-from tasks.serve.log import Batch, PredictionLog
+from tasks.serve.log import Answered, LogUnavailable, PredictionLog
 from tasks.serve.probe import API_KEY_HEADER
 from tasks.serve.schema import BadRequest, Columns, Schemas
 from tasks.serve.scoring import Scorer
@@ -88,12 +84,7 @@ class Service:
         self.reason = "no champion loaded yet"  # why /healthz answers 503
         self.score: Score = score_now
         self._swap_lock = threading.Lock()
-        self.log = PredictionLog(
-            home=home,
-            model=model,
-            flush_rows=serving.log_flush_rows,
-            flush_seconds=serving.log_flush_seconds,
-        )
+        self.log = PredictionLog(home=home, model=model, serving=serving)
 
     # Model --------------------------------------------------------------------------------------
 
@@ -122,60 +113,76 @@ class Service:
     # Requests -----------------------------------------------------------------------------------
 
     async def predict(self, body: bytes) -> dict[str, Any]:
-        """Answer `{"records": [...]}`: a prediction and a request id per record, and log them."""
+        """Answer `{"records": [...]}`: a prediction and a request id per record, logged before
+        the answer leaves (a 503 when it cannot be)."""
         started = time.perf_counter()
         loaded = self.require()
         columns = loaded.schemas.records(body)
         out = await self.score(loaded, columns)
         scorer, schemas = loaded.scorer, loaded.schemas
-        ids = request_ids(len(out))
+        ids = traffic.new_request_ids(len(out))
         answers = scorer.answers(out, ids)
         classes = scorer.classes
-        self.log.add(
-            Batch(
-                request_ids=ids,
-                version=scorer.version,
-                features=columns,
-                types=schemas.feature_types(),
-                predictions=scorer.predictions(out),
-                prediction_type=schemas.label_type(),
-                probabilities=None
-                if classes is None
-                else {str(c): out[:, k] for k, c in enumerate(classes)},
-                latency_ms=(time.perf_counter() - started) * 1e3,
-            )
+        answered = Answered(
+            request_ids=ids,
+            version=scorer.version,
+            features=columns,
+            types=schemas.feature_types(),
+            predictions=scorer.predictions(out),
+            prediction_type=schemas.label_type(),
+            probabilities=None
+            if classes is None
+            else {str(c): out[:, k] for k, c in enumerate(classes)},
+            latency_ms=(time.perf_counter() - started) * 1e3,
         )
+        try:
+            self.log.add(answered)
+        except LogUnavailable as exc:
+            raise BadRequest(503, str(exc)) from None
         return {"model": self.model, "version": scorer.version, "predictions": answers}
 
     def feedback(self, body: bytes) -> dict[str, Any]:
-        """Take labels for earlier request ids; unknown ids refuse the whole request (404)."""
+        """Take labels for earlier request ids: the known ones are stored, the unknown ones listed
+        (a 404 when none is known); an id given twice refuses the request (422), naming it."""
         loaded = self.require()
         labels = loaded.schemas.labels(body)
         ids = [rid for rid, _ in labels]
-        unknown = set(ids) - self.log.pending_ids() - logged_ids(self.home, self.model, set(ids))
-        if unknown:
+        twice = {rid for rid in ids if ids.count(rid) > 1} if len(set(ids)) < len(ids) else set()
+        if twice:
             errors = [
-                {"field": f"labels.{i}.request_id", "message": f"unknown request id {rid!r}"}
-                for i, rid in enumerate(ids)
-                if rid in unknown
-            ]
+                {"field": f"labels.{i}.request_id", "message": f"request id {rid!r} is given "
+                 "more than once; send one label per id"}
+                for i, rid in enumerate(ids) if rid in twice
+            ]  # fmt: skip
+            shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+            raise BadRequest(422, shown, errors=errors)
+        known = self.log.pending_ids() & set(ids)
+        known |= traffic.logged_ids(home=self.home, model=self.model, wanted=set(ids) - known)
+        unknown = [rid for rid in ids if rid not in known]
+        if not known:
+            errors = [{"field": f"labels.{i}.request_id", "message": f"unknown request id {rid!r}"}
+                      for i, rid in enumerate(ids)]  # fmt: skip
             shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
             raise BadRequest(404, f"{shown} (no prediction has it)", errors=errors)
         target = loaded.schemas.target
+        kept = [(rid, label) for rid, label in labels if rid in known]
         rows = pa.table(
             {
-                traffic.REQUEST_ID: pa.array(ids, pa.string()),
-                target: pa.array([label for _, label in labels], loaded.schemas.label_type()),
+                traffic.REQUEST_ID: pa.array([rid for rid, _ in kept], pa.string()),
+                target: pa.array([label for _, label in kept], loaded.schemas.label_type()),
             }
         )
         traffic.append(home=self.home, model=self.model, kind="feedback", rows=rows)
-        return {"model": self.model, "accepted": len(ids)}
+        return {"model": self.model, "accepted": len(kept), "unknown": unknown}
 
     def health(self) -> tuple[int, dict[str, Any]]:
         loaded = self.current
+        log_counts = self.log.health()
         if loaded is None:
-            return 503, {"status": "unavailable", "model": self.model, "reason": self.reason}
-        return 200, {"status": "ok", "model": self.model, "version": loaded.version}
+            return 503, {"status": "unavailable", "model": self.model, "reason": self.reason,
+                         "log": log_counts}  # fmt: skip
+        return 200, {"status": "ok", "model": self.model, "version": loaded.version,
+                     "log": log_counts}  # fmt: skip
 
     def info(self) -> dict[str, Any]:
         loaded = self.require()
@@ -189,7 +196,7 @@ class Service:
             "classes": scorer.classes,
             "device": scorer.device,
             "quantized": scorer.quantize,
-            "metadata": scorer.metadata,
+            "metadata": public_metadata(scorer.metadata),
         }
 
     def close(self) -> None:
@@ -197,30 +204,21 @@ class Service:
         self.log.close()
 
 
-def request_ids(n: int) -> list[str]:
-    """`n` random 128-bit ids, 32 hex digits each (uuid4's strength; one system call, not n)."""
-    raw = os.urandom(16 * n).hex()
-    return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
+# What a caller may see of a version's registry metadata: its figures, never local paths, flow
+# run ids or the parameters of its training
+PUBLIC_METADATA = ("created_at", "metrics", "judged_on", "train_rows", "best_epoch",
+                   "validation_metric", "production_rows")  # fmt: skip
 
 
-def logged_ids(home: str, model: str, wanted: set[str]) -> set[str]:
-    """Which of `wanted` the prediction log holds (reads the request_id column only)."""
-    fs, base = files.resolve(traffic.location(home=home, model=model, kind="predictions"))
-    if not wanted or fs.get_file_info(base).type != pafs.FileType.Directory:
-        return set()
-    parts = [
-        i.path
-        for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-    ]
-    if not parts:
-        return set()
-    dataset = pads.dataset(parts, filesystem=fs, format="parquet")
-    found = dataset.to_table(
-        columns=[traffic.REQUEST_ID],
-        filter=pc.field(traffic.REQUEST_ID).isin(pa.array(sorted(wanted), pa.string())),
-    )
-    return set(found[traffic.REQUEST_ID].to_pylist())
+def public_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """The registry metadata `/model` shows: figures and dates, the gate's verdict, no paths."""
+    shown = {k: meta[k] for k in PUBLIC_METADATA if k in meta}
+    if isinstance(meta.get("judged_on"), dict):  # its basis names rows, not places
+        shown["judged_on"] = {k: v for k, v in meta["judged_on"].items() if k != "path"}
+    gate = meta.get("gate")
+    if isinstance(gate, dict):
+        shown["gate"] = {k: gate[k] for k in ("passed", "summary", "judged_against") if k in gate}
+    return shown
 
 
 # HTTP ---------------------------------------------------------------------------------------------

@@ -232,8 +232,14 @@ class ServingConfig(_Strict):
     max_records: int = Field(10_000, ge=1)  # per request
     max_body_bytes: int = Field(16 * 2**20, ge=1024)  # larger bodies get a 413
     api_key: SecretStr | None = None  # X-API-Key; set it with DRIFTLOOP_SERVING__API_KEY
-    log_flush_rows: int = Field(10_000, ge=1)  # a prediction log file once this many wait...
-    log_flush_seconds: float = Field(1.0, gt=0, le=60)  # ...or this often: a kill loses <= this
+    # every answer is written to the replica's spool segment before it leaves (a kill loses
+    # nothing); a segment becomes a Parquet file of the log once it holds this many rows...
+    log_flush_rows: int = Field(10_000, ge=1)
+    log_flush_seconds: float = Field(10.0, gt=0, le=600)  # ...or is this old
+    # what a machine crash may take: never fsync, fsync a segment as it closes, or every answer
+    log_fsync: Literal["never", "segment", "always"] = "segment"
+    # rows waiting to become Parquet past which a replica answers 503 (the home cannot keep up)
+    log_max_pending_rows: int = Field(1_000_000, ge=1)
     quantize_int8: bool = False  # dynamic int8 nn.Linear (CPU); off: slower here (bench/RESULTS.md)
     num_cpus: float = Field(1, gt=0)  # per replica
     num_gpus: float = Field(0, ge=0)  # per replica; the model moves to the GPU when it has one

@@ -7,19 +7,26 @@ gate and the drift monitor read.
 
 Under `DRIFTLOOP_HOME` (a folder or a URI, through `pyarrow.fs`):
 
-    predictions/<model>/date=YYYY-MM-DD/<uuid>.parquet   request_id, predicted_at, model_version,
-                                                         the features, prediction
-    feedback/<model>/date=YYYY-MM-DD/<uuid>.parquet      request_id, <target>, received_at
+    predictions/<model>/date=YYYY-MM-DD/<first>-<last>-<name>.parquet   request_id, predicted_at,
+                                        model_version, the features, prediction, probabilities
+    feedback/<model>/date=YYYY-MM-DD/<first>-<last>-<name>.parquet      request_id, <target>,
+                                        received_at
 
-Each append is one new file, written beside its final name and moved into place, so a reader never
-sees half of one. Labels arrive later than predictions and may arrive twice: the newest label of a
-request id wins.
+Each file is written beside its final name and moved into place, so a reader never sees half of
+one; its name says the first and last millisecond it covers. Request ids begin with the
+millisecond they were answered in (`new_request_ids`), so finding an id opens only the files of
+its moment (`logged_ids`): the cost of a feedback look-up does not grow with the log. Labels
+arrive later than predictions and may arrive more than once: the one rule every reader uses
+(`newest_labels`) keeps the label received last, and of two received at the same microsecond the
+one that arrived last.
 """
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -38,6 +45,7 @@ MODEL_VERSION, PREDICTION, PROBABILITY, LATENCY_MS = (
     "model_version", "prediction", "probability_", "latency_ms"
 )  # fmt: skip
 _TIME = {"predictions": PREDICTED_AT, "feedback": RECEIVED_AT}
+FILE = "file"  # the column `read(..., with_file=True)` adds: each row's file name
 
 
 # A feature's column type in the prediction log: Serve parses every numeric feature as a JSON
@@ -66,14 +74,32 @@ def append(*, home: str, model: str, kind: Kind, rows: pa.Table) -> str | None:
     if rows.num_rows == 0:
         return None
     rows = _stamped(rows, column=_TIME[kind])
-    fs, base = files.resolve(location(home=home, model=model, kind=kind))
     day = pc.min(rows[_TIME[kind]]).as_py().date().isoformat()
-    folder = f"{base}/date={day}"
-    final = f"{folder}/{uuid.uuid4().hex}.parquet"
+    base = location(home=home, model=model, kind=kind)
+    arrival = f"{time.time_ns():020d}{uuid.uuid4().hex[:12]}"  # names sort in arrival order
+    return write_day_file(base, day=day, rows=rows, name=arrival)
+
+
+def write_day_file(base: str, *, day: str, rows: pa.Table, name: str) -> str:
+    """`rows` as `<base>/date=<day>/<first>-<last>-<name>.parquet`, written atomically, where
+    first and last are the rows' earliest and latest time in milliseconds (zero-padded, so the
+    names sort by time): a look-up by time opens only the files that cover it."""
+    column = PREDICTED_AT if PREDICTED_AT in rows.column_names else RECEIVED_AT
+    low, high = pc.min_max(rows[column]).values()
+    first, last = (int(v.as_py().timestamp() * 1000) for v in (low, high))
+    fs, path = files.resolve(f"{base}/date={day}/{first:013d}-{last:013d}-{name}.parquet")
     sink = pa.BufferOutputStream()
     pq.write_table(rows, sink)
-    files.write_atomic_fs(fs, final, sink.getvalue().to_pybytes())
-    return final
+    files.write_atomic_fs(fs, path, sink.getvalue().to_pybytes())
+    return path
+
+
+def file_span(name: str) -> tuple[int, int] | None:
+    """The first and last millisecond a log file's name says it covers (None: an older name)."""
+    parts = name.split("-", 2)
+    if len(parts) < 3 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return None
+    return int(parts[0]), int(parts[1])
 
 
 def read(
@@ -83,10 +109,12 @@ def read(
     kind: Kind,
     columns: list[str] | None = None,
     since: datetime | None = None,
+    with_file: bool = False,
 ) -> pa.Table | None:
     """The rows of the log or the labels (None when there are none yet): all of them, or those
     stamped at or after `since` (day folders before it are not opened); every column, or only
-    `columns` (those the files have: a column no file has is left out, not invented)."""
+    `columns` (those the files have: a column no file has is left out, not invented); with
+    `with_file`, each row's file too (`FILE`, for `newest_labels`)."""
     fs, base = files.resolve(location(home=home, model=model, kind=kind))
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         return None
@@ -112,7 +140,14 @@ def read(
         else pc.field(_TIME[kind]) >= pa.scalar(since, schema.field(_TIME[kind]).type)
     )
     try:
-        return found.to_table(columns=wanted, filter=where)
+        if not with_file:
+            return found.to_table(columns=wanted, filter=where)
+        parts = []
+        for fragment in found.get_fragments():
+            rows = fragment.to_table(schema=schema, columns=wanted, filter=where)
+            name = fragment.path.rsplit("/", 1)[-1]
+            parts.append(rows.append_column(FILE, pa.array([name] * rows.num_rows, pa.string())))
+        return pa.concat_tables(parts)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise TrafficError(f"{kind}/{model}: its files disagree on a column's type: "
                            f"{files.first_line(exc)}") from None  # fmt: skip
@@ -122,7 +157,7 @@ def labelled(*, home: str, model: str, target: str, limit: int) -> pa.Table | No
     """The most recent `limit` predictions that have a label, with the label as `target`, newest
     first; None when no prediction has one yet."""
     served = read(home=home, model=model, kind="predictions")
-    labels = read(home=home, model=model, kind="feedback")
+    labels = read(home=home, model=model, kind="feedback", with_file=True)
     if served is None or labels is None:
         return None
     if target not in labels.column_names:
@@ -160,6 +195,56 @@ def as_source(rows: pa.Table, *, schema: pa.Schema, timestamp: str | None = None
     return pa.table(columns, schema=schema)
 
 
+def new_request_ids(n: int) -> list[str]:
+    """`n` request ids of 32 hex digits: the millisecond now (12 digits), then 80 random bits
+    (one system call, not n): unique as uuid4 within a millisecond, and they say when."""
+    stamp = f"{int(time.time() * 1000):012x}"
+    raw = os.urandom(10 * n).hex()
+    return [stamp + raw[i : i + 20] for i in range(0, 20 * n, 20)]
+
+
+def id_millisecond(request_id: str) -> int | None:
+    """The millisecond a request id of `new_request_ids` was made in (None: another id)."""
+    if len(request_id) != 32:
+        return None
+    try:
+        return int(request_id[:12], 16)
+    except ValueError:
+        return None
+
+
+def logged_ids(*, home: str, model: str, wanted: Iterable[str], slack_ms: int = 60_000) -> set[str]:
+    """Which of `wanted` the prediction log's Parquet files hold. Only the files whose names
+    cover each id's millisecond (within `slack_ms`: a replica's clock, a file's first row) are
+    opened; ids that do not say when, and files whose names do not, fall back to a full scan."""
+    wanted = set(wanted)
+    fs, base = files.resolve(location(home=home, model=model, kind="predictions"))
+    if not wanted or fs.get_file_info(base).type != pafs.FileType.Directory:
+        return set()
+    moments = [id_millisecond(r) for r in wanted]
+    found = [
+        i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+    ]  # fmt: skip
+    if None not in moments:
+        found = [i for i in found if _covers(i.base_name, moments, slack_ms)]  # type: ignore[arg-type]
+    if not found:
+        return set()
+    dataset = pads.dataset([i.path for i in found], filesystem=fs, format="parquet")
+    rows = dataset.to_table(
+        columns=[REQUEST_ID], filter=pc.field(REQUEST_ID).isin(pa.array(sorted(wanted)))
+    )
+    return set(rows[REQUEST_ID].to_pylist())
+
+
+def _covers(name: str, moments: Sequence[int], slack_ms: int) -> bool:
+    span = file_span(name)
+    if span is None:
+        return True  # an older file: its name does not say, so it is read
+    first, last = span
+    return any(first - slack_ms <= m <= last + slack_ms for m in moments)
+
+
 def location(*, home: str, model: str, kind: Kind) -> str:
     """`<home>/<kind>/<model>`: a path or a URI."""
     return files.join(home, kind, model)
@@ -177,10 +262,17 @@ def _stamped(rows: pa.Table, *, column: str) -> pa.Table:
 
 
 def newest_labels(labels: pa.Table, *, target: str) -> pa.Table:
-    """One label per request id: the one received last (of equal times, the one read last).
-    Every reader of the labels uses this rule: `request_id`, `received_at`, `target`."""
+    """One label per request id: the one received last; of two received at the same
+    microsecond, the one that arrived last (the name of the file it was written to carries the
+    writer's nanosecond clock; `read(..., with_file=True)` adds it, without it the one read last
+    wins). Every reader of the labels uses this rule: `request_id`, `received_at`, `target`."""
     frame = labels.select([REQUEST_ID, RECEIVED_AT, target]).to_pandas()
-    frame = frame.sort_values(RECEIVED_AT, kind="stable").drop_duplicates(REQUEST_ID, keep="last")
+    order = [RECEIVED_AT]
+    if FILE in labels.column_names:  # arrival: the file name's last part (`append`'s clock)
+        frame["_arrival"] = [name.split("-", 2)[-1] for name in labels[FILE].to_pylist()]
+        order.append("_arrival")
+    frame = frame.sort_values(order, kind="stable").drop_duplicates(REQUEST_ID, keep="last")
+    frame = frame[[REQUEST_ID, RECEIVED_AT, target]]
     schema = labels.schema
     fields = [schema.field(REQUEST_ID), schema.field(RECEIVED_AT), schema.field(target)]
     return pa.Table.from_pandas(frame, schema=pa.schema(fields), preserve_index=False)
