@@ -394,13 +394,12 @@ def _wait_until_served(demo: Demo, version: int | None) -> None:
 
 
 def _wait_until_logged(demo: Demo, timeout_s: float = 30) -> None:
-    """Until Serve's replicas have flushed every answered row to the prediction log (they flush
-    every second), so the monitor judges all of it."""
+    """Until the prediction log holds every answered row (each is in a replica's spool segment
+    before its answer leaves: a check that it holds, so the monitor judges all of it)."""
     from tasks import traffic
 
     def logged() -> int:
-        found = traffic.read(home=demo.home, model=demo.model, kind="predictions",
-                             columns=["request_id"])  # fmt: skip
+        found = traffic.answered(home=demo.home, model=demo.model, columns=["request_id"])
         return 0 if found is None else found.num_rows
 
     if not _wait(lambda: logged() >= demo.predicted, timeout_s=timeout_s):

@@ -115,7 +115,7 @@ def test_drift_with_labels_retrains_by_itself_and_a_restart_inside_the_cooldown_
         # Concept drift: inputs as before, labels from a changed P(y|x); all labels come back
         answered, failed = user.send("concept_drift", rows=3000, seed=11)
         assert (answered, failed) == (3000, 0)
-        time.sleep(2)  # the replica's prediction log flushes every second
+        # every answer is in the prediction log (a replica's spool segment) before it leaves
         found = user.json("monitor")
         assert set(found) >= {"drift", "drifted_features", "quality", "decision", "reason"}
         assert found["quality"]["source"] == "measured", found["quality"]
@@ -149,11 +149,10 @@ def test_drift_with_labels_retrains_by_itself_and_a_restart_inside_the_cooldown_
         user.run("down")
         user.run("up")
         user.send("concept_drift", rows=1000, seed=12)
-        time.sleep(2)
         again = user.json("monitor")
         assert again["decision"] == "hold", again["reason"]
         if again["governor"]["signal"]:  # the same decay judged again: held by the cooldown
-            assert "cooldown" in again["reason"]
+            assert "cooldown" in again["reason"] or again["needs_attention"], again["reason"]
         time.sleep(10)  # a second request would have started a run by now
         assert len(runs_of(url, retraining["id"])) == 1
         assert len(load_state(home=str(user.home), model=MODEL).requests) == 1

@@ -86,9 +86,7 @@ def labelled_traffic(
     since = (now or datetime.now(timezone.utc)) - timedelta(days=config.feedback_days)
     columns = [traffic.REQUEST_ID, traffic.PREDICTED_AT, traffic.MODEL_VERSION]
     columns += champion.features.all
-    served = traffic.read(
-        home=settings.home, model=ds.name, kind="predictions", columns=columns, since=since
-    )
+    served = traffic.answered(home=settings.home, model=ds.name, columns=columns, since=since)
     joined = (
         None
         if served is None

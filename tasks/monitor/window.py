@@ -107,7 +107,7 @@ def read_window(
     now = now or datetime.now(timezone.utc)
     since = None if config.window_hours is None else now - timedelta(hours=config.window_hours)
     needed = [traffic.REQUEST_ID, traffic.PREDICTED_AT, MODEL_VERSION, *features]
-    served = traffic.read(home=home, model=model, kind="predictions", columns=needed, since=since)
+    served = traffic.answered(home=home, model=model, columns=needed, since=since)
     if served is not None and version is not None and MODEL_VERSION in served.column_names:
         served = served.filter(pc.equal(served[MODEL_VERSION], version))
     if served is None or served.num_rows == 0:

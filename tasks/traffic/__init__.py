@@ -42,10 +42,12 @@ from tasks.traffic.spool import (
     SegmentIds,
     Spool,
     SpoolError,
+    answered,
     convert,
     convert_closed,
     segments,
     spool_folder,
+    spooled,
 )
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "Spool",
     "SpoolError",
     "TrafficError",
+    "answered",
     "append",
     "as_source",
     "convert",
@@ -81,5 +84,6 @@ __all__ = [
     "read",
     "segments",
     "spool_folder",
+    "spooled",
     "write_day_file",
 ]

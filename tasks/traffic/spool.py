@@ -47,6 +47,7 @@ from tasks.traffic.layout import (
     PROBABILITY,
     REQUEST_ID,
     location,
+    read,
     write_day_file,
 )
 
@@ -305,3 +306,45 @@ def to_table(records: Sequence[dict[str, Any]]) -> pa.Table:
         columns[f"{PROBABILITY}{label}"] = pa.array(values, pa.float64())
     columns[LATENCY_MS] = repeated("l", pa.float64())
     return pa.table(columns)
+
+
+# Reading every answered row: the Parquet layout and the segments not converted yet -----------
+
+
+def spooled(*, home: str, model: str) -> pa.Table | None:
+    """The rows of every segment of the model's spool (open ones too, to their last complete
+    line), None when there are none."""
+    records = [r for path in segments(spool_folder(home, model)) for r in lines(path)]
+    if not records:
+        return None
+    groups = [list(g) for _, g in itertools.groupby(records, key=_shape)]
+    return pa.concat_tables([to_table(g) for g in groups], promote_options="permissive")
+
+
+def answered(
+    *, home: str, model: str, columns: list[str] | None = None, since: datetime | None = None
+) -> pa.Table | None:
+    """Every answered row of the prediction log: its Parquet files and the spool's segments
+    not converted yet (read first: a segment converted meanwhile is in the Parquet read after
+    it, and its rows are kept once), only `columns`, stamped at or after `since`."""
+    early = spooled(home=home, model=model)
+    table = read(home=home, model=model, kind="predictions", columns=columns, since=since)
+    if early is None or early.num_rows == 0:
+        return table
+    if since is not None:
+        early = early.filter(pc.greater_equal(early[PREDICTED_AT], pa.scalar(since, TIME)))
+    if table is not None:
+        known = table[REQUEST_ID] if REQUEST_ID in table.column_names else None
+        if known is not None:
+            early = early.filter(pc.invert(pc.is_in(early[REQUEST_ID], value_set=known)))
+    keep = [c for c in (columns or early.column_names) if c in early.column_names]
+    early = early.select(keep)
+    if table is None:
+        return early
+    return pa.concat_tables([table, early.cast(_like(early.schema, table.schema))],
+                            promote_options="permissive")  # fmt: skip
+
+
+def _like(schema: pa.Schema, target: pa.Schema) -> pa.Schema:
+    """`schema` with the types `target` gives the same columns (the log's files govern)."""
+    return pa.schema([target.field(f.name) if f.name in target.names else f for f in schema])
