@@ -846,6 +846,78 @@ def test_a_replica_killed_outright_loses_no_answered_row(served: Served, tmp_pat
     assert len(ids) == len(set(ids))  # and once
 
 
+def flaky_loader(*, home: str, model: str, version: int) -> tuple[Predictor, dict[str, Any]]:
+    """Loads as Serve's replicas do, except that the first replica to load each version fails
+    (a marker file per version remembers it): a disk that hiccups once."""
+    import os
+
+    from ray import serve
+
+    try:
+        serve.get_replica_context()
+    except Exception:  # not in a replica: the driver's check before a swap
+        return load_version(home=home, model=model, version=version)
+    marker = Path(home) / f"failed-once-v{version}"
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return load_version(home=home, model=model, version=version)
+    raise OSError(f"v{version}: a read that failed once")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("app", "replicas"), [("two", {"replicas": 2}), ("auto", {"replicas": 1, "max_replicas": 2})]
+)
+def test_a_replica_whose_model_fails_to_load_is_replaced_and_a_swap_reaches_every_replica(
+    served: Served, tmp_path: Path, app: str, replicas: dict[str, int]
+) -> None:
+    from ray import cloudpickle, serve
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the replicas load flaky_loader
+    models = make_home(tmp_path)
+    first, second = models.versions
+    config = serving(port=served.args.serving.port, target_ongoing_requests=1, **replicas)
+    args = ServeArgs(home=models.home, model=MODEL, serving=config)
+    serve.run(bind_app(args, version=first, loader=flaky_loader), name=app, route_prefix=f"/{app}")
+    assert (Path(models.home) / f"failed-once-v{first}").exists()  # one replica failed to load
+    base = f"{served.url}/{app}"
+    control.confirm_everywhere(base, version=first, replicas=control.running_replicas(app))
+    stop, failures, versions = threading.Event(), [], []
+    rows = {"records": records(make_table(1, seed=41))}
+
+    def loop() -> None:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    answer = http.post("/predict", json=rows)
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if answer.status_code != 200:
+                    failures.append(f"{answer.status_code} {answer.text[:200]}")
+                else:
+                    versions.append(answer.json()["version"])
+
+    clients = [threading.Thread(target=loop) for _ in range(3)]
+    for t in clients:
+        t.start()
+    try:
+        time.sleep(1.0)
+        control.swap(args, version=second, loader=flaky_loader, app=app, route_prefix=f"/{app}")
+        swapped = len(versions)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=60)
+        serve.delete(app)
+    assert (Path(models.home) / f"failed-once-v{second}").exists()  # a replica failed again
+    assert failures == []  # no 503 for the replica that could not load
+    assert set(versions[swapped:]) == {second}, versions[swapped:][:20]  # every replica: v2
+    assert len(versions) > swapped > 0
+
+
 # The Serve config files -------------------------------------------------------------------------
 
 INFRA = Path(__file__).parents[1] / "infra"

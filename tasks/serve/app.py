@@ -70,6 +70,8 @@ class DriftloopServer:
 
         torch.set_num_threads(max(1, int(serving.num_cpus)))  # tiny matmuls: threads cost more
         self.service = Service(home=home, model=model, serving=serving, loader=loader)
+        self.service.replica = serve.get_replica_context().replica_id.unique_id
+        self.wanted: int | None = None  # the version user_config asks for
         if serving.batching:
             batched: Any = self._batched  # serve.batch's wrapper carries the setters
             batched.set_max_batch_size(serving.max_batch_size)
@@ -78,16 +80,25 @@ class DriftloopServer:
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve `config["version"]` (None: nothing, /healthz says so). Loads off the event
-        loop; requests keep the old version until the new one is ready. A version that fails to
-        load keeps the old one served and shows in /healthz."""
+        loop; requests keep the old version until the new one is ready. A version that fails
+        to load fails this replica (raised here, and by `check_health` after): Serve replaces
+        it rather than leave it answering with another version, or with 503s."""
         version = config.get("version")
+        self.wanted = version
         try:
             await asyncio.to_thread(self.service.load, version)
         except Exception as exc:
             reason = f"version {version} failed to load: {files.first_line(exc)}"
             log.exception(reason)
-            if self.service.current is None:
-                self.service.reason = reason
+            self.service.reason = reason
+            raise
+
+    def check_health(self) -> None:
+        """Serve's periodic check: a replica that does not serve the version asked of it is
+        unhealthy, and Serve replaces it."""
+        served = self.served_version()
+        if served != self.wanted:
+            raise RuntimeError(f"serves version {served}, not {self.wanted}: {self.service.reason}")
 
     def served_version(self) -> int | None:
         """The version this replica answers with (None: none)."""

@@ -15,20 +15,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
+from typing import Any
 
-from tasks import cluster, registry
+from tasks import cluster, files, registry
 from tasks.errors import DriftloopError
 from tasks.serve.app import (
     APP_NAME,
+    DEPLOYMENT,
     LOGS,
     ServeArgs,
     bind_app,
-    handle,
     logging_config,
     resolve_version,
 )
-from tasks.serve.probe import ServeStatus, probe
+from tasks.serve.probe import ServeStatus, probe, url
 from tasks.serve.service import Loader, load_version
 from tasks.settings import ServingConfig, Settings
 
@@ -54,20 +56,80 @@ def start(args: ServeArgs, *, loader: Loader = load_version) -> ServeStatus:
     return probe(args.serving)
 
 
-def swap(args: ServeArgs, *, version: int, loader: Loader = load_version) -> ServeStatus:
+def swap(
+    args: ServeArgs,
+    *,
+    version: int,
+    loader: Loader = load_version,
+    app: str = APP_NAME,
+    route_prefix: str = "/",
+) -> ServeStatus:
     """Serve `version` instead, in place: the replicas reconfigure (load it beside the old one,
     then switch), no restart, no failed request. `args` must be those the app was started with
-    (others restart the replicas, one by one)."""
+    (others restart the replicas, one by one). A version that does not load here is refused
+    before anything changes; the swap returns once every replica answers with it."""
     from ray import serve
 
     registry.find(root=args.home, model=args.model, ref=version)  # refuse an unknown version now
+    try:
+        loader(home=args.home, model=args.model, version=version)
+    except Exception as exc:
+        raise ServeError(
+            f"{args.model} v{version} does not load ({files.first_line(exc)}); "
+            "the app keeps serving what it served"
+        ) from None
     with _serve_logs_to_file(args.home):
-        serve.run(bind_app(args, version=version, loader=loader), name=APP_NAME, route_prefix="/")
-    served = handle().served_version.remote().result()
-    if served != version:
-        reason = handle().health_reason.remote().result()
-        raise ServeError(f"{args.model}: the app still serves version {served}: {reason}")
+        serve.run(bind_app(args, version=version, loader=loader), name=app,
+                  route_prefix=route_prefix)  # fmt: skip
+    base = url(args.serving) + route_prefix.rstrip("/")
+    confirm_everywhere(base, version=version, replicas=running_replicas(app))
     return probe(args.serving)
+
+
+def running_replicas(app: str = APP_NAME) -> int:
+    """How many replicas of the app's deployment Serve runs now."""
+    from ray import serve
+
+    found = serve.status().applications.get(app)
+    deployment = None if found is None else found.deployments.get(DEPLOYMENT)
+    if deployment is None:
+        return 0
+    return sum(n for state, n in deployment.replica_states.items() if state == "RUNNING")
+
+
+def confirm_everywhere(
+    base: str, *, version: int, replicas: int, timeout_s: float = 30.0
+) -> dict[str, int | None]:
+    """Ask `/healthz` until `replicas` replicas have answered, each with `version`; returns
+    what each replica serves. Raises ServeError naming those that do not, after `timeout_s`."""
+    seen: dict[str, int | None] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for body in _healthz(base, times=max(4, 4 * replicas)):
+            seen[str(body.get("replica"))] = body.get("version")
+        if len(seen) >= replicas and all(v == version for v in seen.values()):
+            return seen
+        time.sleep(0.2)
+    behind = {r: v for r, v in seen.items() if v != version}
+    raise ServeError(
+        f"v{version} is not served everywhere after {timeout_s:.0f} s: "
+        f"{len(seen)} of {replicas} replica(s) answered; behind: {behind or 'none seen'}"
+    )
+
+
+def _healthz(base: str, *, times: int) -> list[dict[str, Any]]:
+    """`times` answers of /healthz, each on a new connection (the proxy spreads them)."""
+    import httpx
+
+    found = []
+    for _ in range(times):
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            answer = httpx.get(f"{base}/healthz", timeout=2.0,
+                               headers={"Connection": "close"})  # fmt: skip
+            body = answer.json()
+            if isinstance(body, dict):
+                found.append(body)
+    return found
 
 
 def start_champion(settings: Settings) -> ServeStatus | None:

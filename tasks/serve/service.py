@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -82,6 +83,7 @@ class Service:
         self.home, self.model, self.serving, self.loader = home, model, serving, loader
         self.current: Loaded | None = None
         self.reason = "no champion loaded yet"  # why /healthz answers 503
+        self.replica = f"pid-{os.getpid()}"  # which replica answers (Serve's id in a replica)
         self.score: Score = score_now
         self._swap_lock = threading.Lock()
         self.log = PredictionLog(home=home, model=model, serving=serving)
@@ -180,9 +182,9 @@ class Service:
         log_counts = self.log.health()
         if loaded is None:
             return 503, {"status": "unavailable", "model": self.model, "reason": self.reason,
-                         "log": log_counts}  # fmt: skip
+                         "replica": self.replica, "log": log_counts}  # fmt: skip
         return 200, {"status": "ok", "model": self.model, "version": loaded.version,
-                     "log": log_counts}  # fmt: skip
+                     "replica": self.replica, "log": log_counts}  # fmt: skip
 
     def info(self) -> dict[str, Any]:
         loaded = self.require()
