@@ -1,8 +1,10 @@
 """What the `driftloop` command prints: the stack, the served model, the registry, as lines for
 people or dicts for `--json`. Pure: it reads what it is given (and the registry, for `models`)."""
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tasks import stack
 from tasks.settings import Settings
 
 if TYPE_CHECKING:
@@ -75,6 +77,12 @@ def describe(state: "StackStatus") -> str:
         lines.append(f"Prefect API: {state.prefect_api_url}")
     if state.dashboard_url:
         lines.append(f"Ray dashboard: {state.dashboard_url}")
+        token = stack.token_path(home=Path(state.home))
+        lines.append(
+            f"  it asks for the stack's Ray token: the file {token} (or "
+            f"`RAY_AUTH_TOKEN_PATH={token} ray get-auth-token`; plain `ray get-auth-token` "
+            "reads ~/.ray, not this home)"
+        )
     return "\n".join(lines)
 
 

@@ -5,6 +5,8 @@ Test modules import from here (`from helpers import ...`), never from one anothe
 """
 
 import json
+import os
+import shutil
 import socket
 import time
 import urllib.error
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from tasks import data, files, registry, synthetic, traffic
@@ -237,4 +240,22 @@ def read_events(name: str, *, ids: list[str]) -> list[Any]:
             if len(found) == len(ids):
                 return found
             time.sleep(0.5)
+    return found
+
+
+# A browser -------------------------------------------------------------------------------------
+
+# Chromium as the machine's probe starts it: no sandbox as root, no calls home (no internet here)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]  # fmt: skip
+
+
+def find_chromium() -> str:
+    """Debian's chromium; a skip without it (a failure with CI set: CI installs it)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("no chromium on PATH: `make install` installs Debian's chromium package")
+        pytest.skip("no chromium on PATH (`make browser` installs Debian's package)")
     return found

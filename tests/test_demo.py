@@ -7,7 +7,6 @@ with the retraining started by the trigger. Screenshots of the UI are kept in `.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import api, free_port
+from helpers import CHROMIUM_ARGS, api, find_chromium, free_port
 
 from tasks import registry
 
@@ -24,10 +23,6 @@ pytestmark = pytest.mark.integration
 
 DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / ".test-output" / "ui"
-# Chromium as the machine's probe starts it: no sandbox as root, no calls home (no internet here)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]  # fmt: skip
 
 
 @dataclass
@@ -143,21 +138,12 @@ def triggered(run: DemoRun) -> list[dict[str, Any]]:
     return list(api(run.api, "/flow_runs/filter", by_automation))
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("no chromium on PATH: `make install` installs Debian's chromium package")
-        pytest.skip("no chromium on PATH (`make browser` installs Debian's package)")
-    return found
-
-
 def test_the_prefect_ui_shows_the_runs_the_triggered_retraining_and_the_artifacts(
     demo_run: DemoRun,
 ) -> None:
     from playwright.sync_api import sync_playwright
 
-    chromium = _chromium()
+    chromium = find_chromium()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     (retrain,) = triggered(demo_run)
     assert retrain["name"].startswith("retrain: churn (request "), retrain["name"]

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import CHROMIUM_ARGS, find_chromium
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -146,7 +147,7 @@ def test_the_request_schema_comes_from_the_models_features_and_shows_on_the_open
     assert set(record["required"]) == set(FEATURES.all)
     number = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
     assert number in record["properties"]["tenure"]["anyOf"]
-    assert {"type": "string"} in record["properties"]["contract"]["anyOf"]
+    assert {"type": "string", "maxLength": 64} in record["properties"]["contract"]["anyOf"]
     body = http.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/PredictRequest")
 
@@ -198,6 +199,37 @@ def test_a_number_past_float32_gets_a_422_naming_the_field_and_a_large_one_a_fin
         probabilities = list(item["probabilities"].values())
         assert all(isinstance(p, float) and 0 <= p <= 1 for p in probabilities), item
         assert item["prediction"] is not None
+
+
+def test_a_category_past_its_limit_gets_a_422_naming_the_field_and_nothing_is_logged(
+    client: tuple[TestClient, Service],
+) -> None:
+    http, service = client
+    good = records(make_table(1, seed=5))[0]
+    vocabulary = service.require().scorer.predictor.preprocessor.vocabularies[0]
+    limit = max(64, 4 * max(map(len, vocabulary)))
+    at_limit = http.post("/predict", json={"records": [{**good, "contract": "x" * limit}]})
+    assert at_limit.status_code == 200  # an unseen category of allowed length: answered
+    before = service.log.health()["answered_rows"]
+    answer = http.post("/predict", json={"records": [good, {**good, "contract": "x" * 5_000}]})
+    assert answer.status_code == 422
+    assert "records.1.contract" in answer.json()["detail"]
+    assert f"at most {limit} characters" in answer.json()["detail"]
+    assert "xxxx" not in answer.text  # the value is not echoed back
+    assert service.log.health()["answered_rows"] == before  # nothing of it logged
+
+
+def test_no_redirect_is_built_from_the_host_a_client_sends_and_model_shows_no_paths(
+    client: tuple[TestClient, Service],
+) -> None:
+    http, service = client
+    for path in ("/predict/", "/healthz/", "/model/"):
+        answer = http.request("GET" if path != "/predict/" else "POST", path, json={},
+                              headers={"Host": "evil.example"}, follow_redirects=False)  # fmt: skip
+        assert answer.status_code == 404, (path, answer.status_code)
+        assert "location" not in answer.headers
+    info = http.get("/model").json()
+    assert service.home not in json.dumps(info)
 
 
 def test_a_bare_list_of_records_is_taken_too(client: tuple[TestClient, Service]) -> None:
@@ -844,6 +876,42 @@ def test_a_replica_killed_outright_loses_no_answered_row(served: Served, tmp_pat
     assert len(before) > 50
     assert {rid for _, rid in answered} <= set(ids)  # every answered id, exactly
     assert len(ids) == len(set(ids))  # and once
+
+
+@pytest.mark.integration
+def test_the_docs_page_renders_offline_from_files_the_app_serves(
+    served: Served, tmp_path: Path
+) -> None:
+    from playwright.sync_api import Route, sync_playwright
+    from ray import serve
+
+    chromium = find_chromium()
+    models = make_home(tmp_path)
+    args = ServeArgs(home=models.home, model=MODEL, serving=serving(port=served.args.serving.port))
+    serve.run(bind_app(args, version=models.versions[0], loader=load_version), name="docs",
+              route_prefix="/d")  # fmt: skip
+    outside: list[str] = []
+
+    def only_this_app(route: Route) -> None:
+        if route.request.url.startswith(served.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.route("**/*", only_this_app)
+        page.set_default_timeout(30_000)
+        try:
+            page.goto(f"{served.url}/d/docs")
+            page.locator(".opblock-summary-path", has_text="/predict").first.wait_for()
+            page.locator(".opblock-summary-path", has_text="/feedback").first.wait_for()
+        finally:
+            browser.close()
+            serve.delete("docs")
+    assert outside == []  # nothing fetched from anywhere else: no CDN
 
 
 def flaky_loader(*, home: str, model: str, version: int) -> tuple[Predictor, dict[str, Any]]:

@@ -313,3 +313,18 @@ def test_a_bad_expectations_file_is_a_config_error_naming_it(
         load_settings(config)
     assert f"validation.expectations_file: {project / 'rules.yaml'}" in str(caught.value)
     assert says in str(caught.value)
+
+
+def test_a_host_beyond_loopback_without_an_api_key_is_refused_in_one_line(project: Path) -> None:
+    for host in ("0.0.0.0", "10.1.2.3", "'::'"):
+        config = write_config(project, BASE + f"serving:\n  host: {host}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_settings(config)
+        assert "without a key: set serving.api_key" in str(caught.value)
+        assert len(str(caught.value).splitlines()) == 1
+    for host in ("127.0.0.1", "127.0.0.2", "'::1'", "localhost"):
+        config = write_config(project, BASE + f"serving:\n  host: {host}\n")
+        assert load_settings(config).serving.host == host.strip("'")
+    for opened in ("  api_key: s3cret\n", "  allow_unauthenticated: true\n"):
+        config = write_config(project, BASE + "serving:\n  host: 0.0.0.0\n" + opened)
+        assert load_settings(config).serving.host == "0.0.0.0"

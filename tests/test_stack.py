@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from flows import views
 from tasks import stack
 from tasks.stack import Service, StackError, processes
 
@@ -243,6 +244,16 @@ def test_status_reports_both_services_with_their_urls(
     assert {n: s["pid"] for n, s in state["services"].items()} == {
         n: s.pid for n, s in now.services.items()
     }
+    # what `driftloop status` prints: how to sign in to the dashboard with the stack's token
+    told = views.describe(now)
+    token = stack.token_path(home=home)
+    assert f"RAY_AUTH_TOKEN_PATH={token} ray get-auth-token" in told
+    printed = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "get-auth-token"],
+        env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(token)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert printed.stdout.strip() == token.read_text().strip(), printed.stderr[-500:]
 
 
 @pytest.mark.integration

@@ -6,9 +6,9 @@
 
 A record is an object keyed by feature name: numeric features take finite numbers (or null for a
 missing value), categorical features take strings (true/false and integers are read as the text the
-model's vocabulary holds for them). Unknown or missing keys, wrong types, NaN/inf, numbers past
-float32's range, an empty or oversized list are refused with a `BadRequest` whose message names
-each field.
+model's vocabulary holds for them; no longer than a limit per feature, from its vocabulary).
+Unknown or missing keys, wrong types, NaN/inf, numbers past float32's range, overlong strings, an
+empty or oversized list are refused with a `BadRequest` whose message names each field.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from tasks.model import Label, Predictor
 
 Columns = dict[str, list[Any]]  # feature -> validated values (float | None, or str | None)
 MAX_ID_LENGTH = 64  # request ids are 32 hex digits; anything longer is not one of ours
+MIN_CATEGORY_CHARS = 64  # the least a category may be, whatever the vocabulary's longest
 _SHOWN_ERRORS = 5  # problems named in the one-line message (all of them are in `errors`)
 
 
@@ -71,9 +72,6 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 Numeric = Annotated[
     float | None, Field(strict=True, allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
 ]
-# A category: text; JSON true/false and integers are taken too (`category_text` reads them as
-# the model's vocabulary holds them), after validation, on the column (cheaper than per value)
-Categorical = Annotated[StrictStr | StrictBool | StrictInt | None, Field()]
 
 
 @dataclass(frozen=True)
@@ -90,9 +88,17 @@ class Schemas:
     max_records: int
 
     @classmethod
-    def build(cls, predictor: Predictor, *, max_records: int) -> Schemas:
+    def build(
+        cls, predictor: Predictor, *, max_records: int, max_chars: int | None = None
+    ) -> Schemas:
+        """`max_chars`: the longest category a record may send (None: per feature, 4x the
+        longest value of its vocabulary, and at least `MIN_CATEGORY_CHARS`)."""
         pre = predictor.preprocessor
-        record = record_model(numeric=pre.numeric, categorical=pre.categorical)
+        limits = {
+            name: max_chars or max(MIN_CATEGORY_CHARS, 4 * max(map(len, vocab), default=0))
+            for name, vocab in zip(pre.categorical, pre.vocabularies, strict=True)
+        }
+        record = record_model(numeric=pre.numeric, categorical=limits)
         predict = create_model(
             "PredictRequest",
             __config__=ConfigDict(extra="forbid"),
@@ -159,15 +165,20 @@ class Schemas:
 _REF = "#/components/schemas/{model}"
 
 
-def record_model(*, numeric: list[str], categorical: list[str]) -> Any:
-    """One record: every feature required, nothing else allowed. A TypedDict keyed by the
-    features' names (any column name works, even `model_config`): validated into plain dicts,
-    several times faster than model instances for a 1,000-record request."""
+def record_model(*, numeric: list[str], categorical: dict[str, int]) -> Any:
+    """One record: every feature required, nothing else allowed; a category no longer than its
+    feature's limit (`categorical`: name -> characters). A TypedDict keyed by the features'
+    names (any column name works, even `model_config`): validated into plain dicts, several
+    times faster than model instances for a 1,000-record request."""
     fields: dict[str, Any] = {}
     for name in numeric:
         fields[name] = Annotated[Numeric, Field(description="a number (null: missing)")]
-    for name in categorical:
-        fields[name] = Annotated[Categorical, Field(description="a category (null: missing)")]
+    for name, limit in categorical.items():
+        text = Annotated[StrictStr, Field(max_length=limit)]
+        fields[name] = Annotated[
+            text | StrictBool | StrictInt | None,
+            Field(description=f"a category of at most {limit} characters (null: missing)"),
+        ]
     make: Any = TypedDict  # the functional form, with keys known only at run time
     record = make("Record", fields)
     record.__pydantic_config__ = ConfigDict(extra="forbid", title="Record")

@@ -26,6 +26,7 @@ import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 
 from tasks import registry, traffic
 from tasks.model import Predictor, load_model
@@ -101,7 +102,8 @@ class Service:
                 scorer = Scorer.of(
                     predictor, version=version, metadata=meta, quantize=self.serving.quantize_int8
                 )
-                schemas = Schemas.build(predictor, max_records=self.serving.max_records)
+                schemas = Schemas.build(predictor, max_records=self.serving.max_records,
+                                        max_chars=self.serving.max_category_chars)  # fmt: skip
                 self.current = Loaded(scorer=scorer, schemas=schemas)
                 log.info("serving %s version %d", self.model, version)
         self.log.flush()  # the files written before a swap hold the old version's rows only
@@ -229,11 +231,13 @@ def public_metadata(meta: dict[str, Any]) -> dict[str, Any]:
 def make_api(service: Service) -> FastAPI:
     """The FastAPI app over `service`: request bodies are read, size-checked and validated here
     against the served version's schema (so a swap to new features needs no restart)."""
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs: the Swagger UI from files in the package, not from a CDN
         title=f"driftloop: {service.model}",
         description="Predictions from the registry's champion; every answer is logged.",
         docs_url="/docs",
+        redoc_url=None,
         openapi_url="/openapi.json",
+        redirect_slashes=False,  # a redirect would be built from the Host the client sent
     )
     key = service.serving.api_key
     secret = key.get_secret_value().encode() if key is not None else None

@@ -214,8 +214,30 @@ class StackConfig(_Strict):
     runner_port: int = Field(stack.RUNNER_PORT, ge=1, le=65535)
 
 
+def _loopback(host: str) -> bool:
+    """Whether `host` is this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class ServingConfig(_Strict):
     """How Ray Serve answers `POST /predict` (tasks/serve); loopback unless told otherwise."""
+
+    @model_validator(mode="after")
+    def _locked_where_it_matters(self) -> "ServingConfig":
+        if not _loopback(self.host) and self.api_key is None and not self.allow_unauthenticated:
+            raise ValueError(
+                f"serving.host {self.host!r} opens the model to the network without a key: set "
+                "serving.api_key (DRIFTLOOP_SERVING__API_KEY), or serving.allow_unauthenticated: "
+                "true where a gateway in front authenticates"
+            )
+        return self
 
     host: str = "127.0.0.1"  # 0.0.0.0 exposes the model (and the key check) to the network
     port: int = Field(8000, ge=1, le=65535)
@@ -232,6 +254,11 @@ class ServingConfig(_Strict):
     max_records: int = Field(10_000, ge=1)  # per request
     max_body_bytes: int = Field(16 * 2**20, ge=1024)  # larger bodies get a 413
     api_key: SecretStr | None = None  # X-API-Key; set it with DRIFTLOOP_SERVING__API_KEY
+    # serve a non-loopback host with no api_key anyway (behind a gateway that authenticates)
+    allow_unauthenticated: bool = False
+    # a category longer than this many characters gets a 422; None: 4x the longest value of
+    # the model's vocabulary for that feature, and at least 64
+    max_category_chars: int | None = Field(None, ge=1)
     # every answer is written to the replica's spool segment before it leaves (a kill loses
     # nothing); a segment becomes a Parquet file of the log once it holds this many rows...
     log_flush_rows: int = Field(10_000, ge=1)
