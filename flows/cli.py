@@ -153,7 +153,7 @@ def down(
 @app.command()
 def status(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) -> None:
     """Say what runs, where, which version is champion and which one the Serve app serves."""
-    from tasks import registry, stack
+    from tasks import registry, stack, traffic
     from tasks.serve.probe import probe
 
     home, _ = _stack_settings(config)
@@ -168,9 +168,12 @@ def status(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) ->
         served = probe(settings.serving, model=model)
         out["serving"] = served.as_dict()
         out["champion"] = {"model": model, "version": champion.version if champion else None}
+        log_usage = traffic.usage(home=settings.home, model=model)
+        out["log"] = log_usage.to_dict()
         if not as_json:
             typer.echo(views.serving_line(served))
             typer.echo(f"champion: {model} {views.v(champion.version if champion else None)}")
+            typer.echo(f"prediction log and labels: {log_usage.describe()}")
     if as_json:
         typer.echo(json.dumps(out, indent=1))
 

@@ -28,6 +28,7 @@ from tasks.monitor import (
     govern_task,
     publish_task,
     quality_task,
+    upkeep_task,
     window_task,
 )
 from tasks.settings import load_settings
@@ -68,7 +69,11 @@ def monitoring_pass(config: str = "driftloop.yaml", now: datetime | None = None)
         data_quality=data_quality,
         decision=decision,
     )
-    return publish_task(result, settings=settings).to_dict()
+    found = publish_task(result, settings=settings).to_dict()
+
+    # Keep the log small: compact the days no writer touches, retire the old ones --------------
+    found["upkeep"] = upkeep_task(settings, now=now)
+    return found
 
 
 if __name__ == "__main__":

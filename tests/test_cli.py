@@ -178,7 +178,8 @@ def test_models_deploy_and_rollback_move_the_champion(project: Project) -> None:
     assert champion(project) == 2  # no failed command moved it
     shown = project.run("status")
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.splitlines()[-1] == "champion: churn v2"
+    assert shown.stdout.splitlines()[-2] == "champion: churn v2"
+    assert shown.stdout.splitlines()[-1].startswith("prediction log and labels: 0 files")
 
 
 def test_monitor_without_a_champion_says_to_train_one_first(tmp_path: Path) -> None:

@@ -127,3 +127,96 @@ def test_labels_without_the_target_column_are_named_as_the_problem(tmp_path: Pat
     traffic.append(home=home, model=MODEL, kind="feedback", rows=wrong)
     with pytest.raises(traffic.TrafficError, match="no 'churned' column"):
         traffic.labelled(home=home, model=MODEL, target=TARGET, limit=10)
+
+
+def test_labels_of_one_id_at_one_microsecond_resolve_by_arrival_for_every_reader(
+    home: str,
+) -> None:
+    traffic.append(home=home, model=MODEL, kind="predictions", rows=served(["a", "b"]))
+    at = T0 + timedelta(hours=1)
+    for label in (1, 0, 1, 0):  # four arrivals, one microsecond: the last one wins
+        traffic.append(home=home, model=MODEL, kind="feedback", rows=labels({"a": label}, at=at))
+    found = traffic.labelled(home=home, model=MODEL, target=TARGET, limit=10)
+    assert found is not None
+    assert found[TARGET].to_pylist() == [0]
+    # compacted into one file, the same label still wins
+    later = (at + timedelta(days=3)).date()
+    assert traffic.compact(home=home, model=MODEL, kind="feedback", before=later) == 1
+    again = traffic.labelled(home=home, model=MODEL, target=TARGET, limit=10)
+    assert again is not None
+    assert again[TARGET].to_pylist() == [0]
+
+
+def test_a_compacted_day_is_one_file_read_as_the_same_rows_and_a_lookup_finds_each_id(
+    tmp_path: Path,
+) -> None:
+    home = str(tmp_path / "home")
+    now = datetime.now(timezone.utc).replace(hour=0, minute=0)
+    ids = []
+    for _ in range(10):  # ten files of one day, as ten segments would write them
+        batch = [traffic.new_request_ids(1)[0] for _ in range(30)]  # ids say when: about now
+        ids += batch
+        traffic.append(home=home, model=MODEL, kind="predictions",
+                       rows=served(batch, start=datetime.now(timezone.utc)))  # fmt: skip
+    before = traffic.read(home=home, model=MODEL, kind="predictions")
+    assert before is not None
+    assert len(traffic.log_files(home=home, model=MODEL, kind="predictions")) > 1
+    today = (now + timedelta(days=30)).date()
+    assert traffic.compact(home=home, model=MODEL, kind="predictions", before=now.date()) == 0
+    assert traffic.compact(home=home, model=MODEL, kind="predictions", before=today) >= 1
+    after = traffic.read(home=home, model=MODEL, kind="predictions")
+    assert after is not None
+    key = [("request_id", "ascending")]
+    assert after.sort_by(key).equals(before.select(after.column_names).sort_by(key))
+    days = {f.rsplit("/", 2)[-2] for f in traffic.log_files(home=home, model=MODEL,
+                                                            kind="predictions")}  # fmt: skip
+    assert len(traffic.log_files(home=home, model=MODEL, kind="predictions")) == len(days)
+    wanted = {ids[7], ids[299], "f" * 32}
+    assert traffic.logged_ids(home=home, model=MODEL, wanted=wanted) == {ids[7], ids[299]}
+
+
+def test_a_reader_between_the_compacted_file_and_the_removal_sees_each_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = str(tmp_path / "home")
+    for part in range(3):
+        traffic.append(home=home, model=MODEL, kind="predictions",
+                       rows=served([f"p{part}-{i}" for i in range(20)]))  # fmt: skip
+    seen: list[int] = []
+    remove = traffic.upkeep._remove
+
+    def read_before_removal(location: str) -> None:  # before each removal, a reader reads
+        table = traffic.read(home=home, model=MODEL, kind="predictions")
+        seen.append(0 if table is None else table.num_rows)
+        remove(location)
+
+    monkeypatch.setattr("tasks.traffic.upkeep._remove", read_before_removal)
+    later = (T0 + timedelta(days=2)).date()
+    traffic.compact(home=home, model=MODEL, kind="predictions", before=later)
+    assert seen  # readers ran while the old files were still there
+    assert set(seen) == {60}
+
+
+def test_retention_removes_old_days_and_reports_and_usage_counts_what_is_left(
+    tmp_path: Path,
+) -> None:
+    home = str(tmp_path / "home")
+    for days_ago in (100, 10, 0):
+        at = T0 - timedelta(days=days_ago)
+        traffic.append(home=home, model=MODEL, kind="predictions",
+                       rows=served([f"r{days_ago}"], start=at))  # fmt: skip
+        traffic.append(home=home, model=MODEL, kind="feedback",
+                       rows=labels({f"r{days_ago}": 1}, at=at))  # fmt: skip
+        report = Path(home) / "reports" / MODEL / "monitor" / at.strftime("%Y%m%dT%H%M%S%fZ")
+        report.mkdir(parents=True)
+        (report / "drift.html").write_text("<html></html>")
+    assert traffic.usage(home=home, model=MODEL).files == 6
+    removed = traffic.retire(home=home, model=MODEL, days=90, now=T0)
+    assert removed == 3  # a day of predictions, of labels, and a report
+    left = traffic.read(home=home, model=MODEL, kind="predictions")
+    assert left is not None
+    assert sorted(left["request_id"].to_pylist()) == ["r0", "r10"]
+    assert len(list((Path(home) / "reports" / MODEL / "monitor").iterdir())) == 2
+    found = traffic.usage(home=home, model=MODEL)
+    assert (found.files, found.days, found.spool_segments) == (4, 2, 0)
+    assert "4 files" in found.describe()

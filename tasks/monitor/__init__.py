@@ -58,6 +58,7 @@ from tasks.monitor.prefect_tasks import (
     publish_task,
     quality_task,
     run_is_alive,
+    upkeep_task,
     window_task,
 )
 from tasks.monitor.quality import (
@@ -118,6 +119,7 @@ __all__ = [
     "reconcile",
     "run_is_alive",
     "sample",
+    "upkeep_task",
     "verdict",
     "window_settings",
     "window_task",

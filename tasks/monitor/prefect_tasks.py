@@ -10,7 +10,7 @@ result = publish_task(result, settings=settings)
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import files, registry, validation
+from tasks import files, registry, traffic, validation
 from tasks.monitor import checks, governor, reports, requests
 from tasks.monitor.drift import DriftResult, detect_drift
 from tasks.monitor.feedback import labelled_traffic
@@ -144,6 +144,23 @@ def govern_task(
 def publish_task(result: reports.MonitorResult, *, settings: Settings) -> reports.MonitorResult:
     """Events, the HTML/JSON reports under <home>/reports/, the drift table and the decision."""
     return reports.publish(result, home=settings.home)
+
+
+@task(name="log-upkeep", cache_policy=NO_CACHE)
+def upkeep_task(settings: Settings, *, now: datetime | None = None) -> dict[str, Any]:
+    """Compact the days of the log and the labels no writer touches any more (before
+    yesterday, UTC), and retire what is older than `monitoring.retention_days`."""
+    home, model = settings.home, settings.dataset.name
+    moment = now or datetime.now(timezone.utc)
+    before = (moment - timedelta(days=1)).date()
+    compacted = sum(traffic.compact(home=home, model=model, kind=kind, before=before)
+                    for kind in ("predictions", "feedback"))  # fmt: skip
+    days = settings.monitoring.retention_days
+    retired = 0 if days is None else traffic.retire(home=home, model=model, days=days, now=moment)
+    found = traffic.usage(home=home, model=model)
+    get_run_logger().info("log upkeep: %d day(s) compacted, %d folder(s) retired; the log: %s",
+                          compacted, retired, found.describe())  # fmt: skip
+    return {"compacted_days": compacted, "retired_folders": retired, "usage": found.to_dict()}
 
 
 # The retraining flow's steps ---------------------------------------------------------------------

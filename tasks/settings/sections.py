@@ -312,6 +312,9 @@ class MonitoringConfig(_Strict):
     windows_considered: int = Field(3, ge=1)  # ...the last N windows judged for this champion
     cooldown_hours: float = Field(24.0, ge=0)  # per model, after a retrain request
     schedule_minutes: float = Field(60.0, gt=0)  # how often the monitor deployment runs
+    # the scheduled monitor removes the prediction log's and the labels' days, and its own
+    # reports, older than this (null: keep everything); a retraining reads feedback_days of them
+    retention_days: float | None = Field(90.0, gt=0)
     min_labelled_rows: int = Field(200, ge=1)  # fewer labels in the window: quality is estimated
     # relative loss of the primary metric against the champion's holdout value that is decay
     # (the CI of the window's value must also lie below the holdout value)
@@ -415,6 +418,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _columns_have_one_role(self) -> "Settings":
         _check_roles(self.dataset)
+        kept, needed = self.monitoring.retention_days, self.retraining.feedback_days
+        if kept is not None and kept < needed:
+            raise ValueError(
+                f"monitoring.retention_days ({kept:g}) is shorter than "
+                f"retraining.feedback_days ({needed:g}): a retraining would miss labelled rows"
+            )
         if self.retraining.source_window_days is not None and self.dataset.timestamp is None:
             raise ValueError(
                 "retraining.source_window_days needs dataset.timestamp: the column that says "

@@ -7,7 +7,8 @@
 
 The package, bottom up: `layout` (the Parquet layout under the home, request ids that say when,
 the look-up of logged ids, the one rule for labels), `spool` (each replica's append-only segments,
-written before an answer leaves, and their conversion to the layout). This module is the face.
+written before an answer leaves, and their conversion to the layout), `upkeep` (a day's files
+compacted into one, old days and reports retired, what the log takes up). This is the face.
 """
 
 from tasks.traffic.layout import (
@@ -30,6 +31,7 @@ from tasks.traffic.layout import (
     id_millisecond,
     labelled,
     location,
+    log_files,
     logged_ids,
     new_request_ids,
     newest_labels,
@@ -49,6 +51,7 @@ from tasks.traffic.spool import (
     spool_folder,
     spooled,
 )
+from tasks.traffic.upkeep import Usage, compact, retire, usage
 
 __all__ = [
     "CATEGORY_TYPE",
@@ -68,9 +71,11 @@ __all__ = [
     "Spool",
     "SpoolError",
     "TrafficError",
+    "Usage",
     "answered",
     "append",
     "as_source",
+    "compact",
     "convert",
     "convert_closed",
     "feature_types",
@@ -78,12 +83,15 @@ __all__ = [
     "id_millisecond",
     "labelled",
     "location",
+    "log_files",
     "logged_ids",
     "new_request_ids",
     "newest_labels",
     "read",
+    "retire",
     "segments",
     "spool_folder",
     "spooled",
+    "usage",
     "write_day_file",
 ]

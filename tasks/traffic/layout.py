@@ -23,6 +23,8 @@ one that arrived last.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 import uuid
@@ -46,6 +48,9 @@ MODEL_VERSION, PREDICTION, PROBABILITY, LATENCY_MS = (
 )  # fmt: skip
 _TIME = {"predictions": PREDICTED_AT, "feedback": RECEIVED_AT}
 FILE = "file"  # the column `read(..., with_file=True)` adds: each row's file name
+# a compacted file's footer key: the names of the files it replaces (`upkeep.compact`)
+REPLACES = b"driftloop.replaces"
+COMPACTED = "-compacted.parquet"  # how a compacted file's name ends
 
 
 # A feature's column type in the prediction log: Serve parses every numeric feature as a JSON
@@ -114,18 +119,32 @@ def read(
     """The rows of the log or the labels (None when there are none yet): all of them, or those
     stamped at or after `since` (day folders before it are not opened); every column, or only
     `columns` (those the files have: a column no file has is left out, not invented); with
-    `with_file`, each row's file too (`FILE`, for `newest_labels`)."""
+    `with_file`, each row's file too (`FILE`, for `newest_labels`). A file removed between the
+    listing and the reading (a compaction, a retirement) makes it read again, once."""
+    try:
+        return _read(home=home, model=model, kind=kind, columns=columns, since=since,
+                     with_file=with_file)  # fmt: skip
+    except FileNotFoundError:
+        return _read(home=home, model=model, kind=kind, columns=columns, since=since,
+                     with_file=with_file)  # fmt: skip
+
+
+def _read(
+    *,
+    home: str,
+    model: str,
+    kind: Kind,
+    columns: list[str] | None = None,
+    since: datetime | None = None,
+    with_file: bool = False,
+) -> pa.Table | None:
     fs, base = files.resolve(location(home=home, model=model, kind=kind))
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         return None
     first_day = f"date={since.astimezone(timezone.utc).date().isoformat()}" if since else ""
     found_files = [
-        i
-        for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        if i.type == pafs.FileType.File
-        and i.base_name.endswith(".parquet")
-        and i.path.rsplit("/", 2)[-2] >= first_day
-    ]
+        i for i in _live(fs, base) if i.path.rsplit("/", 2)[-2] >= first_day
+    ]  # fmt: skip
     if not found_files:
         return None
     parts = [i.path for i in found_files]
@@ -222,10 +241,7 @@ def logged_ids(*, home: str, model: str, wanted: Iterable[str], slack_ms: int = 
     if not wanted or fs.get_file_info(base).type != pafs.FileType.Directory:
         return set()
     moments = [id_millisecond(r) for r in wanted]
-    found = [
-        i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-    ]  # fmt: skip
+    found = _live(fs, base)
     if None not in moments:
         found = [i for i in found if _covers(i.base_name, moments, slack_ms)]  # type: ignore[arg-type]
     if not found:
@@ -235,6 +251,32 @@ def logged_ids(*, home: str, model: str, wanted: Iterable[str], slack_ms: int = 
         columns=[REQUEST_ID], filter=pc.field(REQUEST_ID).isin(pa.array(sorted(wanted)))
     )
     return set(rows[REQUEST_ID].to_pylist())
+
+
+def log_files(*, home: str, model: str, kind: Kind) -> list[str]:
+    """The paths of the log's (or the labels') live Parquet files: those a compacted file
+    replaced are left out (`upkeep.compact`)."""
+    fs, base = files.resolve(location(home=home, model=model, kind=kind))
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return []
+    return [i.path for i in _live(fs, base)]
+
+
+def _live(fs: pafs.FileSystem, base: str) -> list[pafs.FileInfo]:
+    """The Parquet files under `base` that no compacted file replaced (a compacted file names
+    them in its footer: one atomic rename switches a reader from them to it)."""
+    found = [
+        i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+    ]  # fmt: skip
+    replaced: set[str] = set()
+    for info in found:
+        if info.base_name.endswith(COMPACTED):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                meta = pq.read_schema(info.path, filesystem=fs).metadata or {}
+                folder = info.path.rsplit("/", 1)[0]
+                replaced |= {f"{folder}/{n}" for n in json.loads(meta.get(REPLACES, b"[]"))}
+    return [i for i in found if i.path not in replaced]
 
 
 def _covers(name: str, moments: Sequence[int], slack_ms: int) -> bool:
