@@ -4,6 +4,7 @@ traffic written as Serve writes it, free ports, and waiting on a Prefect server'
 Test modules import from here (`from helpers import ...`), never from one another.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -258,4 +259,43 @@ def find_chromium() -> str:
         if os.environ.get("CI"):
             pytest.fail("no chromium on PATH: `make install` installs Debian's chromium package")
         pytest.skip("no chromium on PATH (`make browser` installs Debian's package)")
+    return found
+
+
+# What listens ----------------------------------------------------------------------------------
+
+
+def on_loopback(ip: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback address (::ffff:127.0.0.1)."""
+    import ipaddress
+
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+# Two listeners upstream code opens on every interface (README, "Security"): Ray Serve 2.60's
+# replica gRPC server (`[::]:0`, guarded by Ray's token) and torch's TCPStore, which Ray Train's
+# rank 0 opens for the process group (for one training run)
+UPSTREAM_WILDCARDS = ("ServeReplica", "RayTrainWorker")
+
+
+def stack_listeners(home: Path) -> set[tuple[str, str, int]]:
+    """(process, address, port) of every TCP socket the stack's processes (and all their
+    descendants: Ray's workers, Serve's replicas) listen on now."""
+    import psutil
+
+    state = json.loads((home / "run" / "stack.json").read_text())
+    roots = [s["pid"] for s in state["services"].values() if s.get("pid")]
+    family: dict[int, str] = {}
+    for pid in roots:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    family[proc.pid] = " ".join(proc.cmdline())[:200]
+    found = set()
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in family:
+            found.add((family[conn.pid], conn.laddr.ip, conn.laddr.port))
     return found

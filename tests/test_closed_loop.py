@@ -4,10 +4,12 @@ over HTTP, `monitor`; then the trigger starts the retraining by itself, the new 
 old one, with the rejection recorded) is what Serve answers with, and after a restart of the
 whole stack a second pass inside the cooldown starts no second retraining."""
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,16 @@ from typing import Any
 import httpx
 import pyarrow.parquet as pq
 import pytest
-from helpers import TERMINAL, api, free_port, runs_of, wait_for
+from helpers import (
+    TERMINAL,
+    UPSTREAM_WILDCARDS,
+    api,
+    free_port,
+    on_loopback,
+    runs_of,
+    stack_listeners,
+    wait_for,
+)
 
 from tasks import registry
 from tasks.monitor import load_state
@@ -24,6 +35,41 @@ pytestmark = pytest.mark.integration
 DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
 MODEL, TARGET = "churn", "churned"
 NOT_FEATURES = ("customer_id", "event_time", TARGET)
+
+
+class Listeners:
+    """What the stack listens on, sampled every half second while the block runs."""
+
+    def __init__(self, home: Path) -> None:
+        self.home, self.seen = home, set[tuple[str, str, int]]()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "Listeners":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            with contextlib.suppress(Exception):  # a process that ends between two looks
+                self.seen |= stack_listeners(self.home)
+
+
+def refuses_without_token(port: int) -> bool:
+    """Whether the replica's gRPC server at `port` turns away a call without Ray's token."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/ray.serve.ASGIService/HandleRequest")
+        try:
+            call(b"", timeout=10)
+        except grpc.RpcError as exc:
+            return bool(exc.code() == grpc.StatusCode.UNAUTHENTICATED)
+    return False
 
 
 class User:
@@ -106,11 +152,22 @@ def test_drift_with_labels_retrains_by_itself_and_a_restart_inside_the_cooldown_
             lambda: api(url, "/deployments/name/retraining/retraining"),
             timeout_s=60,
         )
-        user.run("train")
+        with Listeners(user.home) as during_training:
+            user.run("train")
         first = registry.champion(root=str(user.home), model=MODEL)
         assert first is not None, "the first model did not pass the gate"
         user.run("up")  # serves the champion now that there is one
         assert user.served_version() == first.version
+        # every socket of the stack, in a training and with Serve up, is on loopback, but the
+        # two upstream code opens on every interface; the replica's refuses a call without
+        # Ray's token
+        listening = during_training.seen | stack_listeners(user.home)
+        opened = {(who, ip, port) for who, ip, port in listening if not on_loopback(ip)}
+        assert all(any(k in who for k in UPSTREAM_WILDCARDS) for who, _, _ in opened), opened
+        assert any(ip == "127.0.0.1" for _, ip, _ in listening)
+        replica = sorted(port for who, _, port in opened if "ServeReplica" in who)
+        assert replica, listening  # Serve 2.60's replica gRPC server on [::]: still there
+        assert refuses_without_token(replica[0])
 
         # Concept drift: inputs as before, labels from a changed P(y|x); all labels come back
         answered, failed = user.send("concept_drift", rows=3000, seed=11)
