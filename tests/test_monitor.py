@@ -388,7 +388,7 @@ def test_a_request_is_claimed_by_one_run_ended_once_and_a_dead_runs_claim_passes
     def claim(run_id: str) -> str:
         found, _ = requests.claim(
             home=home, model="churn", key="req-1", run_id=run_id, record={"x": 1},
-            is_alive=lambda r: alive.get(r, False),
+            is_alive=lambda held: alive.get(str(held["flow_run_id"]), False),
         )  # fmt: skip
         return found
 

@@ -394,7 +394,7 @@ def govern(
     signals: Signals,
     config: MonitoringConfig,
     now: datetime | None = None,
-    is_alive: Callable[[str], bool] | None = None,
+    is_alive: Callable[[dict[str, Any]], bool] | None = None,
     can_deliver: bool = True,
 ) -> Decision:
     """Learn what became of the last request, decide on one window, and remember both, under

@@ -9,6 +9,7 @@ result = publish_task(result, settings=settings)
 
 from __future__ import annotations
 
+import socket
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -193,16 +194,22 @@ def finish_task(
                           f" (v{version})" if version is not None else "")  # fmt: skip
 
 
-def run_is_alive(run_id: str) -> bool:
-    """Whether the flow run `run_id` may still be running (not in a final state); True where
-    Prefect cannot say, so a request is never retrained twice at once."""
+def run_is_alive(record: dict[str, Any]) -> bool:
+    """Whether the run holding a claim (`record`: its flow run id, pid and host) may still be
+    running: its process is alive where this host can see it, and Prefect does not say it
+    ended. True where neither can say, so a request is never retrained twice at once."""
+    import psutil
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
+    pid = record.get("pid")
+    here = record.get("host") == socket.gethostname() and isinstance(pid, int)
+    if here and not psutil.pid_exists(pid):
+        return False  # its process is gone: it ended, or was killed with its runner
     try:
-        key = uuid.UUID(run_id)
+        key = uuid.UUID(str(record.get("flow_run_id")))
     except ValueError:
-        return False  # not a Prefect run's id: a run outside Prefect, long gone
+        return isinstance(pid, int)  # no Prefect run to ask: the process decides
     try:
         with get_client(sync_client=True) as client:
             found = client.read_flow_run(key)

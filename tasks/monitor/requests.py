@@ -1,7 +1,7 @@
 """What became of each retrain request: the retraining's own record, claimed once, ended once.
 
     claimed, record = claim(home=home, model="churn", key=request_id, run_id=flow_run_id,
-                            record={...}, is_alive=run_is_alive)
+                            record={...}, is_alive=run_is_alive)   # is_alive(a claim record)
     ...                                  # "claimed": train; "done" / "busy": nothing to do
     finish(home=home, model="churn", key=request_id, status="promoted", version=5, detail="...")
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -57,7 +58,7 @@ def claim(
     key: str,
     run_id: str,
     record: dict[str, Any],
-    is_alive: Callable[[str], bool],
+    is_alive: Callable[[dict[str, Any]], bool],
 ) -> tuple[Claim, dict[str, Any]]:
     """Claim a request for the run `run_id`: `claimed` (this run trains), `done` (a run ended
     it) or `busy` (a live run holds it); with the record as it stands. A run that died holding
@@ -67,14 +68,16 @@ def claim(
         if found is not None and found.get("status") in ENDED:
             return "done", found
         holder = None if found is None else found.get("flow_run_id")
-        if holder is not None and holder != run_id and is_alive(str(holder)):
-            return "busy", found or {}
+        if found is not None and holder is not None and holder != run_id and is_alive(found):
+            return "busy", found
         now = _now()
         claimed = {
             **record,
             "request": key,
             "status": "running",
             "flow_run_id": run_id,
+            "pid": os.getpid(),  # with the host: a run whose process is gone is dead
+            "host": socket.gethostname(),
             "started_at": now,
             "attempts": [*(found or {}).get("attempts", []), {"flow_run_id": run_id, "at": now}],
         }
@@ -158,7 +161,11 @@ class State:
 
 
 def reconcile(
-    state: State, *, home: str, model: str, is_alive: Callable[[str], bool] | None = None
+    state: State,
+    *,
+    home: str,
+    model: str,
+    is_alive: Callable[[dict[str, Any]], bool] | None = None,
 ) -> tuple[State, dict[str, Any] | None]:
     """The state with the last request's status from its retraining's record; and that
     record when this call is how the governor learns the request ended (else None). A record
@@ -172,7 +179,7 @@ def reconcile(
     status = record.get("status")
     if status == "running":
         holder = str(record.get("flow_run_id"))
-        dead = is_alive is not None and not is_alive(holder)
+        dead = is_alive is not None and not is_alive(record)
         entry = {**last, "status": "crashed" if dead else "running", "flow_run_id": holder}
         return state.with_request(entry), None
     entry = {**last, "status": status, "version": record.get("version"),
