@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser demo test lint format up down status bench clean
+.PHONY: help install browser demo test lint format up down status bench soak clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ bench: install ## Run every benchmark under bench/, then write their table to be
 		$(PY) $$script || failed="$$failed $$script"; done; \
 	$(PY) bench/report.py; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
+
+soak: install ## A 10-minute chaos soak: kills while traffic flows; every answer and label kept
+	$(PY) bench/soak.py --minutes 10
 
 # `down` first: .driftloop/run/stack.json is how it finds what `up` started, and the venv runs it.
 clean: ## Stop the local stack, then remove the venv, caches and local state (.driftloop)
