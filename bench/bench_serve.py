@@ -1,14 +1,18 @@
 """Benchmarks of serving on Ray Serve against the same app on plain uvicorn, ratios from one run.
 
-    flock /tmp/driftloop-heavy.lock .venv/bin/python bench/bench_serve.py   # ~4 minutes, 2 cores
+    flock /tmp/driftloop-heavy.lock .venv/bin/python bench/bench_serve.py   # ~6 minutes, 2 cores
 
 Goals (issue #10), all over HTTP on 127.0.0.1 with the same client: single-record requests at 32
 concurrent clients >= 0.5x the req/s of the same FastAPI app on plain uvicorn (Serve with
 RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress, the client on the replica's own port, found
 through the controller); added median latency at 1 client <= 2 ms; 1,000-record requests at
 >= 0.5x the rows/s of the same model in-process. Reported beside them: p50/p99 of each arm, the
-Serve proxy port (port 8000's path), batched vs unbatched, int8 vs float32. Writes
-bench/results/serve.json; the last lines say PASS or MISS per goal.
+Serve proxy port (port 8000's path), batched vs unbatched, int8 vs float32.
+
+Goals (issue #19, bench/serve_log.py): the durable prediction log costs <= 10% of req/s at 32
+clients and <= +0.5 ms median at 1 client against the buffered log it replaced; a /feedback
+look-up with 1M rows logged takes <= 1.5x its median with 10k. Writes bench/results/serve.json;
+the last lines say PASS or MISS per goal.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import Row, Run, judge
+from serve_log import SIZES, BufferedLog, compact_all, feedback_latency, fill_log
 
 from tasks import registry
 from tasks.model import ModelSpec, Preprocessor, TabularMLP, save_model
@@ -141,23 +146,31 @@ def free_port() -> int:
 # The arms ----------------------------------------------------------------------------------------
 
 
-def plain_server(home: str, port: int, *, quantize: bool) -> None:
-    """`--plain`: the same FastAPI app (tasks.serve.make_api) on uvicorn, one process."""
+def plain_server(home: str, port: int, *, quantize: bool, buffered: bool) -> None:
+    """`--plain`: the same FastAPI app (tasks.serve.make_api) on uvicorn, one process; with
+    `buffered`, the log before issue #19 (serve_log.BufferedLog) in place of the durable one."""
     import uvicorn
 
     from tasks.serve import Service, make_api
 
     torch.set_num_threads(1)  # as a 1-CPU replica
-    service = Service(home=home, model=MODEL, serving=ServingConfig(quantize_int8=quantize))
+    serving = ServingConfig(quantize_int8=quantize)
+    service = Service(home=home, model=MODEL, serving=serving)
+    if buffered:
+        service.log.close()
+        service.log = BufferedLog(home=home, model=MODEL, serving=serving)  # type: ignore[assignment]
     service.load(1)
     uvicorn.run(
         make_api(service), host="127.0.0.1", port=port, log_level="warning", access_log=False
     )
 
 
-def start_plain(home: str, *, quantize: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+def start_plain(
+    home: str, *, quantize: bool = False, buffered: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    args = [sys.executable, __file__, "--plain", home, str(port)] + (["--int8"] if quantize else [])
+    args = [sys.executable, __file__, "--plain", home, str(port)]
+    args += (["--int8"] if quantize else []) + (["--buffered"] if buffered else [])
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)
@@ -232,7 +245,8 @@ def run(seconds: float, *, reps: int) -> dict[str, Any]:
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}}
     plain, plain_url = start_plain(home)
     plain8, plain8_url = start_plain(home, quantize=True)
-    urls = {"plain": plain_url, "plain_int8": plain8_url}
+    buffered, buffered_url = start_plain(home, buffered=True)
+    urls = {"plain": plain_url, "plain_int8": plain8_url, "plain_buffered": buffered_url}
     try:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=4)
         proxy_port = free_port()
@@ -262,12 +276,44 @@ def run(seconds: float, *, reps: int) -> dict[str, Any]:
         serve.shutdown()
         ray.shutdown()
     finally:
-        for process in (plain, plain8):
+        for process in (plain, plain8, buffered):
             process.terminate()
             process.wait(timeout=30)
     out["in_process"] = in_process(1_000)
     out["machine"]["load_after"] = os.getloadavg()
     return out
+
+
+def feedback_run(*, rounds: int, requests: int) -> dict[str, Any]:
+    """/feedback latency on logs of each of `SIZES` (both servers up, measured in turns), then
+    on the largest after compaction."""
+    features = table(10_000, seed=5).drop_columns(["y"])
+    homes = {size: make_home() for size in SIZES}
+    ids = {s: fill_log(h, model=MODEL, rows=SIZES[s], features=features, seed=7)
+           for s, h in homes.items()}  # fmt: skip
+    servers = {size: start_plain(home) for size, home in homes.items()}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+    try:
+
+        def measure(arm: str, size: str, seed: int) -> None:
+            url = servers[size][1]
+            one = feedback_latency(url, ids[size], labels=1, requests=requests, seed=seed)
+            many = feedback_latency(url, ids[size], labels=100, requests=requests // 5, seed=seed)
+            runs.setdefault(arm, {}).setdefault("labels1", []).append(one)
+            runs[arm].setdefault("labels100", []).append(many)
+
+        for r in range(rounds):
+            for size in SIZES:
+                measure(size, size, seed=r)
+        largest = list(SIZES)[-1]
+        compact_all(homes[largest], model=MODEL)
+        for r in range(rounds):
+            measure(f"{largest}_compacted", largest, seed=r)
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+    return {arm: {kind: _median(ms) for kind, ms in kinds.items()} for arm, kinds in runs.items()}
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -302,12 +348,38 @@ def goal_rows(out: dict[str, Any]) -> list[Row]:
             op=">=",
             limit=0.5,
         ),
+        judge(
+            "durable / buffered log req/s (uvicorn), 32 clients",
+            value=plain["c32"]["requests_per_s"],
+            baseline=out["plain_buffered"]["c32"]["requests_per_s"],
+            unit="req/s",
+            op=">=",
+            limit=0.9,
+        ),
+        judge(
+            "median latency at 1 client, durable vs buffered log",
+            value=plain["c1"]["p50_ms"],
+            baseline=out["plain_buffered"]["c1"]["p50_ms"],
+            unit="ms",
+            op="<=",
+            limit=0.5,
+            of="difference",
+        ),
+        judge(
+            "/feedback of 1 label, median, 1M / 10k rows logged",
+            value=out["feedback"]["1M"]["labels1"]["p50_ms"],
+            baseline=out["feedback"]["10k"]["labels1"]["p50_ms"],
+            unit="ms",
+            op="<=",
+            limit=1.5,
+        ),
     ]
 
 
 def reported(out: dict[str, Any]) -> list[tuple[str, float]]:
     """Ratios printed beside the goals, without one of their own."""
     serve_, plain, int8 = out["serve"], out["plain"], out["plain_int8"]
+    fb = out["feedback"]
     return [
         (
             "Serve / uvicorn rows/s, 1,000-record requests",
@@ -325,6 +397,19 @@ def reported(out: dict[str, Any]) -> list[tuple[str, float]]:
             "int8 / float32 rows/s (uvicorn), 1,000-record requests",
             int8["rows1000"]["requests_per_s"] / plain["rows1000"]["requests_per_s"],
         ),
+        (
+            "durable / buffered log rows/s (uvicorn), 1,000-record requests",
+            plain["rows1000"]["requests_per_s"]
+            / out["plain_buffered"]["rows1000"]["requests_per_s"],
+        ),
+        (
+            "/feedback of 100 labels spread over 10 days, median, 1M / 10k rows logged",
+            fb["1M"]["labels100"]["p50_ms"] / fb["10k"]["labels100"]["p50_ms"],
+        ),
+        (
+            "/feedback of 1 label, median, 1M compacted / 10k rows logged",
+            fb["1M_compacted"]["labels1"]["p50_ms"] / fb["10k"]["labels1"]["p50_ms"],
+        ),
     ]
 
 
@@ -335,16 +420,21 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results file's JSON")
     parser.add_argument("--plain", nargs=2, metavar=("HOME", "PORT"), help=argparse.SUPPRESS)
     parser.add_argument("--int8", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--buffered", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.plain:
-        plain_server(options.plain[0], int(options.plain[1]), quantize=options.int8)
+        home, port = options.plain[0], int(options.plain[1])
+        plain_server(home, port, quantize=options.int8, buffered=options.buffered)
         return
     started = Run("serve")
     out = run(options.seconds, reps=options.reps)
+    out["feedback"] = feedback_run(rounds=options.reps, requests=100)
     rows = goal_rows(out)
     out["reported"] = dict(reported(out))
     path = started.write(rows, details=out, echo=options.json)
-    for arm in ("plain", "plain_int8", "serve", "serve_batched", "serve_int8", "serve_proxy"):
+    arms = ("plain", "plain_buffered", "plain_int8", "serve", "serve_batched", "serve_int8",
+            "serve_proxy")  # fmt: skip
+    for arm in arms:
         for key, m in out[arm].items():
             if isinstance(m, dict):
                 print(
@@ -352,6 +442,10 @@ def main() -> None:
                     f" ms  p99 {m['p99_ms']:7.2f} ms  errors {m['errors']}"
                 )
     print(f"in-process     1,000 rows: {out['in_process']['rows_per_s']:.0f} rows/s")
+    for arm, kinds in out["feedback"].items():
+        for kind, m in kinds.items():
+            print(f"feedback {arm:12s} {kind:9s} p50 {m['p50_ms']:7.2f} ms  p99 {m['p99_ms']:7.2f}"
+                  f" ms  errors {m['errors']}")  # fmt: skip
     for row in rows:
         print(row.line())
     for what, figure in out["reported"].items():
