@@ -38,6 +38,8 @@ from tasks.monitor import load_state, requests, verdict
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).parents[1]
+# the test traffic is stamped in 2026-06: read all of it, and retire none of it
+STAMPED_IN_THE_PAST = "retraining:\n  feedback_days: 100000\nmonitoring:\n  retention_days: null\n"
 
 
 def project(root: Path, *, workers: int = 2, at: datetime = NOW) -> Path:
@@ -54,7 +56,7 @@ def project(root: Path, *, workers: int = 2, at: datetime = NOW) -> Path:
         f"training:\n  epochs: 3\n  batch_size: 256\n  num_workers: {workers}\n"
         "  min_steps: 300\n"
         "gate:\n  max_calibration_error: 0.1\n"
-        "retraining:\n  feedback_days: 100000\n"  # the test traffic is stamped in 2026-06
+        f"{STAMPED_IN_THE_PAST}"
     )
     predictor = train_quick(old.slice(0, 8_000), steps=200)
     register_champion(
@@ -141,7 +143,7 @@ def lifecycle_project(root: Path, **gate: Any) -> tuple[Path, Callable[[], dict[
     from flows.monitoring import monitoring_pass
 
     config = project(root, at=datetime.now(timezone.utc))
-    text = config.read_text().replace("retraining:\n  feedback_days: 100000\n", "")
+    text = config.read_text().replace(STAMPED_IN_THE_PAST, "")
     extra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in gate.items())
     config.write_text(
         text.replace("gate:\n", "gate:\n" + extra)
@@ -292,11 +294,15 @@ def test_a_retrain_request_starts_the_retraining_deployment_by_itself_once_per_e
         start_new_session=True,
     )
     try:
-        retrain = wait_for(
-            "the retraining deployment",
-            lambda: api(url, "/deployments/name/retraining/retraining"),
-            timeout_s=120,
-        )
+
+        def served() -> Any:
+            if runner.poll() is not None:  # it will never come: say why
+                log.flush()
+                tail = (tmp_path / "deployments.log").read_text()[-3000:]
+                raise AssertionError(f"the deployments' runner exited {runner.returncode}:\n{tail}")
+            return api(url, "/deployments/name/retraining/retraining")
+
+        retrain = wait_for("the retraining deployment", served, timeout_s=120)
         monitor = api(url, "/deployments/name/drift-monitor/monitor")
         wait_for("its trigger", lambda: api(url, "/automations/filter", {}), timeout_s=30)
         event_id = str(uuid.uuid4())

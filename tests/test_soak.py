@@ -12,6 +12,7 @@ pytestmark = pytest.mark.integration
 SOAK = Path(__file__).resolve().parents[1] / "bench" / "soak.py"
 
 
+@pytest.mark.timeout(1800)  # 3 minutes of traffic, after a first training; a retraining after it
 def test_kills_at_random_moments_lose_no_answer_no_label_and_the_loop_still_retrains() -> None:
     done = subprocess.run(
         [sys.executable, str(SOAK), "--minutes", "3", "--seed", "1", "--json"],
