@@ -213,10 +213,11 @@ def retrain_by_itself(demo: Demo, request_id: str) -> None:
         if during.failed:
             raise DemoFailed(f"retraining: {during.failed} requests failed while it ran")
         demo.facts["new_world"] = on_the_new_world(demo, versions=[demo.facts["first"], latest])
+        gate = meta.get("gate", {}).get("summary", "no gate verdict recorded")
+        demo.facts["gate"] = gate
         verdict = "promoted, now serving" if promoted else "rejected by the gate, v{} serves"
         stage.outcome = (
-            f"v{latest} {verdict.format(champion.version if champion else '?')} "
-            f"(gate: {'passed' if meta.get('gate', {}).get('passed') else 'failed'}); "
+            f"v{latest} {verdict.format(champion.version if champion else '?')} (gate: {gate}); "
             f"{during.answered:,} requests during it, 0 failed, versions "
             f"{', '.join(f'v{v}' for v in sorted(during.versions))}"
         )
@@ -369,7 +370,12 @@ def _send(demo: Demo, batch: pa.Table, *, label: str, feedback: bool) -> int:
             answered += api.predict(records[start : start + TRAFFIC_BATCH])
             bar.advance(task, TRAFFIC_BATCH)
         if feedback:
-            api.feedback(answered, batch[demo.settings.dataset.target].to_pylist())
+            unknown = api.feedback(answered, batch[demo.settings.dataset.target].to_pylist())
+            if unknown:
+                raise DemoFailed(
+                    f"{label}: {len(unknown):,} of {len(answered):,} labels were not stored "
+                    f"(unknown request ids, e.g. {unknown[0]}); {_see(demo)}"
+                )
     if demo.traffic.failed:
         raise DemoFailed(f"{label}: {demo.traffic.failed} requests failed")
     demo.predicted += len(answered)

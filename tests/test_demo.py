@@ -88,7 +88,7 @@ def test_the_demo_closes_the_loop_retraining_by_itself_with_no_request_failed(
     assert found["retraining_state"] == "COMPLETED"
     assert found["retrained"] == 2
     # the source file never changed: the labelled traffic alone taught v2 the new world
-    assert found["promoted"] is True
+    assert found["promoted"] is True, (found["gate"], found["stages"][-1])
     assert found["served"] == 2
     world = found["new_world"]
     assert world["v2"] - world["v1"] > 0.3, world

@@ -532,7 +532,8 @@ def test_the_client_counts_answers_versions_and_failures_instead_of_raising(
         assert api.wait_for_version(served.models.versions[0], timeout_s=5)
         assert not api.wait_for_version(999, timeout_s=1)
         assert api.predict([{"no_such_feature": 1}]) == []  # a 4xx: counted, not raised
-        api.feedback(["no-such-request"], [1])  # unknown ids are refused: counted
+        # unknown ids are listed (a batch of nothing but them is a failed request, counted)
+        assert api.feedback(["no-such-request"], [1]) == ["no-such-request"]
         assert (api.seen.answered, api.seen.failed) == (1, 2)
     keyless = served.args.serving.model_copy(update={"api_key": None})
     with Client(keyless) as api:

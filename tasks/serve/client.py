@@ -3,7 +3,7 @@ labels, the version that answers. It counts what it saw, so a caller can say "no
 
     with Client(settings.serving) as api:      # its URL, and its API key when one is set
         ids = api.predict(records)             # one POST /predict; [] when it failed (counted)
-        api.feedback(ids, labels)              # POST /feedback, 500 labels a request
+        unknown = api.feedback(ids, labels)    # POST /feedback, 500 labels a request
         api.seen.failed, api.seen.versions     # failures, the versions that answered
 """
 
@@ -56,10 +56,16 @@ class Client:
         self.seen.versions.add(int(body["version"]))
         return [p["request_id"] for p in body["predictions"]]
 
-    def feedback(self, request_ids: list[str], labels: list[Any]) -> None:
+    def feedback(self, request_ids: list[str], labels: list[Any]) -> list[str]:
+        """The ids the API did not know (their labels were not stored; a whole batch of them is
+        a failed request, counted)."""
         given = [{"request_id": r, "label": y} for r, y in zip(request_ids, labels, strict=True)]
+        unknown: list[str] = []
         for start in range(0, len(given), FEEDBACK_BATCH):
-            self._post("/feedback", {"labels": given[start : start + FEEDBACK_BATCH]})
+            batch = given[start : start + FEEDBACK_BATCH]
+            body = self._post("/feedback", {"labels": batch})
+            unknown += [g["request_id"] for g in batch] if body is None else body["unknown"]
+        return unknown
 
     def wait_for_version(self, version: int | None, *, timeout_s: float = 60) -> bool:
         """Whether GET /model names `version` within `timeout_s`."""
