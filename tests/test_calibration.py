@@ -79,10 +79,29 @@ def test_the_interval_spans_the_noise_of_few_rows_and_excludes_a_clear_miscalibr
     assert fair.bins == 2
     assert fair.ece > 0  # noise alone
     assert fair.low < 0.05  # 60 rows cannot tell it from a 0.05 error: the rule must not fail
-    assert fair.low <= fair.ece <= fair.high
+    assert fair.low <= fair.debiased <= fair.high
+    assert fair.debiased < fair.ece  # the noise of few rows a bin, taken out
     assert fair.ece == pytest.approx(calibration_error(y, probs, bins=2))
     # the same rows with probabilities pushed to the extremes: clearly over-confident
     sharp = np.where(p > 0.5, 0.99, 0.01)
     off = ece_interval(y, np.stack([1 - sharp, sharp], axis=1), max_bins=15, resamples=300,
                        confidence=0.95, seed=0)  # fmt: skip
     assert off.low > 0.05
+
+
+def test_a_calibrated_model_on_600_rows_is_not_called_miscalibrated_by_its_noise() -> None:
+    """The ECE is biased upward on few rows a bin (a calibrated model scores ~0.05 on 600 rows):
+    the interval takes the bias out, so a gate at 0.05 rejects a calibrated model no more often
+    than its confidence allows, and still rejects one that is 0.12 off."""
+    rng = np.random.default_rng(7)
+    rejected = {"calibrated": 0, "off": 0}
+    for trial in range(60):
+        p = rng.beta(1.2, 1.2, size=600)
+        truth = {"calibrated": p, "off": np.clip(p - 0.12 * np.sign(p - 0.5), 0, 1)}
+        probs = np.stack([1 - p, p], axis=1)
+        for kind, chance in truth.items():
+            y = (rng.random(600) < chance).astype(np.int64)
+            found = ece_interval(y, probs, max_bins=15, resamples=200, confidence=0.95, seed=trial)
+            rejected[kind] += found.low > 0.05
+    assert rejected["calibrated"] <= 1  # a 2.5% one-sided level (percentiles: 8 of 60)
+    assert rejected["off"] >= 50

@@ -15,8 +15,9 @@ The gate's rules (`GateConfig`), each recorded with both models' values:
   percentile) is above 0: the gain is both large enough to matter and unlikely to be noise.
 - slices: no slice value with >= `min_slice_rows` rows loses more than `max_slice_regression`.
 - calibration (classification): the ECE over equal-mass bins suited to the holdout rows
-  (`tasks.calibration.ece_interval`) fails only when its bootstrap CI's low end is above
-  `max_calibration_error`; under `min_calibration_rows` rows it says "not enough rows" (skipped).
+  (`tasks.calibration.ece_interval`) fails only when the low end of its basic bootstrap CI
+  (which takes out the ECE's upward bias on few rows) is above `max_calibration_error`; under
+  `min_calibration_rows` rows it says "not enough rows" (skipped).
 - robustness: the primary metric loses at most `max_robustness_drop` under the worst perturbation.
 - holdout (when labelled production rows decided): on the source's holdout, no loss beyond
   `max_holdout_regression`, while the retraining's recency weighting still gives the holdout's
@@ -407,10 +408,10 @@ def _calibration_rules(
     return [_rule(
         name, champion=old, challenger=found.ece, observed=found.low, op="<=",
         threshold=config.max_calibration_error,
-        detail=f"ECE {fmt(found.ece)} over {found.bins} equal-mass bins of {c.rows} rows, "
-        f"{config.confidence:.0%} CI [{fmt(found.low)}, {fmt(found.high)}] over "
-        f"{config.bootstrap_resamples} resamples; fails only when the CI's low end is above "
-        "the bound",
+        detail=f"ECE {fmt(found.ece)} ({fmt(found.debiased)} less the noise of few rows a bin) "
+        f"over {found.bins} equal-mass bins of {c.rows} rows, {config.confidence:.0%} CI "
+        f"[{fmt(found.low)}, {fmt(found.high)}] (basic bootstrap, {config.bootstrap_resamples} "
+        "resamples); fails only when the CI's low end is above the bound",
     )]  # fmt: skip
 
 
