@@ -85,7 +85,15 @@ def append(*, home: str, model: str, kind: Kind, rows: pa.Table) -> str | None:
     return write_day_file(base, day=day, rows=rows, name=arrival)
 
 
-def write_day_file(base: str, *, day: str, rows: pa.Table, name: str) -> str:
+# Row groups of a file sorted by request id (a compacted day): each group's min/max statistics
+# let a look-up of a few ids read one group of them. Measured on a 100k-row file: 1.6 ms a
+# look-up with groups of 10k rows, 8.3 ms as one group.
+SORTED_ROW_GROUP = 10_000
+
+
+def write_day_file(
+    base: str, *, day: str, rows: pa.Table, name: str, row_group_size: int | None = None
+) -> str:
     """`rows` as `<base>/date=<day>/<first>-<last>-<name>.parquet`, written atomically, where
     first and last are the rows' earliest and latest time in milliseconds (zero-padded, so the
     names sort by time): a look-up by time opens only the files that cover it."""
@@ -94,7 +102,7 @@ def write_day_file(base: str, *, day: str, rows: pa.Table, name: str) -> str:
     first, last = (int(v.as_py().timestamp() * 1000) for v in (low, high))
     fs, path = files.resolve(f"{base}/date={day}/{first:013d}-{last:013d}-{name}.parquet")
     sink = pa.BufferOutputStream()
-    pq.write_table(rows, sink)
+    pq.write_table(rows, sink, row_group_size=row_group_size)
     files.write_atomic_fs(fs, path, sink.getvalue().to_pybytes())
     return path
 

@@ -29,6 +29,7 @@ from tasks.traffic.layout import (
     RECEIVED_AT,
     REPLACES,
     REQUEST_ID,
+    SORTED_ROW_GROUP,
     Kind,
     location,
     log_files,
@@ -81,7 +82,7 @@ def compact(*, home: str, model: str, kind: Kind, before: date) -> int:
         base = location(home=home, model=model, kind=kind)
         last = _arrival(found[-1].rsplit("/", 1)[-1]).removesuffix(".parquet")
         name = last + COMPACTED.removesuffix(".parquet")  # it sorts as the newest it replaces
-        write_day_file(base, day=day, rows=table, name=name)
+        write_day_file(base, day=day, rows=table, name=name, row_group_size=SORTED_ROW_GROUP)
         for old in found:  # after the compacted file is in place: a reader skips them already
             _remove(old)
         done += 1
