@@ -45,6 +45,7 @@ from tasks.serve import (
     load_version,
     make_api,
 )
+from tasks.serve.routing import Plan
 from tasks.serve.schema import FLOAT32_MAX
 from tasks.settings import Features, ServingConfig, TrainingConfig
 
@@ -951,7 +952,8 @@ def test_a_replica_whose_model_fails_to_load_is_replaced_and_a_swap_reaches_ever
     serve.run(bind_app(args, version=first, loader=flaky_loader), name=app, route_prefix=f"/{app}")
     assert (Path(models.home) / f"failed-once-v{first}").exists()  # one replica failed to load
     base = f"{served.url}/{app}"
-    control.confirm_everywhere(base, version=first, replicas=control.running_replicas(app))
+    running = control.running_replicas(app)
+    control.confirm_everywhere(base, plan=Plan(version=first), replicas=running)
     stop, failures, versions = threading.Event(), [], []
     rows = {"records": records(make_table(1, seed=41))}
 

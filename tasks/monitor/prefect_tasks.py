@@ -155,7 +155,7 @@ def upkeep_task(settings: Settings, *, now: datetime | None = None) -> dict[str,
     moment = now or datetime.now(timezone.utc)
     before = (moment - timedelta(days=1)).date()
     compacted = sum(traffic.compact(home=home, model=model, kind=kind, before=before)
-                    for kind in ("predictions", "feedback"))  # fmt: skip
+                    for kind in traffic.KINDS)  # fmt: skip
     days = settings.monitoring.retention_days
     retired = 0 if days is None else traffic.retire(home=home, model=model, days=days, now=moment)
     found = traffic.usage(home=home, model=model)

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 
 from tasks import files, registry
 from tasks.registry import RegistryError
+from tasks.serve.routing import Plan
 from tasks.serve.schema import Columns
 from tasks.serve.service import Loaded, Loader, Service, load_version, make_api
 from tasks.settings import ServingConfig, Settings
@@ -71,7 +73,7 @@ class DriftloopServer:
         torch.set_num_threads(max(1, int(serving.num_cpus)))  # tiny matmuls: threads cost more
         self.service = Service(home=home, model=model, serving=serving, loader=loader)
         self.service.replica = serve.get_replica_context().replica_id.unique_id
-        self.wanted: int | None = None  # the version user_config asks for
+        self.wanted = Plan(version=None)  # what user_config asks for
         if serving.batching:
             batched: Any = self._batched  # serve.batch's wrapper carries the setters
             batched.set_max_batch_size(serving.max_batch_size)
@@ -79,26 +81,38 @@ class DriftloopServer:
             self.service.score = self._score_in_batch
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        """Serve `config["version"]` (None: nothing, /healthz says so). Loads off the event
-        loop; requests keep the old version until the new one is ready. A version that fails
-        to load fails this replica (raised here, and by `check_health` after): Serve replaces
-        it rather than leave it answering with another version, or with 503s."""
-        version = config.get("version")
-        self.wanted = version
+        """Serve what `config` asks (`Plan`: the champion's version, None for nothing, and
+        during a rollout a candidate and its mode). Loads off the event loop; requests keep the
+        old plan until the new one is ready. A version that fails to load fails this replica
+        (raised here, and by `check_health` after): Serve replaces it rather than leave it
+        answering with another version, or with 503s."""
+        plan = Plan.of(config)
+        self.wanted = plan
         try:
-            await asyncio.to_thread(self.service.load, version)
+            await asyncio.to_thread(self.service.load, plan.version, plan=plan)
         except Exception as exc:
-            reason = f"version {version} failed to load: {files.first_line(exc)}"
+            reason = f"{plan.to_config()} failed to load: {files.first_line(exc)}"
             log.exception(reason)
             self.service.reason = reason
             raise
 
     def check_health(self) -> None:
-        """Serve's periodic check: a replica that does not serve the version asked of it is
+        """Serve's periodic check: a replica that does not serve what it was asked to is
         unhealthy, and Serve replaces it."""
-        served = self.served_version()
+        served = self.served()
         if served != self.wanted:
-            raise RuntimeError(f"serves version {served}, not {self.wanted}: {self.service.reason}")
+            raise RuntimeError(
+                f"serves {served.to_config()}, not {self.wanted.to_config()}: {self.service.reason}"
+            )
+
+    def served(self) -> Plan:
+        """What this replica answers with."""
+        current, candidate = self.service.current, self.service.candidate
+        if current is None:
+            return Plan(version=None)
+        if candidate is None:
+            return Plan(version=current.version)
+        return replace(self.service.plan, version=current.version, candidate=candidate.version)
 
     def served_version(self) -> int | None:
         """The version this replica answers with (None: none)."""
@@ -146,17 +160,19 @@ def build_app(args: ServeArgs) -> serve.Application:
     return bind_app(args, version=resolve_version(args), loader=load_version)
 
 
-def bind_app(args: ServeArgs, *, version: int | None, loader: Loader) -> serve.Application:
-    """The deployment with its options from `args.serving`, serving `version`, loading models
-    with `loader`. Apps bound from equal args (and code) differ only in `user_config`, so
-    redeploying one swaps the model in place."""
+def bind_app(
+    args: ServeArgs, *, version: int | None, loader: Loader, plan: Plan | None = None
+) -> serve.Application:
+    """The deployment with its options from `args.serving`, serving `version` (or a rollout's
+    `plan`), loading models with `loader`. Apps bound from equal args (and code) differ only in
+    `user_config`, so redeploying one swaps the model in place."""
     s = args.serving
     options: dict[str, Any] = {
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
         "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=s.retry_after_s),
         "ray_actor_options": actor_options(s),
-        "user_config": {"version": version},
+        "user_config": (plan or Plan(version=version)).to_config(),
         "logging_config": logging_config(args.home),
     }  # fmt: skip
     if s.max_replicas is not None and s.max_replicas > s.replicas:

@@ -31,6 +31,7 @@ from tasks.serve.app import (
     resolve_version,
 )
 from tasks.serve.probe import ServeStatus, probe, url
+from tasks.serve.routing import Plan
 from tasks.serve.service import Loader, load_version
 from tasks.settings import ServingConfig, Settings
 
@@ -63,26 +64,30 @@ def swap(
     loader: Loader = load_version,
     app: str = APP_NAME,
     route_prefix: str = "/",
+    plan: Plan | None = None,
 ) -> ServeStatus:
-    """Serve `version` instead, in place: the replicas reconfigure (load it beside the old one,
-    then switch), no restart, no failed request. `args` must be those the app was started with
-    (others restart the replicas, one by one). A version that does not load here is refused
-    before anything changes; the swap returns once every replica answers with it."""
+    """Serve `version` instead (or a rollout's `plan`: the champion and a candidate beside
+    it), in place: the replicas reconfigure (load it beside the old one, then switch), no
+    restart, no failed request. `args` must be those the app was started with (others restart
+    the replicas, one by one). A version that does not load here is refused before anything
+    changes; the swap returns once every replica answers with it."""
     from ray import serve
 
-    registry.find(root=args.home, model=args.model, ref=version)  # refuse an unknown version now
-    try:
-        loader(home=args.home, model=args.model, version=version)
-    except Exception as exc:
-        raise ServeError(
-            f"{args.model} v{version} does not load ({files.first_line(exc)}); "
-            "the app keeps serving what it served"
-        ) from None
+    plan = plan or Plan(version=version)
+    for wanted in plan.versions:
+        registry.find(root=args.home, model=args.model, ref=wanted)  # refuse an unknown version
+        try:
+            loader(home=args.home, model=args.model, version=wanted)
+        except Exception as exc:
+            raise ServeError(
+                f"{args.model} v{wanted} does not load ({files.first_line(exc)}); "
+                "the app keeps serving what it served"
+            ) from None
     with _serve_logs_to_file(args.home):
-        serve.run(bind_app(args, version=version, loader=loader), name=app,
+        serve.run(bind_app(args, version=plan.version, loader=loader, plan=plan), name=app,
                   route_prefix=route_prefix)  # fmt: skip
     base = url(args.serving) + route_prefix.rstrip("/")
-    confirm_everywhere(base, version=version, replicas=running_replicas(app))
+    confirm_everywhere(base, plan=plan, replicas=running_replicas(app))
     return probe(args.serving)
 
 
@@ -98,22 +103,27 @@ def running_replicas(app: str = APP_NAME) -> int:
 
 
 def confirm_everywhere(
-    base: str, *, version: int, replicas: int, timeout_s: float = 30.0
-) -> dict[str, int | None]:
-    """Ask `/healthz` until `replicas` replicas have answered, each with `version`; returns
-    what each replica serves. Raises ServeError naming those that do not, after `timeout_s`."""
-    seen: dict[str, int | None] = {}
+    base: str, *, plan: Plan, replicas: int, timeout_s: float = 30.0
+) -> dict[str, tuple[int | None, int | None]]:
+    """Ask `/healthz` until `replicas` replicas have answered, each with the plan's version
+    and candidate; returns what each replica serves. Raises ServeError naming those that do
+    not, after `timeout_s`."""
+    seen: dict[str, tuple[int | None, int | None]] = {}
+    wanted = (plan.version, plan.candidate)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for body in _healthz(base, times=max(4, 4 * replicas)):
-            seen[str(body.get("replica"))] = body.get("version")
-        if len(seen) >= replicas and all(v == version for v in seen.values()):
+            rollout = body.get("rollout") or {}
+            seen[str(body.get("replica"))] = (body.get("version"), rollout.get("candidate"))
+        if len(seen) >= replicas and all(v == wanted for v in seen.values()):
             return seen
         time.sleep(0.2)
-    behind = {r: v for r, v in seen.items() if v != version}
+    behind = {r: v for r, v in seen.items() if v != wanted}
+    shown = f"v{plan.version}" + (f" with candidate v{plan.candidate}" if plan.candidate else "")
     raise ServeError(
-        f"v{version} is not served everywhere after {timeout_s:.0f} s: "
-        f"{len(seen)} of {replicas} replica(s) answered; behind: {behind or 'none seen'}"
+        f"{shown} is not served everywhere after {timeout_s:.0f} s: "
+        f"{len(seen)} of {replicas} replica(s) answered; behind (version, candidate): "
+        f"{behind or 'none seen'}"
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from tasks import traffic
 from tasks.settings import ServingConfig
-from tasks.traffic import Answered, SpoolError
+from tasks.traffic import Answered, LogKind, SpoolError
 
 log = logging.getLogger("driftloop.serve")
 __all__ = ["Answered", "LogUnavailable", "PredictionLog"]
@@ -57,11 +57,13 @@ class Counts:
 class PredictionLog:
     """This replica's spool segment, and the thread that rotates and converts segments."""
 
-    def __init__(self, *, home: str, model: str, serving: ServingConfig) -> None:
-        self.home, self.model = home, model
+    def __init__(
+        self, *, home: str, model: str, serving: ServingConfig, kind: LogKind = "predictions"
+    ) -> None:
+        self.home, self.model, self.kind = home, model, kind
         self.rotate_rows, self.rotate_seconds = serving.log_flush_rows, serving.log_flush_seconds
         self.max_pending = serving.log_max_pending_rows
-        self.folder = traffic.spool_folder(home, model)
+        self.folder = traffic.spool_folder(home, model, kind)
         self.spool = traffic.Spool(self.folder, fsync=serving.log_fsync)
         self.segment_ids = traffic.SegmentIds(self.folder)
         self.counts = Counts()
@@ -125,7 +127,9 @@ class PredictionLog:
 
     def _convert(self) -> int:
         try:
-            rows = traffic.convert_closed(home=self.home, model=self.model, folder=self.folder)
+            rows = traffic.convert_closed(
+                home=self.home, model=self.model, folder=self.folder, kind=self.kind
+            )
         except Exception:
             self.counts.failed_conversions += 1
             log.exception("prediction log: converting segments failed; they stay for the next try")

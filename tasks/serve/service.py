@@ -12,6 +12,7 @@ the version that produced it (in the body and in `X-Model-Version`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
@@ -32,6 +33,7 @@ from tasks import registry, traffic
 from tasks.model import Predictor, load_model
 from tasks.serve.log import Answered, LogUnavailable, PredictionLog
 from tasks.serve.probe import API_KEY_HEADER
+from tasks.serve.routing import KEY_HEADER, Copy, Failures, Plan, Shadow, in_canary
 from tasks.serve.schema import BadRequest, Columns, Schemas
 from tasks.serve.scoring import Scorer
 from tasks.settings import ServingConfig
@@ -88,25 +90,51 @@ class Service:
         self.score: Score = score_now
         self._swap_lock = threading.Lock()
         self.log = PredictionLog(home=home, model=model, serving=serving)
+        self.plan = Plan(version=None)
+        self.candidate: Loaded | None = None  # a rollout's candidate (shadow or canary)
+        self.shadow: Shadow | None = None
+        self.failures = Failures(home, model, replica=self.replica)
 
     # Model --------------------------------------------------------------------------------------
 
-    def load(self, version: int | None) -> None:
-        """Serve `version` from the next request on (None: serve nothing, /healthz says why).
-        A version that fails to load leaves the one being served in place, and raises."""
-        with self._swap_lock:
-            if version is None:
-                self.current, self.reason = None, f"no champion for {self.model!r} in the registry"
-            elif self.current is None or self.current.version != version:
-                predictor, meta = self.loader(home=self.home, model=self.model, version=version)
-                scorer = Scorer.of(
-                    predictor, version=version, metadata=meta, quantize=self.serving.quantize_int8
-                )
-                schemas = Schemas.build(predictor, max_records=self.serving.max_records,
-                                        max_chars=self.serving.max_category_chars)  # fmt: skip
-                self.current = Loaded(scorer=scorer, schemas=schemas)
-                log.info("serving %s version %d", self.model, version)
+    def load(self, version: int | None, *, plan: Plan | None = None) -> None:
+        """Serve `version` from the next request on (None: serve nothing, /healthz says why),
+        and during a rollout the plan's candidate beside it. A version that fails to load
+        leaves what is served in place, and raises."""
+        plan = plan or Plan(version=version)
+        with self._swap_lock:  # both load before either serves: a failure changes nothing
+            current = None if plan.version is None else self._loaded(plan.version, self.current)
+            candidate = (
+                None if plan.candidate is None else self._loaded(plan.candidate, self.candidate)
+            )
+            self._shadow_for(plan)
+            self.current, self.candidate, self.plan = current, candidate, plan
+            if current is None:
+                self.reason = f"no champion for {self.model!r} in the registry"
+            log.info("serving %s: %s", self.model, plan.to_config())
         self.log.flush()  # the files written before a swap hold the old version's rows only
+
+    def _loaded(self, version: int, now: Loaded | None) -> Loaded:
+        """`version` ready to answer (the one in `now` when it is that version already)."""
+        if now is not None and now.version == version:
+            return now
+        predictor, meta = self.loader(home=self.home, model=self.model, version=version)
+        scorer = Scorer.of(
+            predictor, version=version, metadata=meta, quantize=self.serving.quantize_int8
+        )
+        schemas = Schemas.build(predictor, max_records=self.serving.max_records,
+                                max_chars=self.serving.max_category_chars)  # fmt: skip
+        return Loaded(scorer=scorer, schemas=schemas)
+
+    def _shadow_for(self, plan: Plan) -> None:
+        """A shadow thread (and its log) while the plan shadows; none otherwise."""
+        if plan.mode == "shadow" and self.shadow is None:
+            shadow_log = PredictionLog(home=self.home, model=self.model, serving=self.serving,
+                                       kind="shadow")  # fmt: skip
+            self.shadow = Shadow(shadow_log, self.failures)
+        elif plan.mode != "shadow" and self.shadow is not None:
+            self.shadow.close()
+            self.shadow = None
 
     def require(self) -> Loaded:
         loaded = self.current
@@ -116,34 +144,50 @@ class Service:
 
     # Requests -----------------------------------------------------------------------------------
 
-    async def predict(self, body: bytes) -> dict[str, Any]:
+    async def predict(self, body: bytes, *, key: str | None = None) -> dict[str, Any]:
         """Answer `{"records": [...]}`: a prediction and a request id per record, logged before
-        the answer leaves (a 503 when it cannot be)."""
+        the answer leaves (a 503 when it cannot be). During a canary, the candidate answers the
+        requests `key` (or a draw) sends it; during a shadow, it scores a copy afterwards."""
         started = time.perf_counter()
-        loaded = self.require()
+        loaded, candidate, plan = self.require(), self.candidate, self.plan
+        if candidate is not None and plan.mode == "canary" and in_canary(key, share=plan.share):
+            try:
+                return await self._answer(candidate, body, started)
+            except BadRequest as exc:
+                if exc.status == 503:  # the log, not the candidate: no answer may leave
+                    raise
+                failure: Exception = exc
+            except Exception as exc:  # the champion answers; the candidate's failure is noted
+                failure = exc
+            answer = await self._answer(loaded, body, started)  # a bad request raises here
+            self.failures.add(version=candidate.version, mode="canary",
+                              rows=len(answer["predictions"]), error=failure)  # fmt: skip
+            return answer
+        answer = await self._answer(loaded, body, started)
+        if candidate is not None and plan.mode == "shadow" and self.shadow is not None:
+            ids = [p["request_id"] for p in answer["predictions"]]
+            self.shadow.submit(Copy(score=functools.partial(self._scored, candidate), body=body,
+                                    request_ids=ids, version=candidate.version))  # fmt: skip
+        return answer
+
+    async def _answer(self, loaded: Loaded, body: bytes, started: float) -> dict[str, Any]:
+        """`loaded` answers the body: validated, scored, logged, then the answer."""
         columns = loaded.schemas.records(body)
         out = await self.score(loaded, columns)
-        scorer, schemas = loaded.scorer, loaded.schemas
         ids = traffic.new_request_ids(len(out))
-        answers = scorer.answers(out, ids)
-        classes = scorer.classes
-        answered = Answered(
-            request_ids=ids,
-            version=scorer.version,
-            features=columns,
-            types=schemas.feature_types(),
-            predictions=scorer.predictions(out),
-            prediction_type=schemas.label_type(),
-            probabilities=None
-            if classes is None
-            else {str(c): out[:, k] for k, c in enumerate(classes)},
-            latency_ms=(time.perf_counter() - started) * 1e3,
-        )
+        answers = loaded.scorer.answers(out, ids)
         try:
-            self.log.add(answered)
+            self.log.add(_answered(loaded, columns, out, ids, started))
         except LogUnavailable as exc:
             raise BadRequest(503, str(exc)) from None
-        return {"model": self.model, "version": scorer.version, "predictions": answers}
+        return {"model": self.model, "version": loaded.version, "predictions": answers}
+
+    @staticmethod
+    def _scored(loaded: Loaded, body: bytes, ids: list[str], started: float) -> traffic.Answered:
+        """The shadow's rows: `loaded` on a copy of an answered request, under its ids."""
+        columns = loaded.schemas.records(body)
+        out = loaded.scorer.score_columns(columns)
+        return _answered(loaded, columns, out, ids, started)
 
     def feedback(self, body: bytes) -> dict[str, Any]:
         """Take labels for earlier request ids: the known ones are stored, the unknown ones listed
@@ -185,8 +229,16 @@ class Service:
         if loaded is None:
             return 503, {"status": "unavailable", "model": self.model, "reason": self.reason,
                          "replica": self.replica, "log": log_counts}  # fmt: skip
-        return 200, {"status": "ok", "model": self.model, "version": loaded.version,
-                     "replica": self.replica, "log": log_counts}  # fmt: skip
+        body = {"status": "ok", "model": self.model, "version": loaded.version,
+                "replica": self.replica, "log": log_counts}  # fmt: skip
+        candidate, plan = self.candidate, self.plan
+        if candidate is not None:
+            rollout: dict[str, Any] = {"candidate": candidate.version, "mode": plan.mode,
+                                       "share": plan.share}  # fmt: skip
+            if self.shadow is not None:
+                rollout["shadow"] = self.shadow.counts.to_dict()
+            body["rollout"] = rollout
+        return 200, body
 
     def info(self) -> dict[str, Any]:
         loaded = self.require()
@@ -204,8 +256,30 @@ class Service:
         }
 
     def close(self) -> None:
-        """Flush the prediction log and stop its thread."""
+        """Flush the prediction log (and the shadow's) and stop their threads."""
+        if self.shadow is not None:
+            self.shadow.close()
         self.log.close()
+
+
+def _answered(
+    loaded: Loaded, columns: Columns, out: Any, ids: list[str], started: float
+) -> traffic.Answered:
+    """A request's rows for the log: its ids, version, validated features and outputs."""
+    scorer, schemas = loaded.scorer, loaded.schemas
+    classes = scorer.classes
+    return Answered(
+        request_ids=ids,
+        version=scorer.version,
+        features=columns,
+        types=schemas.feature_types(),
+        predictions=scorer.predictions(out),
+        prediction_type=schemas.label_type(),
+        probabilities=None
+        if classes is None
+        else {str(c): out[:, k] for k, c in enumerate(classes)},
+        latency_ms=(time.perf_counter() - started) * 1e3,
+    )
 
 
 # What a caller may see of a version's registry metadata: its figures, never local paths, flow
@@ -261,7 +335,8 @@ def make_api(service: Service) -> FastAPI:
     async def predict(request: Request) -> Response:
         """Predictions for `{"records": [{feature: value, ...}, ...]}` (or a bare list)."""
         check_key(request)
-        answer = await service.predict(await read_body(request, limit=limit))
+        body = await read_body(request, limit=limit)
+        answer = await service.predict(body, key=request.headers.get(KEY_HEADER))
         return Response(orjson.dumps(answer), media_type="application/json",
                         headers={VERSION_HEADER: str(answer["version"])})  # fmt: skip
 

@@ -22,13 +22,13 @@ from tasks.settings.sections import (
     RetrainingConfig,
     RetrainOn,
     Role,
-    ServingConfig,
     Settings,
     SplitConfig,
     StackConfig,
     TrainingConfig,
     ValidationConfig,
 )
+from tasks.settings.serving import RolloutConfig, ServingConfig
 
 __all__ = [
     "CONFIG_FILE",
@@ -44,6 +44,7 @@ __all__ = [
     "RetrainOn",
     "RetrainingConfig",
     "Role",
+    "RolloutConfig",
     "ServingConfig",
     "Settings",
     "SplitConfig",

@@ -7,7 +7,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     field_validator,
     model_validator,
 )
@@ -19,6 +18,8 @@ from pydantic_settings import (
 
 from tasks import files, stack
 from tasks.errors import DriftloopError
+from tasks.settings.base import Strict
+from tasks.settings.serving import RolloutConfig, ServingConfig
 
 CONFIG_FILE = "driftloop.yaml"
 
@@ -46,11 +47,7 @@ class ConfigError(DriftloopError, ValueError):
     """The configuration is wrong; the message names the key and what is allowed."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Features(_Strict):
+class Features(Strict):
     """Feature columns by kind; inferred from the Parquet schema when left out."""
 
     numeric: list[str] = []
@@ -61,7 +58,7 @@ class Features(_Strict):
         return [*self.numeric, *self.categorical]
 
 
-class DatasetConfig(_Strict):
+class DatasetConfig(Strict):
     """The user's data contract."""
 
     # The descriptions finish "<key>: required: ..." when a key is left out.
@@ -81,7 +78,7 @@ class DatasetConfig(_Strict):
     slices: list[str] = []  # columns whose values are evaluated separately
 
 
-class SplitConfig(_Strict):
+class SplitConfig(Strict):
     """Deterministic train/validation/holdout split; the rest goes to train."""
 
     validation: float = Field(0.15, gt=0, lt=0.5)
@@ -89,7 +86,7 @@ class SplitConfig(_Strict):
     seed: int = 42
 
 
-class ValidationConfig(_Strict):
+class ValidationConfig(Strict):
     """How strict the Great Expectations gate is."""
 
     min_rows: int = Field(100, ge=1)  # fewer rows than this is not a data set to train on
@@ -115,7 +112,7 @@ class ValidationConfig(_Strict):
     reference: str | None = None
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(Strict):
     """The model and how Ray Train runs it."""
 
     # The budget is counted in optimizer steps (tasks/budget.py): the same on 1 worker and on N.
@@ -204,7 +201,7 @@ class GateConfig(BaseModel):
         return data
 
 
-class StackConfig(_Strict):
+class StackConfig(Strict):
     """Ports of the local stack (`driftloop up`); everything binds to 127.0.0.1."""
 
     prefect_port: int = Field(stack.PREFECT_PORT, ge=1, le=65535)
@@ -212,64 +209,6 @@ class StackConfig(_Strict):
     dashboard_port: int = Field(stack.DASHBOARD_PORT, ge=1, le=65535)
     # the runner of the Prefect deployments (its health endpoint; `driftloop up` starts it)
     runner_port: int = Field(stack.RUNNER_PORT, ge=1, le=65535)
-
-
-def _loopback(host: str) -> bool:
-    """Whether `host` is this machine only (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class ServingConfig(_Strict):
-    """How Ray Serve answers `POST /predict` (tasks/serve); loopback unless told otherwise."""
-
-    @model_validator(mode="after")
-    def _locked_where_it_matters(self) -> "ServingConfig":
-        if not _loopback(self.host) and self.api_key is None and not self.allow_unauthenticated:
-            raise ValueError(
-                f"serving.host {self.host!r} opens the model to the network without a key: set "
-                "serving.api_key (DRIFTLOOP_SERVING__API_KEY), or serving.allow_unauthenticated: "
-                "true where a gateway in front authenticates"
-            )
-        return self
-
-    host: str = "127.0.0.1"  # 0.0.0.0 exposes the model (and the key check) to the network
-    port: int = Field(8000, ge=1, le=65535)
-    replicas: int = Field(1, ge=1)  # the minimum when autoscaling
-    max_replicas: int | None = Field(None, ge=1)  # set (> replicas): autoscale in between
-    target_ongoing_requests: float = Field(8, gt=0)  # per replica, what autoscaling aims at
-    max_ongoing_requests: int = Field(32, ge=1)  # in flight per replica; the rest waits
-    # waiting at the proxy per replica before a fast 503 with Retry-After; -1: no limit
-    max_queued_requests: int = Field(64, ge=-1)
-    retry_after_s: float = Field(1, ge=0)  # the Retry-After of that 503
-    batching: bool = False  # @serve.batch: pays only when the model's per-row cost dominates
-    max_batch_size: int = Field(32, ge=1)  # requests per batch
-    batch_wait_timeout_s: float = Field(0.002, ge=0)  # added to p50 while a batch fills
-    max_records: int = Field(10_000, ge=1)  # per request
-    max_body_bytes: int = Field(16 * 2**20, ge=1024)  # larger bodies get a 413
-    api_key: SecretStr | None = None  # X-API-Key; set it with DRIFTLOOP_SERVING__API_KEY
-    # serve a non-loopback host with no api_key anyway (behind a gateway that authenticates)
-    allow_unauthenticated: bool = False
-    # a category longer than this many characters gets a 422; None: 4x the longest value of
-    # the model's vocabulary for that feature, and at least 64
-    max_category_chars: int | None = Field(None, ge=1)
-    # every answer is written to the replica's spool segment before it leaves (a kill loses
-    # nothing); a segment becomes a Parquet file of the log once it holds this many rows...
-    log_flush_rows: int = Field(10_000, ge=1)
-    log_flush_seconds: float = Field(10.0, gt=0, le=600)  # ...or is this old
-    # what a machine crash may take: never fsync, fsync a segment as it closes, or every answer
-    log_fsync: Literal["never", "segment", "always"] = "segment"
-    # rows waiting to become Parquet past which a replica answers 503 (the home cannot keep up)
-    log_max_pending_rows: int = Field(1_000_000, ge=1)
-    quantize_int8: bool = False  # dynamic int8 nn.Linear (CPU); off: slower here (bench/RESULTS.md)
-    num_cpus: float = Field(1, gt=0)  # per replica
-    num_gpus: float = Field(0, ge=0)  # per replica; the model moves to the GPU when it has one
 
 
 # Evidently's drift tests by name (evidently.legacy.calculations.stattests): a typo fails at load
@@ -281,7 +220,7 @@ DriftMethod = Literal[
 RetrainOn = Literal["drift", "decay", "drift_and_decay"]
 
 
-class MonitoringConfig(_Strict):
+class MonitoringConfig(Strict):
     """The drift monitor (Evidently) and the retrain governor (tasks/monitor).
 
     `retrain_on`: `drift` retrains when the inputs drift (quality is shown, not needed);
@@ -343,7 +282,7 @@ class MonitoringConfig(_Strict):
         return self
 
 
-class RetrainingConfig(_Strict):
+class RetrainingConfig(Strict):
     """How a retraining learns the present (flows/retraining.py, tasks/train/recency.py).
 
     Labelled production rows of the last `feedback_days` that pass the batch checks join the
@@ -400,6 +339,7 @@ class Settings(BaseSettings):
     gate: GateConfig = GateConfig()
     stack: StackConfig = StackConfig()
     serving: ServingConfig = ServingConfig()
+    rollout: RolloutConfig = RolloutConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     retraining: RetrainingConfig = RetrainingConfig()
 

@@ -14,6 +14,7 @@ compacted into one, old days and reports retired, what the log takes up). This i
 from tasks.traffic.layout import (
     CATEGORY_TYPE,
     FILE,
+    KINDS,
     LATENCY_MS,
     MODEL_VERSION,
     NUMERIC_TYPE,
@@ -23,6 +24,7 @@ from tasks.traffic.layout import (
     RECEIVED_AT,
     REQUEST_ID,
     Kind,
+    LogKind,
     TrafficError,
     append,
     as_source,
@@ -56,6 +58,7 @@ from tasks.traffic.upkeep import Usage, compact, retire, usage
 __all__ = [
     "CATEGORY_TYPE",
     "FILE",
+    "KINDS",
     "LATENCY_MS",
     "MODEL_VERSION",
     "NUMERIC_TYPE",
@@ -67,6 +70,7 @@ __all__ = [
     "Answered",
     "Fsync",
     "Kind",
+    "LogKind",
     "SegmentIds",
     "Spool",
     "SpoolError",

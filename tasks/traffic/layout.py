@@ -9,6 +9,8 @@ Under `DRIFTLOOP_HOME` (a folder or a URI, through `pyarrow.fs`):
 
     predictions/<model>/date=YYYY-MM-DD/<first>-<last>-<name>.parquet   request_id, predicted_at,
                                         model_version, the features, prediction, probabilities
+    shadow/<model>/...                  the same columns: a shadow candidate's outputs for the
+                                        answered requests of those ids (no one received them)
     feedback/<model>/date=YYYY-MM-DD/<first>-<last>-<name>.parquet      request_id, <target>,
                                         received_at
 
@@ -40,13 +42,17 @@ import pyarrow.parquet as pq
 
 from tasks import data, files
 
-Kind = Literal["predictions", "feedback"]
+# predictions: every answer given; feedback: labels; shadow: a shadow candidate's outputs for
+# the same requests (their ids are the answered rows' ids), never an answer anyone received
+Kind = Literal["predictions", "feedback", "shadow"]
+LogKind = Literal["predictions", "shadow"]
+KINDS: tuple[Kind, ...] = ("predictions", "feedback", "shadow")
 REQUEST_ID, PREDICTED_AT, RECEIVED_AT = "request_id", "predicted_at", "received_at"
 # The prediction log's columns beside the features (`PROBABILITY<class>`: one per class)
 MODEL_VERSION, PREDICTION, PROBABILITY, LATENCY_MS = (
     "model_version", "prediction", "probability_", "latency_ms"
 )  # fmt: skip
-_TIME = {"predictions": PREDICTED_AT, "feedback": RECEIVED_AT}
+_TIME = {"predictions": PREDICTED_AT, "feedback": RECEIVED_AT, "shadow": PREDICTED_AT}
 FILE = "file"  # the column `read(..., with_file=True)` adds: each row's file name
 # a compacted file's footer key: the names of the files it replaces (`upkeep.compact`)
 REPLACES = b"driftloop.replaces"

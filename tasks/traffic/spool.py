@@ -46,6 +46,7 @@ from tasks.traffic.layout import (
     PREDICTION,
     PROBABILITY,
     REQUEST_ID,
+    LogKind,
     location,
     read,
     write_day_file,
@@ -59,14 +60,17 @@ _TYPES: dict[str, pa.DataType] = {
 }
 
 
-def spool_folder(home: str, model: str) -> Path:
-    """Where a model's segments live: `<home>/spool/<model>` on a local home; on a bucket, a
-    folder of this machine's (a segment is appended to, which an object store cannot do)."""
+def spool_folder(home: str, model: str, kind: LogKind = "predictions") -> Path:
+    """Where a model's segments live: `<home>/spool/<model>` on a local home (a shadow's in
+    its `shadow/` folder); on a bucket, a folder of this machine's (a segment is appended to,
+    which an object store cannot do)."""
     fs, path = files.resolve(home)
     if files.is_local(fs):
-        return Path(path) / "spool" / model
-    digest = hashlib.sha256(home.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "driftloop-spool" / digest / model
+        folder = Path(path) / "spool" / model
+    else:
+        digest = hashlib.sha256(home.encode()).hexdigest()[:16]
+        folder = Path(tempfile.gettempdir()) / "driftloop-spool" / digest / model
+    return folder if kind == "predictions" else folder / kind
 
 
 @dataclass(frozen=True)
@@ -227,16 +231,18 @@ class SegmentIds:
 # Converting closed segments to the Parquet layout -----------------------------------------------
 
 
-def convert_closed(*, home: str, model: str, folder: Path | None = None) -> int:
+def convert_closed(
+    *, home: str, model: str, folder: Path | None = None, kind: LogKind = "predictions"
+) -> int:
     """Turn every closed segment of the model's spool (rotated, or left by a dead writer) into
     the Parquet layout, then remove it; returns the rows converted. A segment a live writer
     holds is left alone; so is one another converter holds."""
     total = 0
-    for path in segments(folder or spool_folder(home, model)):
+    for path in segments(folder or spool_folder(home, model, kind)):
         with _held(path) as held:
             if not held:
                 continue
-            total += convert(path, home=home, model=model)
+            total += convert(path, home=home, model=model, kind=kind)
             path.unlink(missing_ok=True)
     return total
 
@@ -260,7 +266,7 @@ def _held(path: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def convert(path: Path, *, home: str, model: str) -> int:
+def convert(path: Path, *, home: str, model: str, kind: LogKind = "predictions") -> int:
     """One segment as Parquet files under the log's day folders, named after the segment (the
     same files whenever it is converted); returns its rows."""
     records = list(lines(path))
@@ -269,7 +275,7 @@ def convert(path: Path, *, home: str, model: str) -> int:
     groups = [list(g) for _, g in itertools.groupby(records, key=_shape)]
     table = pa.concat_tables([to_table(g) for g in groups], promote_options="permissive")
     days = pc.strftime(table[PREDICTED_AT], format="%Y-%m-%d").to_numpy(zero_copy_only=False)
-    base = location(home=home, model=model, kind="predictions")
+    base = location(home=home, model=model, kind=kind)
     for day in sorted(set(days.tolist())):
         rows = table.filter(pa.array(days == day))
         write_day_file(base, day=day, rows=rows, name=path.stem)

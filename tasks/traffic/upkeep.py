@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from tasks import files
 from tasks.traffic.layout import (
     COMPACTED,
+    KINDS,
     RECEIVED_AT,
     REPLACES,
     REQUEST_ID,
@@ -95,7 +96,7 @@ def retire(*, home: str, model: str, days: float, now: datetime | None = None) -
     now = now or datetime.now(timezone.utc)
     cutoff = (now - timedelta(days=days)).date()
     removed = 0
-    for kind in ("predictions", "feedback"):
+    for kind in KINDS:
         fs, base = files.resolve(location(home=home, model=model, kind=kind))
         for day in _days(home, model, kind):
             if date.fromisoformat(day) < cutoff:
