@@ -41,6 +41,7 @@ from tasks.registry.api import (
     Action,
     AliasChange,
     AliasMoved,
+    RolloutConflict,
     VersionRef,
     aliases,
     champion,
@@ -50,11 +51,13 @@ from tasks.registry.api import (
     get_version,
     history,
     list_versions,
+    read_rollout,
     register,
     resolve,
     rollback,
     set_alias,
     trained_on,
+    write_rollout,
 )
 from tasks.registry.store import ALIASES, HISTORY, METADATA, PathOrUri, RegistryError
 
@@ -70,6 +73,7 @@ __all__ = [
     "AliasMoved",
     "PathOrUri",
     "RegistryError",
+    "RolloutConflict",
     "VersionRef",
     "aliases",
     "champion",
@@ -79,9 +83,11 @@ __all__ = [
     "get_version",
     "history",
     "list_versions",
+    "read_rollout",
     "register",
     "resolve",
     "rollback",
     "set_alias",
     "trained_on",
+    "write_rollout",
 ]

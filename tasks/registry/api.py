@@ -209,6 +209,41 @@ def rollback(
         )
 
 
+# The rollout record: which candidate serves beside the champion, and how it ended -----------------
+
+ROLLOUT = "rollout.json"
+
+
+class RolloutConflict(RegistryError):
+    """A rollout record's compare-and-set lost: another rollout runs, or this one ended."""
+
+
+def read_rollout(*, root: PathOrUri, model: str) -> dict[str, Any] | None:
+    """The model's last rollout record (running or ended), None when it never had one."""
+    place = store.place(root, model)
+    try:
+        return dict(json.loads(files.read_bytes_fs(place.fs, place.path(ROLLOUT))))
+    except FileNotFoundError:
+        return None
+
+
+def write_rollout(
+    *, root: PathOrUri, model: str, record: dict[str, Any], running: str | None
+) -> None:
+    """Replace the rollout record (atomically, under the registry's lock) if the rollout running
+    now is `running` (an id; None: none may run). Raises `RolloutConflict` otherwise."""
+    place = store.place(root, model)
+    with lock.hold(place):
+        now = read_rollout(root=root, model=model)
+        live = now["id"] if now and now.get("status") == "running" else None
+        if live != running:
+            what = f"the {now['mode']} of v{now['candidate']} ({live})" if now and live else "none"
+            raise RolloutConflict(
+                f"{model}: the running rollout is {what}, not {running or 'none'}"
+            )
+        files.write_atomic_fs(place.fs, place.path(ROLLOUT), json.dumps(record, indent=2))
+
+
 # Readers ------------------------------------------------------------------------------------------
 
 

@@ -156,8 +156,20 @@ class DriftloopServer:
 
 def build_app(args: ServeArgs) -> serve.Application:
     """The application for `serve run` / `serve deploy` / KubeRay: the registry's `args.ref`
-    (the champion by default) served with `args.serving`; no champion yet: /healthz says 503."""
-    return bind_app(args, version=resolve_version(args), loader=load_version)
+    (the champion by default, with a running rollout's candidate beside it) served with
+    `args.serving`; no champion yet: /healthz says 503."""
+    plan = resolve_plan(args)
+    return bind_app(args, version=plan.version, loader=load_version, plan=plan)
+
+
+def resolve_plan(args: ServeArgs) -> Plan:
+    """What the app serves now: for the champion, a running rollout's plan (the champion and
+    its candidate: a restarted stack resumes the rollout) or the champion alone; for another
+    ref, that version alone."""
+    record = registry.read_rollout(root=args.home, model=args.model)
+    if args.ref == registry.CHAMPION and record is not None and record["status"] == "running":
+        return Plan.of_rollout(record)
+    return Plan(version=resolve_version(args))
 
 
 def bind_app(

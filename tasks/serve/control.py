@@ -28,7 +28,7 @@ from tasks.serve.app import (
     ServeArgs,
     bind_app,
     logging_config,
-    resolve_version,
+    resolve_plan,
 )
 from tasks.serve.probe import ServeStatus, probe, url
 from tasks.serve.routing import Plan
@@ -46,14 +46,15 @@ def start(args: ServeArgs, *, loader: Loader = load_version) -> ServeStatus:
     from ray import serve
 
     cluster.connect_ray()
-    version = resolve_version(args)
+    plan = resolve_plan(args)
     with _serve_logs_to_file(args.home):
         serve.start(
             http_options={"host": args.serving.host, "port": args.serving.port},
             logging_config=logging_config(args.home),
         )
         _check_http(args.serving)
-        serve.run(bind_app(args, version=version, loader=loader), name=APP_NAME, route_prefix="/")
+        serve.run(bind_app(args, version=plan.version, loader=loader, plan=plan), name=APP_NAME,
+                  route_prefix="/")  # fmt: skip
     return probe(args.serving)
 
 

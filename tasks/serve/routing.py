@@ -63,6 +63,13 @@ class Plan:
             raise ValueError(f"a canary's share must be between 0 and 1, not {share}")
         return cls(version=version, candidate=int(candidate), mode=mode, share=share)
 
+    @classmethod
+    def of_rollout(cls, record: dict[str, Any]) -> Plan:
+        """The plan of a running rollout's record (`tasks.serve.rollout.Rollout`)."""
+        share = float(record["share"]) if record["mode"] == "canary" else 0.0
+        return cls(version=int(record["champion"]), candidate=int(record["candidate"]),
+                   mode=record["mode"], share=share)  # fmt: skip
+
     def to_config(self) -> dict[str, Any]:
         """The deployment's `user_config` (only `version` when there is no candidate, so the
         config of a plain swap stays what it always was)."""
