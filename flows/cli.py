@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flows import views
+from flows import connect, views
 from tasks.errors import DriftloopError, quiet_expected_failures
 from tasks.settings import (
     CONFIG_FILE,
@@ -170,9 +170,13 @@ def status(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) ->
         out["champion"] = {"model": model, "version": champion.version if champion else None}
         log_usage = traffic.usage(home=settings.home, model=model)
         out["log"] = log_usage.to_dict()
+        record = registry.read_rollout(root=settings.home, model=model)
+        out["rollout"] = views.rollout_json(record)
         if not as_json:
             typer.echo(views.serving_line(served))
             typer.echo(f"champion: {model} {views.v(champion.version if champion else None)}")
+            if record is not None:
+                typer.echo(views.rollout_line(record))
             typer.echo(f"prediction log and labels: {log_usage.describe()}")
     if as_json:
         typer.echo(json.dumps(out, indent=1))
@@ -183,7 +187,7 @@ def monitor(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) -
     """Run one monitoring pass now: drift, data and model quality of the recent traffic against
     the champion's training sample, and the retrain governor's decision (and why)."""
     settings = load_settings(config, check_source=False)
-    _connect_to_stack(settings)  # before Prefect is imported: it reads its settings once
+    connect.to_stack(settings)  # before Prefect is imported: it reads its settings once
     from tasks.monitor import champion_ref, verdict
 
     champion_ref(settings)  # fail in one line before a flow run starts: nothing to judge
@@ -225,7 +229,7 @@ def train(config: ConfigPath = Path(CONFIG_FILE)) -> None:
     # fail fast on a bad config file; the pipeline checks its columns against the data and the
     # champion's sample, so that a column the new data lost fails validation, not the config
     settings = load_settings(config, check_source=False)
-    _connect_to_stack(settings)
+    connect.to_stack(settings)
     from flows.training import training_pipeline
 
     summary = training_pipeline(config=str(config))
@@ -264,16 +268,26 @@ def models(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) ->
 @app.command()
 def deploy(
     config: ConfigPath = Path(CONFIG_FILE),
-    version: Annotated[int | None, typer.Option(help="The version to make champion.")] = None,
-    alias: Annotated[str | None, typer.Option(help="Make champion the version of this alias.")] = (
-        None
-    ),
+    version: Annotated[int | None, typer.Option(help="The version to serve.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Serve the version of this alias.")] = None,
+    canary: Annotated[
+        bool,
+        typer.Option(
+            help="Beside the champion, on rollout.share of requests, until judged (not at once)."
+        ),
+    ] = False,
+    shadow: Annotated[
+        bool, typer.Option(help="Beside the champion, on a copy of each request, until judged.")
+    ] = False,
 ) -> None:
-    """Make a version (or the version an alias points at) the champion."""
+    """Make a version (or an alias's) the champion, at once or as a judged canary or shadow
+    (`serving.rollout` when neither flag is given)."""
     from tasks import registry
 
     if (version is None) == (alias is None):
         raise Failure("give exactly one of --version N or --alias NAME")
+    if canary and shadow:
+        raise Failure("give at most one of --canary and --shadow")
     settings = load_settings(config, check_source=False)
     root, model = settings.home, settings.dataset.name
     try:
@@ -287,22 +301,38 @@ def deploy(
             f"the {model!r} registry under {settings.home} has no {asked}; "
             f"versions: {listed}; aliases: {names}"
         ) from None
-    change = registry.set_alias(
-        root=root, model=model, alias="champion", version=target, reason="driftloop deploy"
-    )
-    typer.echo(f"champion: {views.v(change.from_version)} -> {views.v(change.to_version)}")
-    _swap_served(settings, change.to_version)
+    policy = "canary" if canary else "shadow" if shadow else settings.serving.rollout
+    connect.to_served(settings)
+    if policy == "direct":
+        from tasks.serve import ServeArgs, rollout
+
+        previous = rollout.direct(ServeArgs.of(settings), version=target, reason="driftloop deploy")
+        typer.echo(f"champion: {views.v(previous)} -> {views.v(target)}")
+        _say_served(settings)
+        return
+    from flows.serving import rollout as rollout_flow
+
+    typer.echo(f"{policy} of v{target}: judged every {settings.rollout.check_seconds:g} s "
+               "until promoted or rolled back (Ctrl-C leaves it running)")  # fmt: skip
+    ended = rollout_flow(config=str(config), candidate=target, mode=policy,
+                         reason="driftloop deploy")  # fmt: skip
+    typer.echo(views.rollout_line(ended))
+    _say_served(settings)
 
 
 @app.command()
 def rollback(config: ConfigPath = Path(CONFIG_FILE)) -> None:
-    """Give the champion alias back to the previous champion."""
-    from tasks import registry
+    """End a running canary or shadow, else give the champion alias back to the previous one."""
+    from flows.serving import rollback as rollback_flow
 
     settings = load_settings(config, check_source=False)
-    change = registry.rollback(root=settings.home, model=settings.dataset.name)
-    typer.echo(f"champion: {views.v(change.from_version)} -> {views.v(change.to_version)}")
-    _swap_served(settings, change.to_version)
+    connect.to_served(settings)
+    ended = rollback_flow(config=str(config))
+    if "mode" in ended:
+        typer.echo(views.rollout_line(ended))
+    else:
+        typer.echo(f"champion: {views.v(ended['previous'])} -> {views.v(ended['champion'])}")
+    _say_served(settings)
 
 
 @app.command()
@@ -382,7 +412,7 @@ def _serve_champion(config: Path, *, echo: bool) -> dict[str, Any] | None:
     settings = load_settings(config, check_source=False)
     from tasks import serve
 
-    _connect_to_stack(settings)
+    connect.to_stack(settings)
     served = serve.start_champion(settings)
     if echo:
         typer.echo(views.serving_line(served))
@@ -397,7 +427,7 @@ def _run_deployments(config: Path, ports: StackConfig, *, echo: bool) -> dict[st
     settings = load_settings(config, check_source=False)
     from tasks import stack
 
-    _connect_to_stack(settings)  # it inherits this process's Prefect and Ray addresses
+    connect.to_stack(settings)  # it inherits this process's Prefect and Ray addresses
     service = stack.deployments_service(config=config, port=ports.runner_port)
     runner = stack.start(home=stack.local_home(settings.home), services=[service])
     found = runner.services[service.name]
@@ -441,37 +471,12 @@ def _stop_serving(config: Path, home: Path) -> bool:
         return False
 
 
-def _swap_served(settings: Settings, version: int) -> None:
-    """`deploy`/`rollback`: a running Serve app switches to `version` in place."""
+def _say_served(settings: Settings) -> None:
     from tasks.serve.probe import probe
 
-    if not probe(settings.serving, model=settings.dataset.name).running:
-        return  # nothing serves: the next `driftloop up` serves the champion
-    from tasks import cluster, serve
-
-    _connect_to_stack(settings)
-    cluster.connect_ray()
-    served = serve.deploy_version(serve.ServeArgs.of(settings), ref=version)
-    if served is not None:
+    served = probe(settings.serving, model=settings.dataset.name)
+    if served.running:
         typer.echo(views.serving_line(served))
-
-
-def _connect_to_stack(settings: Settings) -> None:
-    """Point Prefect and Ray at the local stack when `driftloop up` runs it (see `stack.use`).
-
-    Prefect reads its settings once, when it is first imported: a command that imported it
-    before this call would run its flows on a temporary server of its own, and its events would
-    reach no automation. That mistake fails here, loudly, instead of silently."""
-    from tasks import stack
-
-    if not settings.home_is_local:  # an object-store home has no local stack
-        return
-    done = stack.use(home=stack.local_home(settings.home))
-    if "PREFECT_API_URL" in done and "prefect.settings" in sys.modules:
-        from prefect.settings import get_current_settings
-
-        if get_current_settings().api.url != done["PREFECT_API_URL"]:
-            raise RuntimeError("Prefect was imported before _connect_to_stack: connect first")
 
 
 def main() -> None:

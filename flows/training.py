@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.naming import run_name
+from flows.serving import rollout
 from tasks import data, events, files, registry, traffic, validation
 from tasks.errors import quiet_expected_failures
 from tasks.evaluate import Training, judge_task, promote_task
@@ -147,6 +148,7 @@ def training_pipeline(
         root=settings.home,
         model_dir=str(result.model_dir),
         model_dir_is_temporary=result.model_dir_is_temporary,  # removed once registered
+        staged=settings.serving.rollout != "direct",
         metadata={
             **({"recency": rows.recency.to_dict()} if rows.recency else {}),
             **(metadata or {}),
@@ -168,14 +170,20 @@ def training_pipeline(
             ),
         },
     )
+    promoted, reason = promotion.promoted, promotion.reason
     if promotion.promoted:  # where the Serve app runs on this Ray, it serves the new champion
         serve_champion(settings=settings, version=promotion.version)
+    elif promotion.staged:  # beside the champion on live traffic until judged (flows/serving)
+        ended = rollout(config=config, candidate=promotion.version, mode=settings.serving.rollout,
+                        reason=f"retrained v{promotion.version} passed the gate")  # fmt: skip
+        promoted = ended["status"] == "promoted"
+        reason = f"{ended['mode']}: {str(ended['status']).replace('_', ' ')}: {ended['reason']}"
     return {
         "model": ds.name,
-        "decision": "promoted" if promotion.promoted else "rejected",
+        "decision": "promoted" if promoted else "rejected",
         "version": promotion.version,
-        "champion": promotion.version if promotion.promoted else promotion.previous,
-        "reason": promotion.reason,
+        "champion": promotion.version if promoted else promotion.previous,
+        "reason": reason,
         "decided_on": decision.basis,
         decision.primary_metric: round(decision.challenger_value, 4),
         "champion_" + decision.primary_metric: decision.champion_value,

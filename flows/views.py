@@ -119,3 +119,20 @@ monitoring:              # tuned for the demo; the README lists the defaults
   windows_considered: 1
   cooldown_hours: 0.1    # the demo can run again after 6 minutes (default: 24 hours)
 """
+
+
+def rollout_json(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`status --json`'s `rollout` block: the running rollout, or the last one's outcome."""
+    if record is None:
+        return None
+    keep = ("mode", "champion", "candidate", "share", "status", "reason", "started_at", "ended_at")
+    judged = record.get("evidence") or {}
+    return {**{k: record.get(k) for k in keep}, "running": record.get("status") == "running",
+            "decision": judged.get("decision"), "basis": judged.get("basis")}  # fmt: skip
+
+
+def rollout_line(record: dict[str, Any]) -> str:
+    """One line: a rollout running, or how the last one ended and why."""
+    from tasks.serve.routing import describe
+
+    return f"rollout: {describe(record)}"

@@ -29,9 +29,12 @@ MODEL_REJECTED = "driftloop.model.rejected"
 VALIDATION_FAILED = "driftloop.validation.failed"
 # the governor learned that a retraining it asked for was rejected or failed
 RETRAIN_NEEDS_ATTENTION = "driftloop.retrain.needs_attention"
+# a shadow or canary candidate's judgement on live traffic ended its rollout
+ROLLOUT_PROMOTED = "driftloop.rollout.promoted"
+ROLLOUT_ROLLED_BACK = "driftloop.rollout.rolled_back"
 EVENTS: frozenset[str] = frozenset(
     {DRIFT_DETECTED, RETRAIN_REQUESTED, MODEL_PROMOTED, MODEL_REJECTED, VALIDATION_FAILED,
-     RETRAIN_NEEDS_ATTENTION}
+     RETRAIN_NEEDS_ATTENTION, ROLLOUT_PROMOTED, ROLLOUT_ROLLED_BACK}
 )  # fmt: skip
 
 

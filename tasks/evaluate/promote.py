@@ -259,6 +259,7 @@ class Promotion:
     promoted: bool
     previous: int | None  # the champion before
     reason: str
+    staged: bool = False  # passed the gate, to be judged on live traffic (shadow or canary) first
 
 
 @task(name="promote-model", cache_policy=NO_CACHE)
@@ -274,8 +275,10 @@ def promote_task(
     extra_files: Mapping[str, str | bytes] | None = None,
     model_dir_is_temporary: bool = False,
     holdout: EvaluationReport | None = None,
+    staged: bool = False,
 ) -> Promotion:
-    """Register the challenger with its decision; make it champion when the gate passed.
+    """Register the challenger with its decision; make it champion when the gate passed (with
+    `staged` and a champion to judge it beside, it is left to a rollout on live traffic).
 
     Every candidate becomes a registry version (weights, evaluation, gate table, card), so a
     rejection is kept with its reasons and a person can still deploy it by hand. `report` is
@@ -302,7 +305,7 @@ def promote_task(
                 **({"holdout_metrics": holdout.to_dict()["metrics"]} if holdout else {}),
                 **(metadata or {}),
             },
-            extra_files=extra_files or {}, holdout=holdout,
+            extra_files=extra_files or {}, holdout=holdout, staged=staged,
         )  # fmt: skip
     finally:
         if model_dir_is_temporary:  # the registry holds its copy now
@@ -319,6 +322,7 @@ def _promote(
     metadata: Mapping[str, Any],
     extra_files: Mapping[str, str | bytes],
     holdout: EvaluationReport | None = None,
+    staged: bool = False,
 ) -> Promotion:
     model, previous = dataset.name, decision.champion_version
 
@@ -350,6 +354,11 @@ def _promote(
     reason = decision.summary() + (f"; {advice}" if advice else "")
     promotion = Promotion(version=version, promoted=False, previous=previous,
                           reason=reason)  # fmt: skip
+    if decision.promote and staged and previous is not None:
+        reason = f"passed the gate; judged on live traffic before it serves alone: {reason}"
+        promotion = replace(promotion, staged=True, reason=reason)
+        publish_card(card(version), model=model, description=f"{model} v{version}: to roll out")
+        return promotion
     if decision.promote:
         try:
             registry.set_alias(

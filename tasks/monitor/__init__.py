@@ -26,7 +26,9 @@ The package, bottom up (each module imports only those above it in this list):
 - `reports`: the pass's result, its reports, Prefect artifacts and events;
 - `feedback`: a retraining's labelled production rows, checked, split for training, choosing
   the weighting and the gate;
-- `prefect_tasks`: the pass's and the retraining's steps as Prefect tasks (the flows wire them).
+- `canary`: a rollout's judgement on live traffic (operations, the metric at milestones, CBPE);
+- `prefect_tasks`: the pass's, the retraining's and a rollout's steps as Prefect tasks (the
+  flows wire them).
 This module is the face: import from `tasks.monitor`.
 """
 
@@ -48,12 +50,15 @@ from tasks.monitor.drift import ColumnDrift, DriftResult, detect_drift
 from tasks.monitor.feedback import LabelledRowsRejected, LabelledTraffic, labelled_traffic
 from tasks.monitor.governor import Decision, Signals, decide, govern
 from tasks.monitor.prefect_tasks import (
+    begin_rollout_task,
     champion_task,
     claim_task,
+    conclude_rollout_task,
     data_quality_task,
     drift_task,
     finish_task,
     govern_task,
+    judge_rollout_task,
     labelled_traffic_task,
     publish_task,
     quality_task,
@@ -85,11 +90,13 @@ __all__ = [
     "Signals",
     "State",
     "Window",
+    "begin_rollout_task",
     "champion_ref",
     "champion_task",
     "check_data",
     "check_rows",
     "claim_task",
+    "conclude_rollout_task",
     "data_quality_task",
     "decide",
     "detect_drift",
@@ -101,6 +108,7 @@ __all__ = [
     "govern",
     "govern_task",
     "judge_quality",
+    "judge_rollout_task",
     "labelled_traffic",
     "labelled_traffic_task",
     "latest",

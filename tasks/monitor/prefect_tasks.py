@@ -12,21 +12,27 @@ from __future__ import annotations
 import socket
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import files, registry, traffic, validation
-from tasks.monitor import checks, governor, reports, requests
+from tasks import artifacts, events, files, registry, traffic, validation
+from tasks.evaluate import primary_metric
+from tasks.monitor import canary, checks, governor, reports, requests
 from tasks.monitor.drift import DriftResult, detect_drift
 from tasks.monitor.feedback import labelled_traffic
 from tasks.monitor.governor import Decision, Signals
 from tasks.monitor.quality import Quality
 from tasks.monitor.window import Window, read_window
+from tasks.serve.routing import Mode
 from tasks.settings import Settings
+
+if TYPE_CHECKING:  # Serve's app (and Ray) load only where a rollout runs
+    from tasks.serve import rollout
 
 
 @task(name="load-champion", cache_policy=NO_CACHE)
@@ -241,3 +247,67 @@ def _parquet(table: pa.Table, location: str) -> str:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return files.write_atomic(location, sink.getvalue().to_pybytes())
+
+
+# A rollout's judgement on live traffic (flows/serving.py) ---------------------------------------
+
+
+@task(name="begin-rollout", cache_policy=NO_CACHE)
+def begin_rollout_task(
+    settings: Settings, *, candidate: int, mode: Mode, reason: str
+) -> rollout.Rollout:
+    """The candidate beside the champion (or the rollout of it already running: resumed)."""
+    from tasks.serve import ServeArgs, rollout
+
+    args = ServeArgs.of(settings)
+    now = rollout.running(args)
+    if now is not None and now.candidate == candidate and now.mode == mode:
+        get_run_logger().info("resuming the %s", now.describe())
+        return now
+    started = rollout.begin(args, candidate=candidate, mode=mode, share=settings.rollout.share,
+                            reason=reason)  # fmt: skip
+    get_run_logger().info("began the %s", started.describe())
+    return started
+
+
+@task(name="judge-rollout", cache_policy=NO_CACHE)
+def judge_rollout_task(settings: Settings, state: rollout.Rollout) -> canary.Judgement:
+    """One judgement of the candidate against the champion on the rows since it began."""
+    ds = settings.dataset
+    found = canary.read_evidence(home=settings.home, model=ds.name, target=ds.target,
+                                 rollout=state)  # fmt: skip
+    verdict = canary.judge(found, config=settings.rollout,
+                           metric_name=primary_metric(ds.task, settings.gate),
+                           champion=state.champion, candidate=state.candidate)  # fmt: skip
+    get_run_logger().info("%s v%d: %s: %s", state.mode, state.candidate,
+                          verdict.decision.replace("_", " "), verdict.reason)  # fmt: skip
+    return verdict
+
+
+@task(name="conclude-rollout", cache_policy=NO_CACHE)
+def conclude_rollout_task(
+    settings: Settings, state: rollout.Rollout, *, promote: bool, reason: str,
+    verdict: canary.Judgement | None = None,
+) -> rollout.Rollout:  # fmt: skip
+    """Promote or roll back (the alias and the app together), then say so: a Prefect event
+    (`driftloop.rollout.promoted` / `rolled_back`) and an artifact with the evidence."""
+    from tasks.serve import ServeArgs, rollout
+
+    evidence = verdict.to_dict() if verdict is not None else {}
+    ended = rollout.conclude(ServeArgs.of(settings), state, promote=promote, reason=reason,
+                             evidence=evidence)  # fmt: skip
+    model = settings.dataset.name
+    table = verdict.markdown() if verdict is not None else f"**{ended.status}**: {reason}"
+    create_markdown_artifact(
+        markdown=f"# {model}: {ended.describe()}\n\n{table}\n",
+        key=artifacts.key("rollout", model),
+        description=f"{model}: {ended.describe()}",
+    )  # fmt: skip
+    name = events.ROLLOUT_PROMOTED if promote else events.ROLLOUT_ROLLED_BACK
+    events.emit(name, model=model, payload={
+        "mode": state.mode, "champion": state.champion, "candidate": state.candidate,
+        "share": state.share, "reason": reason, "started_at": state.started_at,
+        "ended_at": ended.ended_at, "judgement": evidence,
+    })  # fmt: skip
+    get_run_logger().info("%s", ended.describe())
+    return ended

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from tasks import registry
 from tasks.errors import DriftloopError
-from tasks.serve.app import ServeArgs
-from tasks.serve.routing import MODES, Mode, Plan
+from tasks.serve.app import ServeArgs, resolve_plan
+from tasks.serve.routing import MODES, Mode, Plan, describe
 
 Status = Literal["running", "promoted", "rolled_back"]
 CANDIDATE = "candidate"  # the alias of a rollout's candidate while it runs
@@ -60,11 +60,7 @@ class Rollout:
         return datetime.fromisoformat(self.started_at)
 
     def describe(self) -> str:
-        share = f" ({self.share:.0%} of requests)" if self.mode == "canary" else ""
-        head = f"{self.mode} of v{self.candidate}{share} beside v{self.champion}"
-        if self.status == "running":
-            return f"{head}, running since {self.started_at[:19]}Z"
-        return f"{head}: {self.status.replace('_', ' ')} ({self.reason})"
+        return describe(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,6 +160,11 @@ def conclude(
         raise RolloutError(str(exc)) from None
     _serve(args, Plan(version=rollout.candidate if promote else rollout.champion))
     return ended
+
+
+def serve_plan(args: ServeArgs) -> None:
+    """Swap the app to what the registry says it should serve now (`app.resolve_plan`)."""
+    _serve(args, resolve_plan(args))
 
 
 def _serve(args: ServeArgs, plan: Plan) -> None:

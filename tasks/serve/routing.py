@@ -83,6 +83,16 @@ class Plan:
         return [v for v in (self.version, self.candidate) if v is not None]
 
 
+def describe(record: dict[str, Any]) -> str:
+    """A rollout record in one line: running since when, or how it ended and why."""
+    share = f" ({record['share']:.0%} of requests)" if record.get("mode") == "canary" else ""
+    head = f"{record['mode']} of v{record['candidate']}{share} beside v{record['champion']}"
+    if record.get("status") == "running":
+        return f"{head}, running since {str(record.get('started_at'))[:19]}Z"
+    ended = str(record.get("status", "")).replace("_", " ")
+    return f"{head}: {ended} at {str(record.get('ended_at'))[:19]}Z ({record.get('reason')})"
+
+
 def in_canary(key: str | None, *, share: float) -> bool:
     """Whether the candidate answers: a stable hash of the client's key below `share` (the same
     key lands on the same model on every replica), a random draw where there is no key."""

@@ -162,7 +162,7 @@ def _describe(exc: ValidationError, path: Path | str) -> str:
         key = ".".join(str(part) for part in err["loc"])
         if err["type"] == "extra_forbidden":
             allowed = list(_section(err["loc"][:-1]).model_fields)
-            hint = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+            hint = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1, cutoff=0.7)
             why = f"unknown key{f' (did you mean {hint[0]!r}?)' if hint else ''}"
             lines.append(f"{key}: {why}; allowed: {', '.join(allowed)}")
         elif err["type"] == "missing":
