@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow
 
 from flows.naming import run_name
+from flows.serving import judge_running
 from tasks.errors import quiet_expected_failures
 from tasks.monitor import (
     MonitorResult,
@@ -73,6 +74,9 @@ def monitoring_pass(config: str = "driftloop.yaml", now: datetime | None = None)
 
     # Keep the log small: compact the days no writer touches, retire the old ones --------------
     found["upkeep"] = upkeep_task(settings, now=now)
+
+    # A rollout whose flow stopped (a restart) goes on: one judgement a pass ---------------------
+    found["rollout"] = judge_running(settings)
     return found
 
 

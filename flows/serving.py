@@ -61,12 +61,42 @@ def rollout(
         verdict = judge_rollout_task(settings, state)
         checks += 1
         if verdict.decision != "continue":
-            ended = conclude_rollout_task(settings, state, promote=verdict.decision == "promote",
-                                          reason=verdict.reason, verdict=verdict)  # fmt: skip
-            return _summary(ended.to_dict(), settings)
+            return _summary(_conclude(settings, state, verdict), settings)
         if max_checks is not None and checks >= max_checks:
             return _summary(state.to_dict(), settings)
         time.sleep(settings.rollout.check_seconds)
+
+
+def judge_running(settings: Settings) -> dict[str, Any] | None:
+    """One judgement of a running rollout, concluded when decided (the scheduled monitor calls
+    this: a rollout whose flow stopped with the stack goes on). None when none runs."""
+    from tasks.serve import ServeArgs
+    from tasks.serve import rollout as rollouts
+
+    state = rollouts.running(ServeArgs.of(settings))
+    if state is None:
+        return None
+    verdict = judge_rollout_task(settings, state)
+    record = (
+        state.to_dict() if verdict.decision == "continue" else _conclude(settings, state, verdict)
+    )
+    return {**_summary(record, settings), "judgement": verdict.reason}
+
+
+def _conclude(settings: Settings, state: Any, verdict: Any) -> dict[str, Any]:
+    """Promote or roll back as judged; the record as it ended (here, or elsewhere meanwhile:
+    the monitor and the rollout's own flow may both judge it, and one of them concludes)."""
+    from tasks.serve import ServeArgs
+    from tasks.serve import rollout as rollouts
+
+    try:
+        ended = conclude_rollout_task(settings, state, promote=verdict.decision == "promote",
+                                      reason=verdict.reason, verdict=verdict)  # fmt: skip
+    except rollouts.RolloutError as exc:
+        get_run_logger().info("the rollout ended elsewhere: %s", exc)
+        last = rollouts.last(ServeArgs.of(settings))
+        return last.to_dict() if last is not None else state.to_dict()
+    return ended.to_dict()
 
 
 @flow(name="rollback", flow_run_name=run_name("rollback"))
