@@ -279,6 +279,7 @@ def deploy(
     shadow: Annotated[
         bool, typer.Option(help="Beside the champion, on a copy of each request, until judged.")
     ] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Make a version (or an alias's) the champion, at once or as a judged canary or shadow
     (`serving.rollout` when neither flag is given)."""
@@ -307,32 +308,26 @@ def deploy(
         from tasks.serve import ServeArgs, rollout
 
         previous = rollout.direct(ServeArgs.of(settings), version=target, reason="driftloop deploy")
-        typer.echo(f"champion: {views.v(previous)} -> {views.v(target)}")
-        _say_served(settings)
-        return
-    from flows.serving import rollout as rollout_flow
+        ended: dict[str, Any] = {"model": model, "champion": target, "previous": previous}
+    else:
+        from flows.serving import rollout as rollout_flow
 
-    typer.echo(f"{policy} of v{target}: judged every {settings.rollout.check_seconds:g} s "
-               "until promoted or rolled back (Ctrl-C leaves it running)")  # fmt: skip
-    ended = rollout_flow(config=str(config), candidate=target, mode=policy,
-                         reason="driftloop deploy")  # fmt: skip
-    typer.echo(views.rollout_line(ended))
-    _say_served(settings)
+        if not as_json:
+            typer.echo(f"{policy} of v{target}: judged every {settings.rollout.check_seconds:g} s "
+                       "until promoted or rolled back (Ctrl-C leaves it running)")  # fmt: skip
+        ended = rollout_flow(config=str(config), candidate=target, mode=policy,
+                             reason="driftloop deploy")  # fmt: skip
+    _said(settings, ended, as_json=as_json)
 
 
 @app.command()
-def rollback(config: ConfigPath = Path(CONFIG_FILE)) -> None:
+def rollback(config: ConfigPath = Path(CONFIG_FILE), as_json: JsonFlag = False) -> None:
     """End a running canary or shadow, else give the champion alias back to the previous one."""
     from flows.serving import rollback as rollback_flow
 
     settings = load_settings(config, check_source=False)
     connect.to_served(settings)
-    ended = rollback_flow(config=str(config))
-    if "mode" in ended:
-        typer.echo(views.rollout_line(ended))
-    else:
-        typer.echo(f"champion: {views.v(ended['previous'])} -> {views.v(ended['champion'])}")
-    _say_served(settings)
+    _said(settings, rollback_flow(config=str(config)), as_json=as_json)
 
 
 @app.command()
@@ -471,9 +466,17 @@ def _stop_serving(config: Path, home: Path) -> bool:
         return False
 
 
-def _say_served(settings: Settings) -> None:
+def _said(settings: Settings, ended: dict[str, Any], *, as_json: bool) -> None:
+    """What a deploy or a rollback did: JSON, or its line and what serves now."""
     from tasks.serve.probe import probe
 
+    if as_json:
+        typer.echo(json.dumps(ended))
+        return
+    if "mode" in ended:
+        typer.echo(views.rollout_line(ended))
+    else:
+        typer.echo(f"champion: {views.v(ended['previous'])} -> {views.v(ended['champion'])}")
     served = probe(settings.serving, model=settings.dataset.name)
     if served.running:
         typer.echo(views.serving_line(served))

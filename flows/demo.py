@@ -8,8 +8,11 @@ One line per stage, a progress bar where the work is long, a summary table at th
 3. serve: the champion on Ray Serve, HTTP on 127.0.0.1;
 4. clean traffic, then the monitor deployment: no drift, no retraining;
 5. drifted traffic with its feedback labels, then the monitor: the governor asks for a retrain;
-6. retraining: the trigger starts it by itself while traffic keeps flowing; the new champion
-   (or, rejected, the old one) answers, and no request failed.
+6. retraining: the trigger starts it by itself while labelled traffic keeps flowing; past the
+   gate, the new version is a canary (30% of requests) until the judgement on live labels
+   promotes it (or, rejected, the old one answers), and no request failed;
+7. a canary of v1, the old world's model (`driftloop deploy --version 1 --canary`): rolled
+   back by itself as soon as it is worse with confidence, no request failed.
 Everything heavy runs where a user's runs run (the stack's runner executes the deployments), so
 the libraries' logs land in files under `<home>/logs/`, named at the end. The stack keeps running
 so the Prefect UI shows the story; `driftloop down` stops it.
@@ -52,6 +55,7 @@ def run(*, config: Path, settings: Settings, console: Console) -> dict[str, Any]
     watch_clean_traffic(demo)
     request = watch_drifted_traffic(demo)
     retrain_by_itself(demo, request)
+    canary_of_the_old_world(demo)
     demo.facts["total_s"] = round(time.monotonic() - started, 1)
     summarize(demo)
     return summary(demo)
@@ -223,6 +227,34 @@ def retrain_by_itself(demo: Demo, request_id: str) -> None:
         )
 
 
+def canary_of_the_old_world(demo: Demo) -> None:
+    """`driftloop deploy --version 1 --canary`: the first version, which the world left behind,
+    answers a share of the labelled traffic beside the new champion, and is rolled back by
+    itself as soon as it is worse with confidence; no request fails."""
+    first = int(demo.facts["first"])
+    with demo.stage(f"canary of v{first}, the old world's model") as stage:
+        stop, during = threading.Event(), Traffic()
+        clients = threading.Thread(target=_keep_sending, args=(demo, during, stop), daemon=True)
+        clients.start()
+        try:
+            ended = _driftloop(demo, "deploy", "--version", str(first), "--canary", "--json")
+        finally:
+            stop.set()
+            clients.join(timeout=30)
+        demo.traffic.answered += during.answered
+        demo.traffic.failed += during.failed
+        demo.facts["canary"] = {**ended, "answered": during.answered, "failed": during.failed,
+                                "versions": sorted(during.versions)}  # fmt: skip
+        if ended["status"] != "rolled_back":
+            raise DemoFailed(f"canary of v{first}: {ended['status']}, not rolled back: "
+                             f"{ended['reason']}")  # fmt: skip
+        if during.failed:
+            raise DemoFailed(f"canary of v{first}: {during.failed} requests failed")
+        stage.outcome = (f"rolled back by itself: {ended['reason']}; {during.answered:,} requests "
+                         f"during it, 0 failed, versions "
+                         f"{', '.join(f'v{v}' for v in sorted(during.versions))}")  # fmt: skip
+
+
 NEW_WORLD_ROWS = 5_000
 
 
@@ -383,14 +415,19 @@ def _send(demo: Demo, batch: pa.Table, *, label: str, feedback: bool) -> int:
 
 
 def _keep_sending(demo: Demo, seen: Traffic, stop: threading.Event) -> None:
-    """A client that keeps asking (10 records a time) while the model is retrained and swapped."""
-    batch = synthetic.generate(rows=500, seed=303, task=demo.settings.dataset.task)
-    records = _features(demo, batch)
+    """A client that keeps asking (10 records a time) while the model is retrained, rolled out
+    and swapped, and sends each answer's label back: a canary is judged on them."""
+    task, target = demo.settings.dataset.task, demo.settings.dataset.target
+    batch = synthetic.generate(rows=5_000, seed=303, task=task, scenario="concept_drift")
+    records, labels = _features(demo, batch), batch[target].to_pylist()
     with Client(demo.settings.serving, seen=seen) as api:
         for i in itertools.count():
-            if stop.wait(0.2):
+            if stop.wait(0.1):
                 return
-            api.predict(records[i % 50 * 10 : i % 50 * 10 + 10])
+            at = i % 500 * 10
+            answered = api.predict(records[at : at + 10])
+            if answered:
+                api.feedback(answered, labels[at : at + 10])
 
 
 def _wait_until_served(demo: Demo, version: int | None) -> None:

@@ -81,6 +81,7 @@ def test_the_demo_closes_the_loop_retraining_by_itself_with_no_request_failed(
     assert [s["stage"].split(":")[0] for s in found["stages"]] == [
         "stack", "train", "serve", "clean traffic, then the monitor",
         "drifted traffic with feedback labels, then the monitor", "retraining",
+        "canary of v1, the old world's model",
     ]  # fmt: skip
     assert found["first"] == 1
     assert found["monitor"]["clean"]["decision"] == "hold"
@@ -88,7 +89,7 @@ def test_the_demo_closes_the_loop_retraining_by_itself_with_no_request_failed(
     assert found["retraining_state"] == "COMPLETED"
     assert found["retrained"] == 2
     # the source file never changed: the labelled traffic alone taught v2 the new world
-    assert found["promoted"] is True, (found["gate"], found["stages"][-1])
+    assert found["promoted"] is True, (found["gate"], found["stages"][5])
     assert found["served"] == 2
     world = found["new_world"]
     assert world["v2"] - world["v1"] > 0.3, world
@@ -101,6 +102,17 @@ def test_the_demo_closes_the_loop_retraining_by_itself_with_no_request_failed(
     assert during["answered"] > 0
     assert during["failed"] == 0
     assert found["traffic"]["failed"] == 0
+    # past the gate, v2 answered a canary's share of the labelled traffic before it served alone
+    moves = registry.history(root=str(home), model="churn")
+    promoted = [m for m in moves if m.alias == "champion" and m.to_version == 2]
+    assert [m.reason.split(":")[0] for m in promoted] == ["canary promoted"], moves
+    # the old world's model as a canary: rolled back by itself, no request failed
+    canary = found["canary"]
+    assert canary["status"] == "rolled_back", canary
+    assert "worse than the champion with confidence" in canary["reason"]
+    assert canary["failed"] == 0
+    assert canary["versions"] == [1, 2]  # v1 did answer its share, then v2 alone
+    assert registry.champion(root=str(home), model="churn").version == 2  # type: ignore[union-attr]
 
     # The retraining was created by the automation, not by the demo
     runs = api(
@@ -111,7 +123,8 @@ def test_the_demo_closes_the_loop_retraining_by_itself_with_no_request_failed(
 
     # What a person read: one line per stage, the summary table, the URLs, where the logs are
     told = demo_run.done.stderr
-    for line in ("▶ stack", "▶ train", "▶ retraining", "driftloop demo", "churn: versions"):
+    for line in ("▶ stack", "▶ train", "▶ retraining", "▶ canary of v1", "driftloop demo",
+                 "churn: versions"):  # fmt: skip
         assert line in told, told[-3000:]
     assert f"Prefect UI:     {demo_run.ui}" in told
     assert "Traceback" not in told
