@@ -98,7 +98,7 @@ def example_yaml(dataset_yaml: str, *, demo: bool = False) -> str:
         "# Environment variables override any key: DRIFTLOOP_TRAINING__EPOCHS=5\n"
         + dataset_yaml
         + "training:\n  epochs: 10\n  num_workers: 2\n  use_gpu: auto\n"
-        + (DEMO_MONITORING if demo else "")
+        + (DEMO_MONITORING + DEMO_ROLLOUT if demo else "")
     )
 
 
@@ -118,6 +118,17 @@ monitoring:              # tuned for the demo; the README lists the defaults
   windows_needed: 1      # one window with the signal is enough (default: 2 of the last 3)
   windows_considered: 1
   cooldown_hours: 0.1    # the demo can run again after 6 minutes (default: 24 hours)
+"""
+
+
+# `driftloop demo`: a retrained champion is a canary first, judged on a few labelled rows
+DEMO_ROLLOUT = """\
+serving:
+  rollout: canary        # a new champion answers a share of requests until judged (default: direct)
+rollout:                 # tuned for the demo; the README lists the defaults
+  share: 0.3
+  min_rows: 100          # labelled rows of each model before the metric judges (default: 200)
+  check_seconds: 2
 """
 
 

@@ -28,7 +28,6 @@ from tasks.serve.app import ServeArgs, resolve_plan
 from tasks.serve.routing import MODES, Mode, Plan, describe
 
 Status = Literal["running", "promoted", "rolled_back"]
-CANDIDATE = "candidate"  # the alias of a rollout's candidate while it runs
 
 
 class RolloutError(DriftloopError):
@@ -46,8 +45,9 @@ class Rollout:
     candidate: int
     share: float
     started_at: str
+    started_by: str = ""  # why it began: "driftloop deploy", a retraining's version
     status: Status = "running"
-    reason: str | None = None
+    reason: str | None = None  # why it ended
     ended_at: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)  # the judgement that ended it
 
@@ -114,7 +114,8 @@ def begin(
         raise RolloutError(f"{args.model}: v{candidate} is the champion already")
     registry.find(root=args.home, model=args.model, ref=candidate)  # an unknown one: refused
     rollout = Rollout(id=uuid.uuid4().hex, model=args.model, mode=mode, champion=champion.version,
-                      candidate=candidate, share=share, started_at=_now())  # fmt: skip
+                      candidate=candidate, share=share, started_at=_now(),
+                      started_by=reason)  # fmt: skip
     try:
         registry.write_rollout(root=args.home, model=args.model, record=rollout.to_dict(),
                                running=None)  # fmt: skip
@@ -122,8 +123,6 @@ def begin(
         now = running(args)
         shown = now.describe() if now else "another rollout"
         raise RolloutError(f"{args.model}: a {shown}; one rollout at a time") from None
-    registry.set_alias(root=args.home, model=args.model, alias=CANDIDATE, version=candidate,
-                       reason=f"{mode}: {reason}")  # fmt: skip
     try:
         _serve(args, rollout.plan)
     except Exception as exc:  # the candidate never served: the rollout ends here
