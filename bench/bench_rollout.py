@@ -86,11 +86,18 @@ def serving(home: str, *, reps: int, seconds: float) -> dict[str, Any]:
             for arm, (_, url) in servers.items():
                 runs[arm]["c32"].append(load(f"{url}/predict", one, clients=32, seconds=seconds))
                 runs[arm]["c1"].append(load(f"{url}/predict", one, clients=1, seconds=seconds))
+        import httpx
+
+        health = httpx.get(f"{servers['shadow'][1]}/healthz", timeout=10).json()
+        shadowed = health["rollout"]["shadow"]  # every copy scored, or dropped and counted
     finally:
         for process, _ in servers.values():
             process.terminate()
             process.wait(timeout=30)
-    return {arm: {k: _medians(rs) for k, rs in kinds.items()} for arm, kinds in runs.items()}
+    out: dict[str, Any] = {arm: {k: _medians(rs) for k, rs in kinds.items()}
+                           for arm, kinds in runs.items()}  # fmt: skip
+    out["shadow_copies"] = shadowed
+    return out
 
 
 def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -179,6 +186,7 @@ def main() -> None:
                 statistics.median(known) if known else float("nan")
             )
     path = started.write(rows, details=out, echo=options.json)
+    print(f"shadow copies: {out['serving']['shadow_copies']}")
     for arm in ARMS:
         for key, m in out["serving"][arm].items():
             print(f"{arm:8s} {key:4s} {m['requests_per_s']:8.1f} req/s  p50 {m['p50_ms']:7.2f} ms"

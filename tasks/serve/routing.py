@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -158,21 +158,31 @@ class ShadowCounts:
 
 @dataclass(frozen=True)
 class Copy:
-    """One answered request, for the shadow to score: its body and the ids it was answered under."""
+    """One answered request for the shadow to score: its validated columns where the candidate
+    takes the champion's features (else its body, validated again by the candidate), and the
+    ids it was answered under."""
 
-    score: Callable[[bytes, list[str], float], traffic.Answered]
-    body: bytes
+    candidate: Any  # the candidate's `service.Loaded`
     request_ids: list[str]
-    version: int
-    queued_at: float = field(default_factory=time.perf_counter)
+    columns: dict[str, list[Any]] | None
+    body: bytes = b""
+
+
+# Scores copies: merged columns of one candidate -> the shadow log's rows for all their ids
+Scorer = Callable[[Any, dict[str, list[Any]], list[str], float], traffic.Answered]
 
 
 class Shadow:
     """A thread that scores copies of answered requests on the candidate and logs its outputs
-    in the shadow log; `submit` never waits (a full queue drops the copy, counted)."""
+    in the shadow log; `submit` never waits (a full queue drops the copy, counted). Copies that
+    wait together are scored together: one forward pass and one log line for all of them."""
 
-    def __init__(self, log_: PredictionLog, failures: Failures, *, maxsize: int = 256) -> None:
-        self.log, self.failures = log_, failures
+    def __init__(
+        self, log_: PredictionLog, failures: Failures, *, score: Scorer, maxsize: int = 1024,
+        batch: int = 256, pause_s: float = 0.02,
+    ) -> None:  # fmt: skip
+        self.log, self.failures, self.score, self.batch = log_, failures, score, batch
+        self.pause_s = pause_s
         self.counts = ShadowCounts()
         self._queue: queue.Queue[Copy | None] = queue.Queue(maxsize=maxsize)
         self._thread = threading.Thread(target=self._run, name="driftloop-shadow", daemon=True)
@@ -198,17 +208,52 @@ class Shadow:
         self.log.close()
 
     def _run(self) -> None:
-        while (copy := self._queue.get()) is not None:
+        while (first := self._queue.get()) is not None:
+            copies, stop = [first], False
+            while len(copies) < self.batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                copies.append(more)
             try:
-                started = time.perf_counter()
-                answered = copy.score(copy.body, copy.request_ids, started)
-                self.log.add(answered)
-                self.counts.scored += 1
-            except Exception as exc:
-                self.counts.failed += 1
-                self.failures.add(version=copy.version, mode="shadow",
-                                  rows=len(copy.request_ids), error=exc)  # fmt: skip
-                log.warning("shadow v%d failed on a request: %s", copy.version, exc)
+                self._score(copies)
             finally:
-                self._queue.task_done()
+                for _ in copies:
+                    self._queue.task_done()
+            if stop:
+                break
+            time.sleep(self.pause_s)  # let copies gather: fewer, larger batches, less GIL churn
         self._queue.task_done()
+
+    def _score(self, copies: list[Copy]) -> None:
+        candidate = copies[0].candidate
+        started = time.perf_counter()
+        merged: dict[str, list[Any]] = {}
+        ids: list[str] = []
+        for copy in copies:
+            try:
+                columns = copy.columns or candidate.schemas.records(copy.body)
+            except Exception as exc:  # the candidate refuses what the champion took
+                self._failed(copy, exc)
+                continue
+            for name, values in columns.items():
+                merged.setdefault(name, []).extend(values)
+            ids += copy.request_ids
+        if not ids:
+            return
+        try:
+            self.log.add(self.score(candidate, merged, ids, started))
+            self.counts.scored += len(copies)
+        except Exception as exc:
+            for copy in copies:
+                self._failed(copy, exc)
+
+    def _failed(self, copy: Copy, exc: BaseException) -> None:
+        self.counts.failed += 1
+        self.failures.add(version=copy.candidate.version, mode="shadow",
+                          rows=len(copy.request_ids), error=exc)  # fmt: skip
+        log.warning("shadow v%d failed on a request: %s", copy.candidate.version, exc)

@@ -12,7 +12,6 @@ the version that produced it (in the body and in `X-Model-Version`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import logging
 import os
@@ -131,7 +130,7 @@ class Service:
         if plan.mode == "shadow" and self.shadow is None:
             shadow_log = PredictionLog(home=self.home, model=self.model, serving=self.serving,
                                        kind="shadow")  # fmt: skip
-            self.shadow = Shadow(shadow_log, self.failures)
+            self.shadow = Shadow(shadow_log, self.failures, score=self._scored)
         elif plan.mode != "shadow" and self.shadow is not None:
             self.shadow.close()
             self.shadow = None
@@ -152,26 +151,32 @@ class Service:
         loaded, candidate, plan = self.require(), self.candidate, self.plan
         if candidate is not None and plan.mode == "canary" and in_canary(key, share=plan.share):
             try:
-                return await self._answer(candidate, body, started)
+                return (await self._answer(candidate, body, started))[0]
             except BadRequest as exc:
                 if exc.status == 503:  # the log, not the candidate: no answer may leave
                     raise
                 failure: Exception = exc
             except Exception as exc:  # the champion answers; the candidate's failure is noted
                 failure = exc
-            answer = await self._answer(loaded, body, started)  # a bad request raises here
+            answer = (await self._answer(loaded, body, started))[0]  # a bad request raises here
             self.failures.add(version=candidate.version, mode="canary",
                               rows=len(answer["predictions"]), error=failure)  # fmt: skip
             return answer
-        answer = await self._answer(loaded, body, started)
+        answer, columns = await self._answer(loaded, body, started)
         if candidate is not None and plan.mode == "shadow" and self.shadow is not None:
             ids = [p["request_id"] for p in answer["predictions"]]
-            self.shadow.submit(Copy(score=functools.partial(self._scored, candidate), body=body,
-                                    request_ids=ids, version=candidate.version))  # fmt: skip
+            same = (candidate.schemas.numeric, candidate.schemas.categorical) == (
+                loaded.schemas.numeric, loaded.schemas.categorical)  # fmt: skip
+            self.shadow.submit(Copy(candidate=candidate, request_ids=ids,
+                                    columns=columns if same else None,
+                                    body=b"" if same else body))  # fmt: skip
         return answer
 
-    async def _answer(self, loaded: Loaded, body: bytes, started: float) -> dict[str, Any]:
-        """`loaded` answers the body: validated, scored, logged, then the answer."""
+    async def _answer(
+        self, loaded: Loaded, body: bytes, started: float
+    ) -> tuple[dict[str, Any], Columns]:
+        """`loaded` answers the body: validated, scored, logged, then the answer (and the
+        validated columns, for a shadow to reuse)."""
         columns = loaded.schemas.records(body)
         out = await self.score(loaded, columns)
         ids = traffic.new_request_ids(len(out))
@@ -180,14 +185,16 @@ class Service:
             self.log.add(_answered(loaded, columns, out, ids, started))
         except LogUnavailable as exc:
             raise BadRequest(503, str(exc)) from None
-        return {"model": self.model, "version": loaded.version, "predictions": answers}
+        return {"model": self.model, "version": loaded.version, "predictions": answers}, columns
 
     @staticmethod
-    def _scored(loaded: Loaded, body: bytes, ids: list[str], started: float) -> traffic.Answered:
-        """The shadow's rows: `loaded` on a copy of an answered request, under its ids."""
-        columns = loaded.schemas.records(body)
+    def _scored(
+        loaded: Loaded, columns: Columns, ids: list[str], started: float
+    ) -> traffic.Answered:
+        """The shadow's rows: `loaded` on copies of answered requests, under their ids."""
         out = loaded.scorer.score_columns(columns)
-        return _answered(loaded, columns, out, ids, started)
+        # no features: the prediction log holds them under the same ids
+        return _answered(loaded, columns, out, ids, started, features=False)
 
     def feedback(self, body: bytes) -> dict[str, Any]:
         """Take labels for earlier request ids: the known ones are stored, the unknown ones listed
@@ -263,16 +270,17 @@ class Service:
 
 
 def _answered(
-    loaded: Loaded, columns: Columns, out: Any, ids: list[str], started: float
-) -> traffic.Answered:
+    loaded: Loaded, columns: Columns, out: Any, ids: list[str], started: float, *,
+    features: bool = True,
+) -> traffic.Answered:  # fmt: skip
     """A request's rows for the log: its ids, version, validated features and outputs."""
     scorer, schemas = loaded.scorer, loaded.schemas
     classes = scorer.classes
     return Answered(
         request_ids=ids,
         version=scorer.version,
-        features=columns,
-        types=schemas.feature_types(),
+        features=columns if features else {},
+        types=schemas.feature_types() if features else {},
         predictions=scorer.predictions(out),
         prediction_type=schemas.label_type(),
         probabilities=None
