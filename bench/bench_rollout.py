@@ -35,8 +35,9 @@ from common import Row, Run, judge
 
 from tasks import registry, traffic
 from tasks.model import ModelSpec, TabularMLP, load_model, save_model
-from tasks.monitor.canary import Evidence, milestones
 from tasks.monitor.canary import judge as judge_rollout
+from tasks.monitor.canary import milestones
+from tasks.monitor.evidence import Evidence
 from tasks.settings import RolloutConfig, ServingConfig, TrainingConfig
 
 ARMS = ("direct", "canary", "shadow")

@@ -3,13 +3,15 @@ that is not worse, roll back one that is, wait while undecided, and judge each m
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pyarrow as pa
 
 from tasks import traffic
-from tasks.monitor.canary import Evidence, Judgement, judge, milestones
+from tasks.monitor.canary import Judgement, judge, milestones
+from tasks.monitor.evidence import Evidence
 from tasks.settings import RolloutConfig
 
 START = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -137,3 +139,42 @@ def test_undecided_when_the_rows_run_out_is_rolled_back() -> None:
     assert verdict.low is not None
     assert verdict.high is not None
     assert verdict.low < 0 < CONFIG.tolerance < verdict.high
+
+
+def sliced(n: int, *, version: int, skills: dict[str, float], seed: int) -> pa.Table:
+    """`rows` in two values of a slice column, each with its own skill."""
+    parts = []
+    for i, (value, skill) in enumerate(skills.items()):
+        part = rows(n // 2, version=version, skill=skill, seed=seed * 10 + i)
+        parts.append(part.append_column("contract", pa.array([value] * part.num_rows)))
+    return pa.concat_tables(parts).sort_by(traffic.PREDICTED_AT)
+
+
+def test_a_candidate_not_worse_overall_waits_while_a_slice_loses_too_much() -> None:
+    champion = sliced(3_600, version=1, skills={"x": 1.0, "y": 1.0}, seed=1)
+    candidate = sliced(800, version=2, skills={"x": 3.0, "y": 0.7}, seed=2)  # y: worse
+    found = replace(evidence(champion, candidate), slices=("contract",))
+    args = {"config": CONFIG, "metric_name": "roc_auc", "champion": 1, "candidate": 2,
+            "now": START + timedelta(minutes=1), "min_slice_rows": 200}  # fmt: skip
+    lenient = judge(found, **args, max_slice_regression=0.05)  # type: ignore[arg-type]
+    assert lenient.decision == "promote", lenient.reason
+    strict = judge(found, **args, max_slice_regression=0.02)  # type: ignore[arg-type]
+    assert strict.decision == "continue"
+    assert strict.reason.endswith("but slice contract=y loses 2.46% (> 2.00%)")
+    verdicts = {r["rule"]: r["verdict"] for r in strict.rules if r["rule"].startswith("slice")}
+    assert verdicts == {"slice contract=x": "passed", "slice contract=y": "failed"}
+
+
+def test_a_shadow_reports_how_often_the_two_models_agree() -> None:
+    champion = rows(400, version=1, skill=1.0, seed=1)
+    same = champion.set_column(2, traffic.MODEL_VERSION, pa.array(np.full(400, 2, np.int64)))
+    flipped = same.set_column(
+        same.column_names.index(traffic.PREDICTION), traffic.PREDICTION,
+        pa.array(np.r_[1 - same[traffic.PREDICTION].to_numpy()[:100],
+                       same[traffic.PREDICTION].to_numpy()[100:]]),
+    )  # fmt: skip
+    found = Evidence(mode="shadow", champion=champion, candidate=flipped, failures=0,
+                     started=START, target="y", classes=["0", "1"])  # fmt: skip
+    verdict = decide(found)
+    assert verdict.agreement == 0.75
+    assert "| agreement with the champion | – | 75.00% |" in verdict.markdown()

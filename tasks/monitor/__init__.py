@@ -26,7 +26,9 @@ The package, bottom up (each module imports only those above it in this list):
 - `reports`: the pass's result, its reports, Prefect artifacts and events;
 - `feedback`: a retraining's labelled production rows, checked, split for training, choosing
   the weighting and the gate;
-- `canary`: a rollout's judgement on live traffic (operations, the metric at milestones, CBPE);
+- `evidence`: a rollout's rows (each model's answers since it began, labelled) and failures;
+- `canary`: a rollout's judgement on live traffic (operations, the metric at milestones, slices,
+  CBPE);
 - `prefect_tasks`: the pass's, the retraining's and a rollout's steps as Prefect tasks (the
   flows wire them).
 This module is the face: import from `tasks.monitor`.

@@ -4,10 +4,10 @@
     verdict = judge(found, config=settings.rollout, metric_name="roc_auc", now=now)
     verdict.decision            # "promote", "roll_back" or "continue"; verdict.reason says why
 
-The evidence: the rows each model answered since the rollout began (a canary: the requests each
-one answered; a shadow: the same requests, answered by the champion and scored by the candidate
-in the shadow log), the feedback labels that came for them, and the failures the replicas wrote
-down for the candidate.
+The evidence (tasks/monitor/evidence.py): the rows each model answered since the rollout began
+(a canary: the requests each one answered; a shadow: the same requests, answered by the champion
+and scored by the candidate in the shadow log), the feedback labels that came for them, and the
+failures the replicas wrote down for the candidate.
 
 The rules, in order:
 1. Operations, from `min_requests` rows on: the candidate's failures per row it took above
@@ -17,7 +17,9 @@ The rules, in order:
    bootstrap CI of the candidate's relative loss (paired on a shadow's common rows, each model's
    rows resampled on their own for a canary). Worse with confidence (the CI's low end above 0):
    rolled back. Not worse beyond `tolerance` with confidence (the CI's high end at most
-   `tolerance`): promoted. Else it goes on. The gate's rule, on live rows.
+   `tolerance`): promoted, unless a slice (the dataset's `slices`) with `gate.min_slice_rows`
+   labelled rows of each loses more than `gate.max_slice_regression`. Else it goes on. The
+   gate's rules, on live rows. A shadow also reports how often the two models agree.
    Repeated looks would spend the error rate many times over, so the metric is judged only at
    milestones (min_rows, 2x, 4x ... labelled rows of the candidate, on exactly the first that
    many: a look at a milestone gives the same answer however often it is asked), each at the
@@ -33,7 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -41,31 +43,19 @@ import pyarrow.compute as pc
 
 from tasks import traffic
 from tasks.evaluate import metric, relative_loss
+from tasks.monitor.evidence import (
+    Evidence,
+    agreement,
+    count_labelled,
+    milestone_rows,
+    probabilities,
+    suffix,
+    y_and_outputs,
+)
 from tasks.monitor.quality import NAMES, expected_roc_auc
-from tasks.monitor.window import with_labels
-from tasks.serve.routing import read_failures
 from tasks.settings import RolloutConfig
 
-if TYPE_CHECKING:
-    from tasks.serve.rollout import Rollout
-
 Decision = Literal["promote", "roll_back", "continue"]
-_OUTPUTS = (traffic.REQUEST_ID, traffic.PREDICTED_AT, traffic.MODEL_VERSION, traffic.LATENCY_MS,
-            traffic.PREDICTION)  # fmt: skip
-_CANDIDATE = ".candidate"  # the candidate's output columns beside the champion's (a shadow)
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What each model did since the rollout began, with the labels that came for it."""
-
-    mode: str
-    champion: pa.Table  # rows: request_id, predicted_at, version, latency, outputs, target
-    candidate: pa.Table
-    failures: int  # rows the candidate failed on (the champion answered them, or no one)
-    started: datetime
-    target: str
-    classes: list[str] | None  # the probability columns' classes (None: regression)
 
 
 @dataclass(frozen=True)
@@ -94,6 +84,7 @@ class Judgement:
     confidence: float | None = None  # of this look (after the split over milestones)
     failures: int = 0
     error_rate: float | None = None
+    agreement: float | None = None  # a shadow: the share of requests both models answered alike
     rules: list[dict[str, Any]] = field(default_factory=list)  # every rule and what it found
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,66 +106,17 @@ class Judgement:
             f"| median latency, ms | {_fmt(self.champion.latency_p50_ms, 2)} | "
             f"{_fmt(self.candidate.latency_p50_ms, 2)} |",
             f"| failures | – | {self.failures:,} |",
+            *(
+                [f"| agreement with the champion | – | {self.agreement:.2%} |"]
+                if self.agreement is not None
+                else []
+            ),
             "",
             "| rule | found | passed |",
             "|---|---|---|",
         ]
         lines += [f"| {r['rule']} | {r['detail']} | {r['verdict']} |" for r in self.rules]
         return "\n".join(lines)
-
-
-# Evidence -----------------------------------------------------------------------------------------
-
-
-def read_evidence(*, home: str, model: str, target: str, rollout: Rollout) -> Evidence:
-    """The rows each model answered (or shadowed) since the rollout began, labelled where
-    feedback came, and the candidate's failures."""
-    since = rollout.started
-    served = traffic.answered(home=home, model=model, since=since)
-    served = _empty() if served is None else served
-    keep = _outputs(served)
-    served = served.select(keep)
-    version = served[traffic.MODEL_VERSION] if served.num_rows else pa.array([], pa.int64())
-    champion = served.filter(pc.equal(version, rollout.champion))
-    if rollout.mode == "shadow":
-        shadow = traffic.read(home=home, model=model, kind="shadow", since=since)
-        candidate = _empty() if shadow is None else shadow.select(
-            [c for c in shadow.column_names if c in keep]
-        )  # fmt: skip
-        candidate = candidate.filter(pc.equal(candidate[traffic.MODEL_VERSION], rollout.candidate))
-        common = pc.is_in(champion[traffic.REQUEST_ID], value_set=candidate[traffic.REQUEST_ID])
-        champion = champion.filter(common)  # the same requests, answered and shadowed
-    else:
-        candidate = served.filter(pc.equal(version, rollout.candidate))
-    failed = read_failures(home=home, model=model, version=rollout.candidate, since=since)
-    classes = [c.removeprefix(traffic.PROBABILITY) for c in keep
-               if c.startswith(traffic.PROBABILITY)] or None  # fmt: skip
-    return Evidence(
-        mode=rollout.mode,
-        champion=_labelled(champion, home=home, model=model, target=target),
-        candidate=_labelled(candidate, home=home, model=model, target=target),
-        failures=sum(int(f["rows"]) for f in failed),
-        started=since,
-        target=target,
-        classes=classes,
-    )
-
-
-def _outputs(rows: pa.Table) -> list[str]:
-    """The columns of a log's rows a judgement reads (not the features)."""
-    return [c for c in rows.column_names if c in _OUTPUTS or c.startswith(traffic.PROBABILITY)]
-
-
-def _labelled(rows: pa.Table, *, home: str, model: str, target: str) -> pa.Table:
-    if rows.num_rows == 0:
-        return rows
-    return with_labels(rows, home=home, model=model, target=target).sort_by(traffic.PREDICTED_AT)
-
-
-def _empty() -> pa.Table:
-    return pa.table({traffic.REQUEST_ID: pa.array([], pa.string()),
-                     traffic.PREDICTED_AT: pa.array([], pa.timestamp("us", tz="UTC")),
-                     traffic.MODEL_VERSION: pa.array([], pa.int64())})  # fmt: skip
 
 
 # The judgement ------------------------------------------------------------------------------------
@@ -188,8 +130,11 @@ def judge(
     champion: int,
     candidate: int,
     now: datetime | None = None,
+    min_slice_rows: int = 200,
+    max_slice_regression: float = 0.05,
 ) -> Judgement:
-    """The decision on the evidence, by the rules of the module's docstring."""
+    """The decision on the evidence, by the rules of the module's docstring (a slice's rule
+    is the gate's: `gate.min_slice_rows`, `gate.max_slice_regression`)."""
     now = now or datetime.now(timezone.utc)
     champ_rows, cand_rows, target = found.champion, found.candidate, found.target
     rules: list[dict[str, Any]] = []
@@ -202,7 +147,8 @@ def judge(
             decision=decision, reason=reason, metric=metric_name, basis=basis,
             champion=_arm(champion, champ_rows, target, values[0]),
             candidate=_arm(candidate, cand_rows, target, values[1]),
-            failures=found.failures, error_rate=rate, rules=rules, **judged,
+            failures=found.failures, error_rate=rate, rules=rules,
+            agreement=agreement(found), **judged,
         )  # fmt: skip
 
     # 1. operations
@@ -220,13 +166,15 @@ def judge(
     # 2. quality on labels, at the highest milestone both models reached
     looks = milestones(config)
     confidence = 1 - (1 - config.confidence) / len(looks)
-    have = min(_count_labelled(cand_rows, target), _count_labelled(champ_rows, target))
+    have = min(count_labelled(cand_rows, target), count_labelled(champ_rows, target))
     elapsed = (now - found.started).total_seconds()
     spent = cand_rows.num_rows >= config.max_rows or elapsed >= config.max_minutes * 60
     reached = [m for m in looks if have >= m]
     if reached:
         m = reached[-1]
-        y_a, p_a, y_b, p_b = _at_milestone(found, m)
+        a_rows, b_rows = milestone_rows(found, m)
+        y_a, p_a = y_and_outputs(a_rows, target, found.classes)
+        y_b, p_b = y_and_outputs(b_rows, target, found.classes, suffix=suffix(found))
         paired = found.mode == "shadow"
         interval = _loss_interval(y_a, p_a, y_b, p_b, metric_name=metric_name, paired=paired,
                                   config=config, confidence=confidence)  # fmt: skip
@@ -238,6 +186,10 @@ def judge(
         judged = {"loss": interval[0], "low": interval[1], "high": interval[2], "look_rows": m,
                   "confidence": confidence}  # fmt: skip
         why = _why(verdict, metric_name, interval, config)
+        worst = _slice_rule(found, a_rows, b_rows, metric_name=metric_name, rules=rules,
+                            min_rows=min_slice_rows, max_loss=max_slice_regression)  # fmt: skip
+        if verdict == "promote" and worst is not None:  # not while a slice loses too much
+            verdict, why = "continue", f"{why}, but {worst}"
         if verdict == "continue" and spent:
             verdict, why = "roll_back", f"undecided when {_budget(config)} ran out: {why}"
         return decided(verdict, why, "labels", values, **judged)
@@ -252,7 +204,7 @@ def judge(
         why = (f"{have:,} labelled rows (< {looks[0]:,}) when {_budget(config)} ran out, and "
                f"no estimate of {metric_name} without labels")  # fmt: skip
         return decided("roll_back", why, "labels")
-    p_a, p_b = _probabilities(champ_rows, found.classes), _probabilities(cand_rows, found.classes)
+    p_a, p_b = probabilities(champ_rows, found.classes), probabilities(cand_rows, found.classes)
     interval = _estimated_interval(p_a, p_b, paired=found.mode == "shadow", config=config)
     verdict = "promote" if _verdict(interval, config) == "promote" else "roll_back"
     rules.append(_rule(f"{metric_name}: not worse (CBPE estimate)",
@@ -340,46 +292,33 @@ def _percentiles(value: float, draws: np.ndarray, confidence: float) -> Interval
 # The rows -----------------------------------------------------------------------------------------
 
 
-def _count_labelled(rows: pa.Table, target: str) -> int:
-    if target not in rows.column_names:
-        return 0
-    return rows.num_rows - rows[target].null_count
-
-
-def _at_milestone(found: Evidence, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(y, outputs) of the champion and of the candidate on the first `m` labelled rows of each
-    (a shadow: the first `m` labelled requests both answered, row for row)."""
-    target, classes = found.target, found.classes
-    order = [(traffic.PREDICTED_AT, "ascending"), (traffic.REQUEST_ID, "ascending")]
-    a = found.champion.filter(pc.is_valid(found.champion[target])).sort_by(order)
-    if found.mode == "shadow":  # the candidate's outputs beside the champion's, by request id
-        b = found.candidate.select(_outputs(found.candidate))
-        pairs = a.join(b, traffic.REQUEST_ID, right_suffix=_CANDIDATE).sort_by(order).slice(0, m)
-        return (*_y_and_outputs(pairs, target, classes),
-                *_y_and_outputs(pairs, target, classes, suffix=_CANDIDATE))  # fmt: skip
-    b = found.candidate.filter(pc.is_valid(found.candidate[target])).sort_by(order)
-    return (*_y_and_outputs(a.slice(0, m), target, classes),
-            *_y_and_outputs(b.slice(0, m), target, classes))  # fmt: skip
-
-
-def _y_and_outputs(
-    rows: pa.Table, target: str, classes: list[str] | None, *, suffix: str = ""
-) -> tuple[np.ndarray, np.ndarray]:
-    """The labels (class indices in `classes`' order, or values) and the model's outputs (its
-    columns end with `suffix`)."""
-    if classes is None:
-        y = pc.cast(rows[target], pa.float64()).to_numpy()
-        return y, pc.cast(rows[traffic.PREDICTION + suffix], pa.float64()).to_numpy()
-    index = {c: i for i, c in enumerate(classes)}
-    labels = [str(v).lower() if isinstance(v, bool) else str(v) for v in rows[target].to_pylist()]
-    known = np.array([label in index for label in labels], dtype=bool)
-    y = np.array([index[label] for label, k in zip(labels, known, strict=True) if k], np.int64)
-    return y, _probabilities(rows, classes, suffix=suffix)[known]
-
-
-def _probabilities(rows: pa.Table, classes: list[str], *, suffix: str = "") -> np.ndarray:
-    columns = [f"{traffic.PROBABILITY}{c}{suffix}" for c in classes]
-    return np.column_stack([pc.fill_null(rows[c], np.nan).to_numpy() for c in columns])
+def _slice_rule(
+    found: Evidence, a: pa.Table, b: pa.Table, *, metric_name: str, rules: list[dict[str, Any]],
+    min_rows: int, max_loss: float,
+) -> str | None:  # fmt: skip
+    """The gate's slice rule on the milestone's rows: no slice value with `min_rows` labelled
+    rows of each model loses more than `max_loss`. Its rules are added; the worst slice that
+    fails, in words (None: none fails)."""
+    worst: tuple[float, str] | None = None
+    for column in found.slices:
+        values = set(a[column].to_pylist()) & set(b[column].to_pylist())
+        for value in sorted(values, key=str):
+            sa = a.filter(pc.equal(a[column], value))
+            sb = b.filter(pc.equal(b[column], value))
+            if min(sa.num_rows, sb.num_rows) < min_rows:
+                continue
+            va = metric(metric_name, *y_and_outputs(sa, found.target, found.classes))
+            vb = metric(metric_name, *y_and_outputs(sb, found.target, found.classes,
+                                                      suffix=suffix(found)))  # fmt: skip
+            if not math.isfinite(va + vb):
+                continue
+            loss = relative_loss(metric_name, reference=va, value=vb)
+            name = f"slice {column}={value}"
+            rules.append(_rule(name, f"{min(sa.num_rows, sb.num_rows):,} rows; loss {_pct(loss)} "
+                               f"(allowed {max_loss:.2%})", loss <= max_loss))  # fmt: skip
+            if loss > max_loss and (worst is None or loss > worst[0]):
+                worst = (loss, f"{name} loses {loss:.2%} (> {max_loss:.2%})")
+    return None if worst is None else worst[1]
 
 
 def _arm(version: int, rows: pa.Table, target: str, value: float | None) -> Arm:
@@ -389,7 +328,7 @@ def _arm(version: int, rows: pa.Table, target: str, value: float | None) -> Arm:
         else None
     )
     finite = value if value is not None and math.isfinite(value) else None
-    return Arm(version, rows.num_rows, _count_labelled(rows, target), finite, latency)
+    return Arm(version, rows.num_rows, count_labelled(rows, target), finite, latency)
 
 
 def _latency_rule(

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import artifacts, events, files, registry, traffic, validation
 from tasks.evaluate import primary_metric
-from tasks.monitor import canary, checks, governor, reports, requests
+from tasks.monitor import canary, checks, evidence, governor, reports, requests
 from tasks.monitor.drift import DriftResult, detect_drift
 from tasks.monitor.feedback import labelled_traffic
 from tasks.monitor.governor import Decision, Signals
@@ -274,11 +274,14 @@ def begin_rollout_task(
 def judge_rollout_task(settings: Settings, state: rollout.Rollout) -> canary.Judgement:
     """One judgement of the candidate against the champion on the rows since it began."""
     ds = settings.dataset
-    found = canary.read_evidence(home=settings.home, model=ds.name, target=ds.target,
-                                 rollout=state)  # fmt: skip
+    found = evidence.read_evidence(home=settings.home, model=ds.name, target=ds.target,
+                                 rollout=state, slices=ds.slices)  # fmt: skip
+    gate = settings.gate
     verdict = canary.judge(found, config=settings.rollout,
-                           metric_name=primary_metric(ds.task, settings.gate),
-                           champion=state.champion, candidate=state.candidate)  # fmt: skip
+                           metric_name=primary_metric(ds.task, gate),
+                           champion=state.champion, candidate=state.candidate,
+                           min_slice_rows=gate.min_slice_rows,
+                           max_slice_regression=gate.max_slice_regression)  # fmt: skip
     get_run_logger().info("%s v%d: %s: %s", state.mode, state.candidate,
                           verdict.decision.replace("_", " "), verdict.reason)  # fmt: skip
     return verdict
