@@ -32,7 +32,7 @@ browser: ## Install Debian's chromium for the browser test, unless one is on PAT
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
 test: install browser lint ## Run lint, types and the whole test suite (real Ray, Prefect server, HTTP, a browser)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 lint: install ## ruff lint and format check, mypy (strict), the import layers (lint-imports)
 	$(VENV)/bin/ruff check .

@@ -450,9 +450,12 @@ def _stop_serving(config: Path, home: Path) -> bool:
     serving, model = (
         (settings.serving, settings.dataset.name) if settings else (ServingConfig(), None)
     )
-    if not probe(serving, model=model).running:
+    try:  # first: whether this stack runs a Ray at all (another one may serve on the port)
+        ours = stack.connection_env(home=home).get("RAY_ADDRESS")
+    except stack.StackError:  # a corrupt state file: `down` says so, `down --force` stops all
         return False
-    ours = stack.connection_env(home=home).get("RAY_ADDRESS")
+    if ours is None or not probe(serving, model=model).running:
+        return False
     stack.use(home=home)
     if ours is None or os.environ.get("RAY_ADDRESS") != ours:
         return False

@@ -4,11 +4,14 @@ No Ray and no Prefect server here: these are the commands that answer on their o
 generate, validate, models, deploy, rollback) and the stack commands' refusals.
 """
 
+import http.server
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -215,9 +218,46 @@ def test_a_corrupt_stack_state_says_how_to_recover_and_down_force_recovers(
     fails_with_one_line(project.run("status"), "`driftloop down --force`")
     fails_with_one_line(project.run("down"), "is corrupt")
     done = project.run("down", "--force")
-    assert (done.returncode, done.stdout.strip()) == (0, "nothing was running")
+    assert (done.returncode, done.stdout.strip()) == (0, "nothing was running"), (
+        done.stdout + done.stderr
+    )
     assert not state.exists()
     assert "nothing runs under" in project.run("status").stdout
+
+
+def test_down_force_recovers_a_corrupt_state_while_another_app_answers_on_the_serving_port(
+    project: Project,
+) -> None:
+    """The flake of a busy machine: another stack's app (the same model's name) answered on the
+    serving port, so `down` asked this home's corrupt state for its Ray, and exited 1."""
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"status": "ok", "model": "churn", "version": 7}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        state = project.home / "run" / "stack.json"
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text('{"services": {"prefect": ')
+        port = str(other.server_address[1])
+        fails_with_one_line(project.run("down", DRIFTLOOP_SERVING__PORT=port), "is corrupt")
+        done = project.run("down", "--force", DRIFTLOOP_SERVING__PORT=port)
+        assert (done.returncode, done.stdout.strip()) == (0, "nothing was running"), (
+            done.stdout + done.stderr
+        )
+        assert not state.exists()
+    finally:
+        other.shutdown()
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
