@@ -9,6 +9,8 @@ through the controller); added median latency at 1 client <= 2 ms; 1,000-record 
 >= 0.5x the rows/s of the same model in-process. Reported beside them: p50/p99 of each arm, the
 Serve proxy port (port 8000's path), batched vs unbatched, int8 vs float32.
 
+Goal (issue #21): 1,000-record requests as Arrow IPC both ways >= 0.8x the rows/s in-process.
+
 Goals (issue #19, bench/serve_log.py): the durable prediction log costs <= 10% of req/s at 32
 clients and <= +0.5 ms median at 1 client against the buffered log it replaced; a /feedback
 look-up with 1M rows logged takes <= 1.5x its median with 10k. Writes bench/results/serve.json;
@@ -41,6 +43,8 @@ from serve_log import SIZES, BufferedLog, compact_all, feedback_latency, fill_lo
 
 from tasks import registry
 from tasks.model import ModelSpec, Preprocessor, TabularMLP, save_model
+from tasks.serve.arrow import ARROW
+from tasks.serve.arrow import write as arrow_write
 from tasks.settings import Features, ServingConfig, TrainingConfig
 
 MODEL = "bench"
@@ -78,10 +82,16 @@ def body(rows: int, *, seed: int) -> bytes:
     return json.dumps({"records": records}).encode()
 
 
+def arrow_body(rows: int, *, seed: int) -> bytes:
+    return arrow_write(table(rows, seed=seed).drop_columns(["y"]))
+
+
 # The client: aiohttp, keep-alive connections, one per concurrent client -------------------------
 
 
-async def _load(url: str, payload: bytes, *, clients: int, seconds: float) -> dict[str, float]:
+async def _load(
+    url: str, payload: bytes, *, clients: int, seconds: float, arrow: bool = False
+) -> dict[str, float]:
     import aiohttp
 
     latencies: list[float] = []
@@ -89,6 +99,8 @@ async def _load(url: str, payload: bytes, *, clients: int, seconds: float) -> di
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=clients)
     headers = {"Content-Type": "application/json"}
+    if arrow:  # Arrow IPC both ways (tasks/serve/arrow.py)
+        headers = {"Content-Type": ARROW, "Accept": ARROW}
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def client() -> None:
@@ -117,9 +129,11 @@ async def _load(url: str, payload: bytes, *, clients: int, seconds: float) -> di
     }
 
 
-def load(url: str, payload: bytes, *, clients: int, seconds: float) -> dict[str, float]:
-    asyncio.run(_load(url, payload, clients=clients, seconds=1.0))  # warm up connections, JIT
-    return asyncio.run(_load(url, payload, clients=clients, seconds=seconds))
+def load(
+    url: str, payload: bytes, *, clients: int, seconds: float, arrow: bool = False
+) -> dict[str, float]:
+    asyncio.run(_load(url, payload, clients=clients, seconds=1.0, arrow=arrow))  # warm up
+    return asyncio.run(_load(url, payload, clients=clients, seconds=seconds, arrow=arrow))
 
 
 def wait_ready(url: str, timeout_s: float = 120) -> None:
@@ -241,6 +255,7 @@ def run(seconds: float, *, reps: int) -> dict[str, Any]:
         "c32": (body(1, seed=1), 32),
         "c1": (body(1, seed=1), 1),
         "rows1000": (body(1_000, seed=2), 2),
+        "arrow1000": (arrow_body(1_000, seed=2), 2),
     }
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}}
     plain, plain_url = start_plain(home)
@@ -267,9 +282,10 @@ def run(seconds: float, *, reps: int) -> dict[str, Any]:
         for _ in range(reps):
             for kind, (payload, clients) in payloads.items():
                 for arm, url in urls.items():
-                    if arm == "serve_proxy" and kind == "rows1000":
+                    if arm == "serve_proxy" and kind in ("rows1000", "arrow1000"):
                         continue
-                    m = load(f"{url}/predict", payload, clients=clients, seconds=seconds)
+                    m = load(f"{url}/predict", payload, clients=clients, seconds=seconds,
+                             arrow=kind == "arrow1000")  # fmt: skip
                     runs[arm].setdefault(kind, []).append(m)
         for arm, kinds in runs.items():
             out[arm] = {"url": urls[arm]} | {kind: _median(ms) for kind, ms in kinds.items()}
@@ -347,6 +363,14 @@ def goal_rows(out: dict[str, Any]) -> list[Row]:
             unit="rows/s",
             op=">=",
             limit=0.5,
+        ),
+        judge(
+            "Serve 1,000-record Arrow IPC requests / in-process, rows/s",
+            value=serve_["arrow1000"]["requests_per_s"] * 1_000,
+            baseline=out["in_process"]["rows_per_s"],
+            unit="rows/s",
+            op=">=",
+            limit=0.8,
         ),
         judge(
             "durable / buffered log req/s (uvicorn), 32 clients",

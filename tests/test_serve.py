@@ -271,6 +271,77 @@ def test_feedback_stores_known_ids_lists_unknown_ones_and_refuses_an_id_given_tw
     assert sorted(stored["request_id"].to_pylist()) == sorted([rid, other])  # the known two
 
 
+ARROW = {"Content-Type": "application/vnd.apache.arrow.stream",
+         "Accept": "application/vnd.apache.arrow.stream"}  # fmt: skip
+
+
+def arrow_body(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+def test_arrow_requests_get_the_answers_json_gets_and_are_logged_alike(
+    client: tuple[TestClient, Service],
+) -> None:
+    http, service = client
+    table = make_table(40, seed=61)
+    as_json = http.post("/predict", json={"records": records(table)})
+    as_arrow = http.post("/predict", content=arrow_body(table.select(FEATURES.all)),
+                         headers=ARROW)  # fmt: skip
+    assert as_arrow.status_code == 200, as_arrow.text
+    assert as_arrow.headers["content-type"] == ARROW["Accept"]
+    assert as_arrow.headers["X-Model-Version"] == as_json.headers["X-Model-Version"]
+    answers = pa.ipc.open_stream(as_arrow.content).read_all()
+    assert answers.column_names == ["request_id", "prediction", "probability_0", "probability_1"]
+    expected = as_json.json()["predictions"]
+    assert answers["prediction"].to_pylist() == [p["prediction"] for p in expected]
+    assert np.allclose(answers["probability_1"].to_numpy(),
+                       [p["probabilities"]["1"] for p in expected])  # fmt: skip
+    ids = answers["request_id"].to_pylist()
+    assert len(set(ids)) == 40
+    assert not set(ids) & {p["request_id"] for p in expected}
+    # JSON in, Arrow out (and the other way) work too; labels go back as Arrow
+    mixed = http.post(
+        "/predict", json={"records": records(table)}, headers={"Accept": ARROW["Accept"]}
+    )
+    assert pa.ipc.open_stream(mixed.content).read_all().num_rows == 40
+    labels = pa.table({"request_id": [*ids[:30], "f" * 32], "y": table["y"].to_pylist()[:31]})
+    stored = http.post("/feedback", content=arrow_body(labels), headers=ARROW)
+    assert stored.status_code == 200, stored.text
+    assert stored.json() == {"model": MODEL, "accepted": 30, "unknown": ["f" * 32]}
+    service.log.flush()
+    logged = traffic.answered(home=service.home, model=MODEL, columns=["request_id"])
+    assert logged is not None
+    assert set(ids) <= set(logged["request_id"].to_pylist())  # every Arrow answer is logged
+
+
+def test_bad_arrow_requests_get_a_422_naming_the_field(
+    client: tuple[TestClient, Service],
+) -> None:
+    http, _ = client
+    good = make_table(3, seed=62).select(FEATURES.all)
+    nan = good.set_column(1, "charges", pa.array([1.0, float("nan"), 2.0]))
+    cases = {
+        "unknown": (good.append_column("colour", pa.array(["r", "g", "b"])), "records.colour"),
+        "missing": (good.drop_columns(["tenure"]), "records.tenure"),
+        "text in a number": (good.set_column(0, "tenure", pa.array(["a", "b", "c"])),
+                             "records.tenure"),
+        "NaN": (nan, "records.1.charges"),
+        "too long": (good.set_column(2, "contract", pa.array(["x" * 500, "m", "y"])),
+                     "records.0.contract"),
+        "no rows": (good.slice(0, 0), "records"),
+    }  # fmt: skip
+    for what, (table, named) in cases.items():
+        refused = http.post("/predict", content=arrow_body(table), headers=ARROW)
+        assert refused.status_code == 422, what
+        assert refused.json()["errors"][0]["field"] == named, (what, refused.json())
+    broken = http.post("/predict", content=b"not arrow at all", headers=ARROW)
+    assert broken.status_code == 422
+    assert broken.json()["detail"].startswith("body: not an Arrow IPC stream")
+
+
 def test_without_a_champion_healthz_answers_503_with_the_reason(models: Models) -> None:
     service = Service(home=models.home, model="nothing-here", serving=serving())
     service.load(None)
@@ -533,9 +604,17 @@ def test_the_client_counts_answers_versions_and_failures_instead_of_raising(
         assert api.wait_for_version(served.models.versions[0], timeout_s=5)
         assert not api.wait_for_version(999, timeout_s=1)
         assert api.predict([{"no_such_feature": 1}]) == []  # a 4xx: counted, not raised
+        assert (api.seen.answered, api.seen.failed) == (1, 1)
+        answers = api.predict_table(table.select(FEATURES.all))  # Arrow IPC both ways
+        assert answers is not None
+        assert answers.num_rows == 30
+        served.answered.extend(answers["request_id"].to_pylist())
+        assert (api.seen.answered, api.seen.failed) == (2, 1)
+        assert api.predict_table(table.select(["tenure"])) is None  # a 422: counted
+        assert (api.seen.answered, api.seen.failed) == (2, 2)
         # unknown ids are listed (a batch of nothing but them is a failed request, counted)
         assert api.feedback(["no-such-request"], [1]) == ["no-such-request"]
-        assert (api.seen.answered, api.seen.failed) == (1, 2)
+        assert (api.seen.answered, api.seen.failed) == (2, 3)
     keyless = served.args.serving.model_copy(update={"api_key": None})
     with Client(keyless) as api:
         assert api.predict(records(table)) == []  # 401

@@ -7,9 +7,11 @@
 
 The modules: `app` (the deployment and `build_app`, for `serve run`/`serve deploy`/KubeRay),
 `service` (the model behind FastAPI, free of Ray), `schema` (request schemas from the model's
-features), `scoring` (the model on its device, int8 or float32), `log` (the prediction log,
-durable before an answer leaves), `control` (start, swap, stop), `probe` (status over HTTP),
-`client` (predict and feedback over HTTP, counting what failed). Nothing here imports Prefect:
+features), `arrow` (the same requests and answers as Arrow IPC), `scoring` (the model on its
+device, int8 or float32), `log` (the prediction log, durable before an answer leaves), `routing`
+(a replica's plan: champion and candidate, canary and shadow), `rollout` (what serves, in one
+room), `control` (start, swap, stop), `probe` (status over HTTP), `client` (predict and feedback
+over HTTP, JSON or Arrow, counting what failed). Nothing here imports Prefect:
 replicas import it. The names below load their module on first use, so `driftloop status`
 (which needs `probe` alone) does not pay for Ray, torch and FastAPI.
 """

@@ -3,6 +3,7 @@ labels, the version that answers. It counts what it saw, so a caller can say "no
 
     with Client(settings.serving) as api:      # its URL, and its API key when one is set
         ids = api.predict(records)             # one POST /predict; [] when it failed (counted)
+        answers = api.predict_table(features)  # Arrow IPC both ways (large batches: predict too)
         unknown = api.feedback(ids, labels)    # POST /feedback, 500 labels a request
         api.seen.failed, api.seen.versions     # failures, the versions that answered
 """
@@ -15,11 +16,13 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+import pyarrow as pa
 
-from tasks.serve.probe import headers, url
+from tasks.serve.probe import VERSION_HEADER, headers, url
 from tasks.settings import ServingConfig
 
 FEEDBACK_BATCH = 500
+ARROW_FROM = 100  # records: a batch this large travels as Arrow IPC (JSON below it)
 
 
 @dataclass
@@ -49,12 +52,33 @@ class Client:
         self.http.close()
 
     def predict(self, records: list[dict[str, Any]]) -> list[str]:
-        """The request ids of the answers ([] when the request failed)."""
+        """The request ids of the answers ([] when the request failed); a batch of
+        `ARROW_FROM` records or more travels as Arrow IPC."""
+        if len(records) >= ARROW_FROM:
+            answers = self.predict_table(pa.Table.from_pylist(records))
+            return [] if answers is None else answers["request_id"].to_pylist()
         body = self._post("/predict", {"records": records})
         if body is None:
             return []
         self.seen.versions.add(int(body["version"]))
         return [p["request_id"] for p in body["predictions"]]
+
+    def predict_table(self, features: pa.Table) -> pa.Table | None:
+        """The answers to a table of features, both ways as Arrow IPC: request_id, prediction
+        and a probability_<class> column per class (None when the request failed)."""
+        from tasks.serve import arrow  # the request rules: torch, which a client may not need
+
+        headers = {"Content-Type": arrow.ARROW, "Accept": arrow.ARROW}
+        try:
+            reply = self.http.post("/predict", content=arrow.write(features), headers=headers)
+        except httpx.HTTPError:
+            reply = None
+        if reply is None or reply.status_code != 200:
+            self.seen.failed += 1
+            return None
+        self.seen.answered += 1
+        self.seen.versions.add(int(reply.headers[VERSION_HEADER]))
+        return arrow.read(reply.content)
 
     def feedback(self, request_ids: list[str], labels: list[Any]) -> list[str]:
         """The ids the API did not know (their labels were not stored; a whole batch of them is

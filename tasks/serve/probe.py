@@ -16,6 +16,7 @@ from tasks import files
 from tasks.settings import ServingConfig
 
 API_KEY_HEADER = "X-API-Key"
+VERSION_HEADER = "X-Model-Version"  # each answer names the version that gave it
 _PROBE_TIMEOUT_S = 2.0
 
 

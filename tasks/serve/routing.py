@@ -33,6 +33,7 @@ from typing import Any, Literal
 import orjson
 
 from tasks import traffic
+from tasks.serve.arrow import features, read
 from tasks.serve.log import PredictionLog
 
 log = logging.getLogger("driftloop.serve")
@@ -166,6 +167,7 @@ class Copy:
     request_ids: list[str]
     columns: dict[str, list[Any]] | None
     body: bytes = b""
+    arrow: bool = False  # the body is an Arrow stream (else JSON)
 
 
 # Scores copies: merged columns of one candidate -> the shadow log's rows for all their ids
@@ -236,7 +238,11 @@ class Shadow:
         ids: list[str] = []
         for copy in copies:
             try:
-                columns = copy.columns or candidate.schemas.records(copy.body)
+                columns = copy.columns or (
+                    features(read(copy.body), candidate.schemas)
+                    if copy.arrow
+                    else candidate.schemas.records(copy.body)
+                )
             except Exception as exc:  # the candidate refuses what the champion took
                 self._failed(copy, exc)
                 continue

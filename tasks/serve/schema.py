@@ -86,6 +86,7 @@ class Schemas:
     predict: type[BaseModel]
     feedback: type[BaseModel]
     max_records: int
+    limits: dict[str, int]  # the longest category each categorical feature takes
 
     @classmethod
     def build(
@@ -114,6 +115,7 @@ class Schemas:
             predict=predict,
             feedback=feedback,
             max_records=max_records,
+            limits=limits,
         )
 
     def records(self, body: bytes) -> Columns:

@@ -30,15 +30,15 @@ from fastapi_offline import FastAPIOffline
 
 from tasks import registry, traffic
 from tasks.model import Predictor, load_model
+from tasks.serve import arrow as arrow_io
 from tasks.serve.log import Answered, LogUnavailable, PredictionLog
-from tasks.serve.probe import API_KEY_HEADER
+from tasks.serve.probe import API_KEY_HEADER, VERSION_HEADER
 from tasks.serve.routing import KEY_HEADER, Copy, Failures, Plan, Shadow, in_canary
 from tasks.serve.schema import BadRequest, Columns, Schemas
 from tasks.serve.scoring import Scorer
 from tasks.settings import ServingConfig
 
 log = logging.getLogger("driftloop.serve")
-VERSION_HEADER = "X-Model-Version"
 
 
 class Loader(Protocol):
@@ -143,49 +143,48 @@ class Service:
 
     # Requests -----------------------------------------------------------------------------------
 
-    async def predict(self, body: bytes, *, key: str | None = None) -> dict[str, Any]:
-        """Answer `{"records": [...]}`: a prediction and a request id per record, logged before
-        the answer leaves (a 503 when it cannot be). During a canary, the candidate answers the
-        requests `key` (or a draw) sends it; during a shadow, it scores a copy afterwards."""
+    async def predict(self, body: bytes, *, key: str | None = None, arrow: bool = False) -> Reply:
+        """Answer `{"records": [...]}` (or an Arrow stream of the features, `arrow`): a
+        prediction and a request id per record, logged before the answer leaves (a 503 when it
+        cannot be). During a canary, the candidate answers the requests `key` (or a draw) sends
+        it; during a shadow, it scores a copy afterwards."""
         started = time.perf_counter()
         loaded, candidate, plan = self.require(), self.candidate, self.plan
         if candidate is not None and plan.mode == "canary" and in_canary(key, share=plan.share):
             try:
-                return (await self._answer(candidate, body, started))[0]
+                return (await self._answer(candidate, body, started, arrow))[0]
             except BadRequest as exc:
                 if exc.status == 503:  # the log, not the candidate: no answer may leave
                     raise
                 failure: Exception = exc
             except Exception as exc:  # the champion answers; the candidate's failure is noted
                 failure = exc
-            answer = (await self._answer(loaded, body, started))[0]  # a bad request raises here
-            self.failures.add(version=candidate.version, mode="canary",
-                              rows=len(answer["predictions"]), error=failure)  # fmt: skip
-            return answer
-        answer, columns = await self._answer(loaded, body, started)
+            reply = (await self._answer(loaded, body, started, arrow))[0]  # a bad request raises
+            self.failures.add(version=candidate.version, mode="canary", rows=len(reply.ids),
+                              error=failure)  # fmt: skip
+            return reply
+        reply, columns = await self._answer(loaded, body, started, arrow)
         if candidate is not None and plan.mode == "shadow" and self.shadow is not None:
-            ids = [p["request_id"] for p in answer["predictions"]]
             same = (candidate.schemas.numeric, candidate.schemas.categorical) == (
                 loaded.schemas.numeric, loaded.schemas.categorical)  # fmt: skip
-            self.shadow.submit(Copy(candidate=candidate, request_ids=ids,
+            self.shadow.submit(Copy(candidate=candidate, request_ids=reply.ids,
                                     columns=columns if same else None,
-                                    body=b"" if same else body))  # fmt: skip
-        return answer
+                                    body=b"" if same else body, arrow=arrow))  # fmt: skip
+        return reply
 
     async def _answer(
-        self, loaded: Loaded, body: bytes, started: float
-    ) -> tuple[dict[str, Any], Columns]:
-        """`loaded` answers the body: validated, scored, logged, then the answer (and the
+        self, loaded: Loaded, body: bytes, started: float, arrow: bool
+    ) -> tuple[Reply, Columns]:
+        """`loaded` answers the body: validated, scored, logged, then the reply (and the
         validated columns, for a shadow to reuse)."""
-        columns = loaded.schemas.records(body)
+        columns = parse(loaded.schemas, body, arrow=arrow)
         out = await self.score(loaded, columns)
         ids = traffic.new_request_ids(len(out))
-        answers = loaded.scorer.answers(out, ids)
         try:
             self.log.add(_answered(loaded, columns, out, ids, started))
         except LogUnavailable as exc:
             raise BadRequest(503, str(exc)) from None
-        return {"model": self.model, "version": loaded.version, "predictions": answers}, columns
+        return Reply(model=self.model, loaded=loaded, out=out, ids=ids), columns
 
     @staticmethod
     def _scored(
@@ -196,11 +195,13 @@ class Service:
         # no features: the prediction log holds them under the same ids
         return _answered(loaded, columns, out, ids, started, features=False)
 
-    def feedback(self, body: bytes) -> dict[str, Any]:
-        """Take labels for earlier request ids: the known ones are stored, the unknown ones listed
-        (a 404 when none is known); an id given twice refuses the request (422), naming it."""
+    def feedback(self, body: bytes, *, arrow: bool = False) -> dict[str, Any]:
+        """Take labels for earlier request ids (JSON, or an Arrow stream of `request_id` and
+        `label` columns): the known ones are stored, the unknown ones listed (a 404 when none is
+        known); an id given twice refuses the request (422), naming it."""
         loaded = self.require()
-        labels = loaded.schemas.labels(body)
+        schemas = loaded.schemas
+        labels = arrow_io.labels(arrow_io.read(body), schemas) if arrow else schemas.labels(body)
         ids = [rid for rid, _ in labels]
         twice = {rid for rid in ids if ids.count(rid) > 1} if len(set(ids)) < len(ids) else set()
         if twice:
@@ -267,6 +268,32 @@ class Service:
         if self.shadow is not None:
             self.shadow.close()
         self.log.close()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A request's answers, before they are written as JSON or as an Arrow stream."""
+
+    model: str
+    loaded: Loaded
+    out: Any  # the model's outputs: probabilities (n, k) or values (n,)
+    ids: list[str]
+
+    @property
+    def version(self) -> int:
+        return self.loaded.version
+
+    def to_json(self) -> dict[str, Any]:
+        answers = self.loaded.scorer.answers(self.out, self.ids)
+        return {"model": self.model, "version": self.version, "predictions": answers}
+
+    def to_arrow(self) -> bytes:
+        return arrow_io.answers_stream(self.out, self.ids, self.loaded.scorer)
+
+
+def parse(schemas: Schemas, body: bytes, *, arrow: bool) -> Columns:
+    """A request's features: JSON records, or an Arrow stream's columns (the same rules)."""
+    return arrow_io.features(arrow_io.read(body), schemas) if arrow else schemas.records(body)
 
 
 def _answered(
@@ -344,16 +371,22 @@ def make_api(service: Service) -> FastAPI:
         """Predictions for `{"records": [{feature: value, ...}, ...]}` (or a bare list)."""
         check_key(request)
         body = await read_body(request, limit=limit)
-        answer = await service.predict(body, key=request.headers.get(KEY_HEADER))
-        return Response(orjson.dumps(answer), media_type="application/json",
-                        headers={VERSION_HEADER: str(answer["version"])})  # fmt: skip
+        arrow_in = arrow_io.wants_arrow(request.headers.get("content-type"))
+        reply = await service.predict(body, key=request.headers.get(KEY_HEADER), arrow=arrow_in)
+        headers = {VERSION_HEADER: str(reply.version)}
+        if arrow_io.wants_arrow(request.headers.get("accept")):
+            return Response(reply.to_arrow(), media_type=arrow_io.ARROW, headers=headers)
+        return Response(orjson.dumps(reply.to_json()), media_type="application/json",
+                        headers=headers)  # fmt: skip
 
     @app.post("/feedback", openapi_extra=_body("FeedbackRequest"))
     async def feedback(request: Request) -> JSONResponse:
         """Labels for earlier request ids: `{"labels": [{"request_id": ..., "label": ...}]}`."""
         check_key(request)
         body = await read_body(request, limit=limit)
-        return JSONResponse(await asyncio.to_thread(service.feedback, body))  # file I/O
+        arrow_in = arrow_io.wants_arrow(request.headers.get("content-type"))
+        answer = await asyncio.to_thread(service.feedback, body, arrow=arrow_in)  # file I/O
+        return JSONResponse(answer)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
