@@ -18,6 +18,8 @@ def test_the_event_names_are_the_ones_automations_match_on() -> None:
         "driftloop.model.rejected",
         "driftloop.validation.failed",
         "driftloop.retrain.needs_attention",
+        "driftloop.rollout.promoted",  # DESIGN.md's contract: a rollout's end
+        "driftloop.rollout.rolled_back",
     }
     assert expected == events.EVENTS
 
