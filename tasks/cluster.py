@@ -35,6 +35,16 @@ __all__ = [
 _PACKAGE = Path(__file__).resolve().parent
 
 
+def join_configured_ray() -> bool:
+    """Join the Ray `RAY_ADDRESS` names (as `driftloop up` sets it for the stack's processes),
+    never starting one; whether this process is connected to a Ray now."""
+    import ray
+
+    if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
+        connect_ray()
+    return bool(ray.is_initialized())
+
+
 def connect_ray() -> None:
     """Reuse a running Ray; else join `RAY_ADDRESS`, or start a local instance on 127.0.0.1."""
     import ray

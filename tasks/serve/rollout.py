@@ -167,11 +167,14 @@ def serve_plan(args: ServeArgs) -> None:
 
 
 def _serve(args: ServeArgs, plan: Plan) -> None:
-    """Swap the app to `plan` where it runs on the connected Ray (else `up` serves it later)."""
+    """Swap the app to `plan` where it runs on this process's Ray, or on the stack's Ray this
+    process can join (the monitor concluding a rollout); else `up` serves it later."""
+    from tasks import cluster
     from tasks.serve import control
 
-    if plan.version is not None and control.is_running():
-        control.swap(args, version=plan.version, plan=plan)
+    if plan.version is None or not cluster.join_configured_ray() or not control.is_running():
+        return
+    control.swap(args, version=plan.version, plan=plan)
 
 
 def _now() -> str:
