@@ -8,7 +8,6 @@ Heavy imports (Prefect, Ray, GX) happen inside the commands, so `--help` answers
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -145,7 +144,7 @@ def down(
     from tasks import stack
 
     home, _ = _stack_settings(config)
-    served = _stop_serving(config, home)  # first: its replicas flush their prediction logs
+    served = connect.stop_serving(config, home)  # first: its replicas flush their prediction logs
     stopped = ["serve"] * served + stack.down(home=home, force=force)
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
@@ -437,36 +436,6 @@ def _run_deployments(config: Path, ports: StackConfig, *, echo: bool) -> dict[st
         "log": str(found.log),
         "deployments": listed,
     }
-
-
-def _stop_serving(config: Path, home: Path) -> bool:
-    """`down`: stop the Serve app gracefully before the Ray under it (replicas flush their
-    prediction logs); only the app on this stack's Ray, never one another RAY_ADDRESS names."""
-    from tasks import stack
-    from tasks.serve.probe import probe
-    from tasks.settings import ServingConfig
-
-    settings = load_settings(config, check_source=False) if config.exists() else None
-    serving, model = (
-        (settings.serving, settings.dataset.name) if settings else (ServingConfig(), None)
-    )
-    try:  # first: whether this stack runs a Ray at all (another one may serve on the port)
-        ours = stack.connection_env(home=home).get("RAY_ADDRESS")
-    except stack.StackError:  # a corrupt state file: `down` says so, `down --force` stops all
-        return False
-    if ours is None or not probe(serving, model=model).running:
-        return False
-    stack.use(home=home)
-    if ours is None or os.environ.get("RAY_ADDRESS") != ours:
-        return False
-    from tasks import cluster, serve
-
-    try:
-        cluster.connect_ray()
-        return serve.stop(everything=True, home=str(home))
-    except Exception as exc:  # a Ray that is going anyway: say so, then stop the stack
-        typer.echo(f"serve: not stopped gracefully ({exc.__class__.__name__}: {exc})", err=True)
-        return False
 
 
 def _said(settings: Settings, ended: dict[str, Any], *, as_json: bool) -> None:

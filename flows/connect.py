@@ -4,9 +4,13 @@ connect.to_stack(settings)     # before Prefect is imported: it reads its settin
 connect.to_served(settings)    # and Ray, where the stack serves the model (swaps in place)
 """
 
+import os
 import sys
+from pathlib import Path
 
-from tasks.settings import Settings
+import typer
+
+from tasks.settings import Settings, load_settings
 
 
 def to_stack(settings: Settings) -> None:
@@ -38,3 +42,33 @@ def to_served(settings: Settings) -> None:
 
     to_stack(settings)
     cluster.connect_ray()
+
+
+def stop_serving(config: Path, home: Path) -> bool:
+    """`down`: stop the Serve app gracefully before the Ray under it (replicas flush their
+    prediction logs); only the app on this stack's Ray, never one another RAY_ADDRESS names."""
+    from tasks import stack
+    from tasks.serve.probe import probe
+    from tasks.settings import ServingConfig
+
+    settings = load_settings(config, check_source=False) if config.exists() else None
+    serving, model = (
+        (settings.serving, settings.dataset.name) if settings else (ServingConfig(), None)
+    )
+    try:  # first: whether this stack runs a Ray at all (another one may serve on the port)
+        ours = stack.connection_env(home=home).get("RAY_ADDRESS")
+    except stack.StackError:  # a corrupt state file: `down` says so, `down --force` stops all
+        return False
+    if ours is None or not probe(serving, model=model).running:
+        return False
+    stack.use(home=home)
+    if os.environ.get("RAY_ADDRESS") != ours:
+        return False
+    from tasks import cluster, serve
+
+    try:
+        cluster.connect_ray()
+        return serve.stop(everything=True, home=str(home))
+    except Exception as exc:  # a Ray that is going anyway: say so, then stop the stack
+        typer.echo(f"serve: not stopped gracefully ({exc.__class__.__name__}: {exc})", err=True)
+        return False

@@ -69,14 +69,9 @@ class Client:
         from tasks.serve import arrow  # the request rules: torch, which a client may not need
 
         headers = {"Content-Type": arrow.ARROW, "Accept": arrow.ARROW}
-        try:
-            reply = self.http.post("/predict", content=arrow.write(features), headers=headers)
-        except httpx.HTTPError:
-            reply = None
-        if reply is None or reply.status_code != 200:
-            self.seen.failed += 1
+        reply = self._send("/predict", content=arrow.write(features), headers=headers)
+        if reply is None:
             return None
-        self.seen.answered += 1
         self.seen.versions.add(int(reply.headers[VERSION_HEADER]))
         return arrow.read(reply.content)
 
@@ -102,12 +97,17 @@ class Client:
         return False
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        reply = self._send(path, json=body)
+        return None if reply is None else dict(reply.json())
+
+    def _send(self, path: str, **request: Any) -> httpx.Response | None:
+        """POST, counted: the reply of a 200, else None (a refusal or no answer)."""
         try:
-            reply = self.http.post(path, json=body)
+            reply = self.http.post(path, **request)
         except httpx.HTTPError:
             reply = None
         if reply is None or reply.status_code != 200:
             self.seen.failed += 1
             return None
         self.seen.answered += 1
-        return dict(reply.json())
+        return reply
