@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,10 +250,13 @@ def test_a_canary_answers_its_share_and_a_request_key_always_lands_on_one_model(
         record = {k: v for k, v in synthetic.generate(rows=1, seed=41).to_pylist()[0].items()
                   if k not in (TARGET, "customer_id", "event_time")}  # fmt: skip
         n, by_key = 10_000, dict[str, set[int]]()
-        versions: Counter[int] = Counter()
         with httpx.Client(base_url=project.url, timeout=30) as http:
-            for _ in range(n):
-                versions[http.post("/predict", json={"records": [record]}).json()["version"]] += 1
+
+            def answered_by(_: int) -> int:
+                return int(http.post("/predict", json={"records": [record]}).json()["version"])
+
+            with ThreadPoolExecutor(max_workers=8) as clients:  # 8 clients at once
+                versions = Counter(clients.map(answered_by, range(n)))
             for i in range(60):
                 key = f"customer-{i}"
                 keyed = [http.post("/predict", json={"records": [record]},
