@@ -71,7 +71,9 @@ def project(
     table = synthetic.generate(rows=6_000, seed=11)
     holdout = table.slice(5_000)
     home = root / "home"
-    champion = register_champion(home, train_quick(table.slice(0, 300), steps=8, seed=1),
+    # ROC-AUC on fresh rows: the champion ~0.72, the better one ~0.84, the shuffled one ~0.5:
+    # each verdict comes from the first milestones, far from the budget
+    champion = register_champion(home, train_quick(table.slice(0, 500), steps=20, seed=1),
                                  holdout=holdout, reference=holdout, tmp=root / "a")  # fmt: skip
     better = _register(home, train_quick(table.slice(0, 5_000), steps=600, seed=2), holdout,
                        root / "b")  # fmt: skip
