@@ -144,6 +144,10 @@ def conclude(
     Raises `RolloutError` when the rollout is no longer the one running."""
     ended = replace(rollout, status="promoted" if promote else "rolled_back", reason=reason,
                     ended_at=_now(), evidence=evidence or {})  # fmt: skip
+    now = running(args)
+    if now is None or now.id != rollout.id:  # ended elsewhere: the alias must not move now
+        shown = f"the {now.describe()}" if now else "none"
+        raise RolloutError(f"{args.model}: the running rollout is {shown}, not {rollout.id}")
     champion = registry.champion(root=args.home, model=args.model)
     if promote and (champion is None or champion.version != rollout.candidate):
         try:
