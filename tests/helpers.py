@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from typing_extensions import Self
 
 from tasks import data, files, registry, synthetic, traffic
 from tasks import model as m
@@ -260,6 +262,29 @@ def find_chromium() -> str:
             pytest.fail("no chromium on PATH: `make install` installs Debian's chromium package")
         pytest.skip("no chromium on PATH (`make browser` installs Debian's package)")
     return found
+
+
+# Something in the background while a block runs -------------------------------------------------
+
+
+class InBackground:
+    """`run()` in a thread of its own while a `with` block runs; the block's end sets `stop` and
+    waits for it (clients that keep sending, a sampler that keeps looking)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self._thread.join(timeout=60)
+
+    def run(self) -> None:
+        raise NotImplementedError
 
 
 # What listens ----------------------------------------------------------------------------------

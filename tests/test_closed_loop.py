@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 from helpers import (
     TERMINAL,
     UPSTREAM_WILDCARDS,
+    InBackground,
     api,
     free_port,
     on_loopback,
@@ -37,24 +37,15 @@ MODEL, TARGET = "churn", "churned"
 NOT_FEATURES = ("customer_id", "event_time", TARGET)
 
 
-class Listeners:
+class Listeners(InBackground):
     """What the stack listens on, sampled every half second while the block runs."""
 
     def __init__(self, home: Path) -> None:
+        super().__init__()
         self.home, self.seen = home, set[tuple[str, str, int]]()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def __enter__(self) -> "Listeners":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.5):
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
             with contextlib.suppress(Exception):  # a process that ends between two looks
                 self.seen |= stack_listeners(self.home)
 

@@ -6,7 +6,6 @@ second one is refused."""
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
-from helpers import TARGET, free_port, register_champion, train_quick
+from helpers import TARGET, InBackground, free_port, register_champion, train_quick
 
 from tasks import model as m
 from tasks import registry, synthetic, traffic
@@ -96,26 +95,17 @@ def project(
     control.stop(everything=True)
 
 
-class Traffic:
+class Traffic(InBackground):
     """Clients that send new-world rows and their labels while a rollout runs; every answer's
     version and every failure is counted."""
 
-    def __init__(self, project: Project, *, seed: int, key: bool = False) -> None:
-        self.project, self.seed, self.key = project, seed, key
+    def __init__(self, project: Project, *, seed: int) -> None:
+        super().__init__()
+        self.project, self.seed = project, seed
         self.versions: Counter[int] = Counter()
         self.failed: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=60)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         rows = synthetic.generate(rows=20_000, seed=self.seed)
         labels = rows[TARGET].to_pylist()
         records = rows.drop_columns([TARGET, "customer_id", "event_time"]).to_pylist()

@@ -171,7 +171,7 @@ class Copy:
 
 
 # Scores copies: merged columns of one candidate -> the shadow log's rows for all their ids
-Scorer = Callable[[Any, dict[str, list[Any]], list[str], float], traffic.Answered]
+ScoreCopies = Callable[[Any, dict[str, list[Any]], list[str], float], traffic.Answered]
 
 
 class Shadow:
@@ -180,7 +180,7 @@ class Shadow:
     wait together are scored together: one forward pass and one log line for all of them."""
 
     def __init__(
-        self, log_: PredictionLog, failures: Failures, *, score: Scorer, maxsize: int = 1024,
+        self, log_: PredictionLog, failures: Failures, *, score: ScoreCopies, maxsize: int = 1024,
         batch: int = 256, pause_s: float = 0.02,
     ) -> None:  # fmt: skip
         self.log, self.failures, self.score, self.batch = log_, failures, score, batch

@@ -135,12 +135,14 @@ def read(
     `columns` (those the files have: a column no file has is left out, not invented); with
     `with_file`, each row's file too (`FILE`, for `newest_labels`). A file removed between the
     listing and the reading (a compaction, a retirement) makes it read again, once."""
-    try:
-        return _read(home=home, model=model, kind=kind, columns=columns, since=since,
-                     with_file=with_file)  # fmt: skip
-    except FileNotFoundError:
-        return _read(home=home, model=model, kind=kind, columns=columns, since=since,
-                     with_file=with_file)  # fmt: skip
+    for attempt in range(2):
+        try:
+            return _read(home=home, model=model, kind=kind, columns=columns, since=since,
+                         with_file=with_file)  # fmt: skip
+        except FileNotFoundError:
+            if attempt:
+                raise
+    return None  # unreachable: the second attempt returns or raises
 
 
 def _read(
